@@ -1,0 +1,1 @@
+//! `bolt-agent`: wires the crates together.

@@ -1,0 +1,190 @@
+//! The signed envelope around every payload, and its chain link.
+//!
+//! Wire form (bincode, see [`crate::codec`]): `format: u8 = 1`, origin, seq, hlc, schema, prev,
+//! payload bytes (encoded at `schema`), signature. The payload stays as the bytes that were signed,
+//! so upcasting an old event never changes its hash or breaks its signature.
+
+use std::cmp::Ordering;
+
+use bincode::{Decode, Encode};
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::hlc::Hlc;
+use crate::id::{EventId, Hash, NodeId};
+use crate::payload::{decode_payload, Payload};
+
+/// The envelope format this build writes and reads.
+pub const FORMAT: u8 = 1;
+
+const SIGN_CONTEXT: &str = "bolt 2026-11 event signature v1";
+
+/// One event as stored and sent: header, payload bytes and signature.
+#[derive(Clone, PartialEq, Eq, Debug, Encode, Decode)]
+pub struct Envelope {
+    pub format: u8,
+    pub origin: NodeId,
+    pub seq: u64,
+    pub hlc: Hlc,
+    pub schema: u16,
+    pub prev: Hash,
+    pub payload: Vec<u8>,
+    pub sig: [u8; 64],
+}
+
+/// Why an envelope's signature does not hold.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignatureError {
+    #[error("origin {0} is not a valid ed25519 public key")]
+    BadOriginKey(String),
+    #[error("bad signature on event {origin}#{seq}")]
+    Invalid { origin: String, seq: u64 },
+}
+
+/// The order every node folds events in: HLC, then origin, then sequence. Any interleaving that
+/// keeps each origin's order sorts to the same sequence.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, Encode, Decode)]
+pub struct OrderKey {
+    pub hlc: Hlc,
+    pub origin: NodeId,
+    pub seq: u64,
+}
+
+impl Ord for OrderKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.hlc, self.origin, self.seq).cmp(&(other.hlc, other.origin, other.seq))
+    }
+}
+
+impl PartialOrd for OrderKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl OrderKey {
+    /// The key below every real event.
+    pub const MIN: OrderKey = OrderKey {
+        hlc: Hlc(0),
+        origin: NodeId([0; 32]),
+        seq: 0,
+    };
+}
+
+impl Envelope {
+    /// The digest the signature covers: every field but the signature, domain-separated.
+    pub fn signing_digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key(SIGN_CONTEXT);
+        h.update(&[self.format]);
+        h.update(&self.origin.0);
+        h.update(&self.seq.to_le_bytes());
+        h.update(&self.hlc.0.to_le_bytes());
+        h.update(&self.schema.to_le_bytes());
+        h.update(&self.prev.0);
+        h.update(&(self.payload.len() as u64).to_le_bytes());
+        h.update(&self.payload);
+        *h.finalize().as_bytes()
+    }
+
+    /// Check the signature against the origin's key.
+    pub fn verify_signature(&self) -> Result<(), SignatureError> {
+        let key = VerifyingKey::from_bytes(&self.origin.0)
+            .map_err(|_| SignatureError::BadOriginKey(self.origin.short()))?;
+        key.verify(&self.signing_digest(), &Signature::from_bytes(&self.sig))
+            .map_err(|_| SignatureError::Invalid {
+                origin: self.origin.short(),
+                seq: self.seq,
+            })
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// Decode an envelope from untrusted bytes. Checks the format byte and the schema version
+    /// (an event from a newer build is refused, never misread); does not check the signature.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Envelope, CodecError> {
+        match bytes.first() {
+            None => return Err(CodecError::Malformed("empty input".into())),
+            Some(&f) if f != FORMAT => return Err(CodecError::UnknownFormat(f)),
+            Some(_) => {}
+        }
+        let env: Envelope = codec::decode(bytes)?;
+        if env.schema > crate::payload::CURRENT_SCHEMA || env.schema == 0 {
+            return Err(CodecError::UnknownSchema {
+                found: env.schema,
+                newest: crate::payload::CURRENT_SCHEMA,
+            });
+        }
+        Ok(env)
+    }
+
+    /// The chain link: the blake3 hash of the whole encoded envelope, signature included. The
+    /// next event of the same origin carries it as `prev`.
+    pub fn hash(&self) -> Hash {
+        Hash(*blake3::hash(&self.to_bytes()).as_bytes())
+    }
+
+    pub fn id(&self) -> EventId {
+        EventId {
+            origin: self.origin,
+            seq: self.seq,
+        }
+    }
+
+    pub fn order_key(&self) -> OrderKey {
+        OrderKey {
+            hlc: self.hlc,
+            origin: self.origin,
+            seq: self.seq,
+        }
+    }
+
+    /// Decode (and upcast) the payload.
+    pub fn decode_payload(&self) -> Result<Payload, CodecError> {
+        decode_payload(self.schema, &self.payload)
+    }
+}
+
+/// An envelope with its payload decoded and its hash computed: what the fold consumes.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Event {
+    pub envelope: Envelope,
+    pub payload: Payload,
+    pub hash: Hash,
+}
+
+impl Event {
+    /// Decode an event from its stored bytes (no signature check: see [`Envelope::verify_signature`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Event, CodecError> {
+        let envelope = Envelope::from_bytes(bytes)?;
+        let payload = envelope.decode_payload()?;
+        let hash = Hash(*blake3::hash(bytes).as_bytes());
+        Ok(Event {
+            envelope,
+            payload,
+            hash,
+        })
+    }
+
+    pub fn id(&self) -> EventId {
+        self.envelope.id()
+    }
+
+    pub fn order_key(&self) -> OrderKey {
+        self.envelope.order_key()
+    }
+
+    pub fn origin(&self) -> NodeId {
+        self.envelope.origin
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.envelope.seq
+    }
+
+    pub fn hlc(&self) -> Hlc {
+        self.envelope.hlc
+    }
+}

@@ -1,0 +1,343 @@
+//! Typed event payloads, versioned.
+//!
+//! The payload enum is encoded with bincode, which is positional: **never reorder or remove a
+//! variant or a field**. To add a variant, append it at the end of its enum (old logs stay
+//! readable, old readers refuse the new variant with a clear error). To change a field, bump
+//! [`CURRENT_SCHEMA`], keep the old shape in [`v1`] (or a new `vN` module) and upcast it in
+//! [`decode_payload`].
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::id::{Hash, NodeId};
+
+/// The schema version new events are written with.
+pub const CURRENT_SCHEMA: u16 = 2;
+
+/// Every kind of change Bolt records.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Payload {
+    Node(NodeEvent),
+    Image(ImageEvent),
+    Capsule(CapsuleEvent),
+    Service(ServiceEvent),
+    Revision(RevisionEvent),
+    Placement(PlacementEvent),
+    Migration(MigrationEvent),
+    Volume(VolumeEvent),
+    Network(NetworkEvent),
+}
+
+impl Payload {
+    /// A short dotted name such as `capsule.started`, for tables, metrics and filters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::Node(e) => match e {
+                NodeEvent::Started { .. } => "node.started",
+                NodeEvent::Stopped { .. } => "node.stopped",
+            },
+            Payload::Image(e) => match e {
+                ImageEvent::Pulled { .. } => "image.pulled",
+                ImageEvent::Tagged { .. } => "image.tagged",
+                ImageEvent::Removed { .. } => "image.removed",
+            },
+            Payload::Capsule(e) => match e {
+                CapsuleEvent::Created { .. } => "capsule.created",
+                CapsuleEvent::Started { .. } => "capsule.started",
+                CapsuleEvent::Exited { .. } => "capsule.exited",
+                CapsuleEvent::Removed { .. } => "capsule.removed",
+            },
+            Payload::Service(e) => match e {
+                ServiceEvent::Declared { .. } => "service.declared",
+                ServiceEvent::Removed { .. } => "service.removed",
+            },
+            Payload::Revision(e) => match e {
+                RevisionEvent::Recorded { .. } => "revision.recorded",
+                RevisionEvent::RolledBack { .. } => "revision.rolled_back",
+            },
+            Payload::Placement(e) => match e {
+                PlacementEvent::Placed { .. } => "placement.placed",
+                PlacementEvent::Unplaced { .. } => "placement.unplaced",
+            },
+            Payload::Migration(e) => match e {
+                MigrationEvent::Started { .. } => "migration.started",
+                MigrationEvent::Completed { .. } => "migration.completed",
+                MigrationEvent::Failed { .. } => "migration.failed",
+            },
+            Payload::Volume(e) => match e {
+                VolumeEvent::Created { .. } => "volume.created",
+                VolumeEvent::Removed { .. } => "volume.removed",
+            },
+            Payload::Network(e) => match e {
+                NetworkEvent::Created { .. } => "network.created",
+                NetworkEvent::Removed { .. } => "network.removed",
+                NetworkEvent::AddressAllocated { .. } => "network.address_allocated",
+                NetworkEvent::AddressReleased { .. } => "network.address_released",
+            },
+        }
+    }
+}
+
+/// A node joining, restarting or leaving.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeEvent {
+    /// Written by the agent at every start. Schema 2 added `addr` and `labels`.
+    Started {
+        name: String,
+        version: String,
+        addr: Option<String>,
+        labels: BTreeMap<String, String>,
+    },
+    Stopped {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageEvent {
+    Pulled {
+        reference: String,
+        digest: String,
+        config_digest: String,
+        layers: Vec<String>,
+        size: u64,
+    },
+    Tagged {
+        reference: String,
+        digest: String,
+    },
+    Removed {
+        reference: String,
+        digest: String,
+    },
+}
+
+/// What a capsule was asked to be when it was created.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Encode, Decode, Serialize, Deserialize)]
+pub struct CapsuleSpec {
+    pub image: String,
+    pub image_digest: String,
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub hostname: Option<String>,
+    pub network: String,
+    pub memory_bytes: Option<u64>,
+    pub cpu_millis: Option<u32>,
+    pub pids_limit: Option<u32>,
+    pub restart: String,
+    pub ports: Vec<String>,
+    pub mounts: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapsuleEvent {
+    Created {
+        id: String,
+        name: String,
+        spec: CapsuleSpec,
+    },
+    Started {
+        id: String,
+        pid: u32,
+    },
+    Exited {
+        id: String,
+        code: Option<i32>,
+        signal: Option<i32>,
+        oom: bool,
+    },
+    Removed {
+        id: String,
+    },
+}
+
+/// What a service was declared to be.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Encode, Decode, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub replicas: u32,
+    pub ports: Vec<String>,
+    pub depends_on: Vec<String>,
+    pub health: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceEvent {
+    Declared {
+        name: String,
+        stack: String,
+        spec: ServiceSpec,
+    },
+    Removed {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevisionEvent {
+    Recorded {
+        service: String,
+        revision: u64,
+        spec_hash: Hash,
+    },
+    RolledBack {
+        service: String,
+        from: u64,
+        to: u64,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementEvent {
+    Placed {
+        service: String,
+        replica: u32,
+        node: NodeId,
+    },
+    Unplaced {
+        service: String,
+        replica: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationEvent {
+    Started {
+        capsule: String,
+        from: NodeId,
+        to: NodeId,
+    },
+    Completed {
+        capsule: String,
+        from: NodeId,
+        to: NodeId,
+    },
+    Failed {
+        capsule: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeEvent {
+    Created {
+        name: String,
+        driver: String,
+        labels: BTreeMap<String, String>,
+    },
+    Removed {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkEvent {
+    Created {
+        name: String,
+        driver: String,
+        subnet: String,
+        gateway: Ipv4Addr,
+        mtu: u32,
+    },
+    Removed {
+        name: String,
+    },
+    AddressAllocated {
+        network: String,
+        capsule: String,
+        ip: Ipv4Addr,
+    },
+    AddressReleased {
+        network: String,
+        capsule: String,
+        ip: Ipv4Addr,
+    },
+}
+
+/// Schema 1: the first shape of the payloads. Only `Node` differs from schema 2; every other
+/// category is the current type, so its encoding is shared.
+pub mod v1 {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+    pub enum PayloadV1 {
+        Node(NodeEventV1),
+        Image(ImageEvent),
+        Capsule(CapsuleEvent),
+        Service(ServiceEvent),
+        Revision(RevisionEvent),
+        Placement(PlacementEvent),
+        Migration(MigrationEvent),
+        Volume(VolumeEvent),
+        Network(NetworkEvent),
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+    pub enum NodeEventV1 {
+        Started { name: String, version: String },
+        Stopped { reason: String },
+    }
+
+    /// Upcast a schema-1 payload to the current shape. Pure and total.
+    pub fn upcast(p: PayloadV1) -> Payload {
+        match p {
+            PayloadV1::Node(NodeEventV1::Started { name, version }) => {
+                Payload::Node(NodeEvent::Started {
+                    name,
+                    version,
+                    addr: None,
+                    labels: BTreeMap::new(),
+                })
+            }
+            PayloadV1::Node(NodeEventV1::Stopped { reason }) => {
+                Payload::Node(NodeEvent::Stopped { reason })
+            }
+            PayloadV1::Image(e) => Payload::Image(e),
+            PayloadV1::Capsule(e) => Payload::Capsule(e),
+            PayloadV1::Service(e) => Payload::Service(e),
+            PayloadV1::Revision(e) => Payload::Revision(e),
+            PayloadV1::Placement(e) => Payload::Placement(e),
+            PayloadV1::Migration(e) => Payload::Migration(e),
+            PayloadV1::Volume(e) => Payload::Volume(e),
+            PayloadV1::Network(e) => Payload::Network(e),
+        }
+    }
+}
+
+/// Encode a payload at the current schema.
+pub fn encode_payload(p: &Payload) -> Vec<u8> {
+    codec::encode(p)
+}
+
+/// Decode payload bytes written at `schema`, upcasting old shapes to the current one.
+pub fn decode_payload(schema: u16, bytes: &[u8]) -> Result<Payload, CodecError> {
+    match schema {
+        1 => codec::decode::<v1::PayloadV1>(bytes).map(v1::upcast),
+        CURRENT_SCHEMA => codec::decode::<Payload>(bytes),
+        other => Err(CodecError::UnknownSchema {
+            found: other,
+            newest: CURRENT_SCHEMA,
+        }),
+    }
+}

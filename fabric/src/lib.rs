@@ -1,0 +1,5 @@
+//! `bolt-fabric`: the mTLS QUIC mesh between agents (quinn + rustls, cluster CA from rcgen), SWIM
+//! membership (foca) and event sync by version vectors.
+//!
+//! It may depend on `bolt-events` only. It must never depend on `bolt-state`, `bolt-capsule`,
+//! `bolt-dns` or the agent: the agent wires the mesh to the log.

@@ -1,0 +1,1 @@
+//! `bolt-state`: the pure fold of events into state. Must never depend on capsule, fabric, dns or agent.

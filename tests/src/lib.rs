@@ -1,0 +1,1 @@
+//! `bolt-tests`: end-to-end and multi-node harness. Nothing may depend on this crate.
