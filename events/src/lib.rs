@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod hlc;
 pub mod id;
 pub mod key;
+pub mod log;
 pub mod payload;
 
 pub use codec::CodecError;
@@ -20,3 +21,4 @@ pub use hlc::{wall_clock_ms, Hlc, HlcClock};
 pub use id::{Cursor, EventId, Hash, NodeId};
 pub use key::{KeyError, NodeKey};
 pub use payload::{Payload, CURRENT_SCHEMA};
+pub use log::{Appended, Log, LogError, RemoteError, StoredSnapshot, VerifyReport, VersionVector};
