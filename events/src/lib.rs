@@ -20,5 +20,7 @@ pub use envelope::{Envelope, Event, OrderKey, SignatureError};
 pub use hlc::{wall_clock_ms, Hlc, HlcClock};
 pub use id::{Cursor, EventId, Hash, NodeId};
 pub use key::{KeyError, NodeKey};
+pub use log::{
+    Appended, Log, LogError, LogStats, RemoteError, StoredSnapshot, VerifyReport, VersionVector,
+};
 pub use payload::{Payload, CURRENT_SCHEMA};
-pub use log::{Appended, Log, LogError, RemoteError, StoredSnapshot, VerifyReport, VersionVector};

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::ops::{Bound, RangeInclusive};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{JoinHandle, ThreadId};
@@ -136,12 +137,26 @@ impl VerifyReport {
     }
 }
 
+/// Counters of the writer, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Write transactions committed (each one fsync).
+    pub commits: u64,
+    /// Requests (appends, batches, snapshots) answered, committed or refused.
+    pub requests: u64,
+    /// Requests sent to the writer and not answered yet.
+    pub queued: u64,
+}
+
 /// A commit callback, as registered with [`Log::on_commit`].
 type Callback = Arc<dyn Fn(Cursor) + Send + Sync>;
 
 /// What the writer publishes to readers and subscribers.
 struct Shared {
     head: Mutex<u64>,
+    commits: AtomicU64,
+    requests: AtomicU64,
+    queued: AtomicU64,
     moved: Condvar,
     callbacks: Mutex<Vec<Callback>>,
 }
@@ -154,6 +169,7 @@ impl Shared {
     /// Publish a new committed head: wake waiters, then call every callback (a panicking
     /// callback is contained so it cannot stop the writer).
     fn publish(&self, head: u64) {
+        self.commits.fetch_add(1, Ordering::SeqCst);
         *lock(&self.head) = head;
         self.moved.notify_all();
         let callbacks: Vec<Callback> = lock(&self.callbacks).clone();
@@ -279,6 +295,9 @@ impl Log {
         let db = Arc::new(db);
         let shared = Arc::new(Shared {
             head: Mutex::new(head),
+            commits: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             moved: Condvar::new(),
             callbacks: Mutex::new(Vec::new()),
         });
@@ -311,9 +330,14 @@ impl Log {
     fn submit(&self, job: Job) -> Result<Done, LogError> {
         let (reply, answer) = mpsc::sync_channel(1);
         let tx = self.inner.tx.as_ref().ok_or(LogError::Closed)?;
-        tx.send(Request { job, reply })
-            .map_err(|_| LogError::Closed)?;
-        answer.recv().map_err(|_| LogError::Closed)?
+        let shared = &self.inner.shared;
+        shared.queued.fetch_add(1, Ordering::SeqCst);
+        let answer = tx
+            .send(Request { job, reply })
+            .map_err(|_| LogError::Closed)
+            .and_then(|()| answer.recv().map_err(|_| LogError::Closed));
+        shared.queued.fetch_sub(1, Ordering::SeqCst);
+        answer?
     }
 
     /// Append one local event; returns once it is durable (group commit: concurrent callers
@@ -468,6 +492,16 @@ impl Log {
             let t = Tip::from_row(v.value());
             (t.seq, t.hash)
         }))
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> LogStats {
+        let s = &self.inner.shared;
+        LogStats {
+            commits: s.commits.load(Ordering::SeqCst),
+            requests: s.requests.load(Ordering::SeqCst),
+            queued: s.queued.load(Ordering::SeqCst),
+        }
     }
 
     /// Block until the head passes `after` or `timeout` ends; returns the head.

@@ -194,6 +194,9 @@ impl Writer {
         let (jobs, replies): (Vec<Job>, Vec<_>) =
             group.into_iter().map(|r| (r.job, r.reply)).unzip();
         let mut work = self.state.clone();
+        self.shared
+            .requests
+            .fetch_add(replies.len() as u64, std::sync::atomic::Ordering::SeqCst);
         match self.stage_and_commit(&mut work, jobs) {
             Ok(outcomes) => {
                 self.state = work;
