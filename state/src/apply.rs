@@ -1,0 +1,809 @@
+//! The fold: one event into the state, pure and total.
+//!
+//! Every change goes through the small set of journaled mutators on [`Tx`]. When the caller asks
+//! for a journal (the [`crate::Replica`] does, to take events back when a late one arrives),
+//! each mutator first records the value it replaces; [`revert`] plays those records backwards.
+//! The plain [`apply`] passes no journal and pays one branch per change.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use bolt_events::payload::{
+    CapsuleEvent, ImageEvent, MigrationEvent, NetworkEvent, NodeEvent, PlacementEvent,
+    RevisionEvent, ServiceEvent, VolumeEvent,
+};
+use bolt_events::{Event, Hlc, NodeId, OrderKey, Payload};
+
+use crate::model::{
+    CapsuleInfo, CapsuleStatus, ExitInfo, Ignored, ImageInfo, MigrationInfo, MigrationStatus,
+    NetworkInfo, NodeInfo, RevisionInfo, RollbackInfo, ServiceInfo, State, VolumeInfo,
+};
+
+/// Why an event did not fit the state it was folded into. The event still counts as applied
+/// (so every node agrees on `applied`), changes nothing else, and is recorded in
+/// [`State::ignored`] and [`State::last_ignored`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Misfit {
+    #[error("node is not known (it never started)")]
+    UnknownNode,
+    #[error("image {0} is not known")]
+    UnknownImage(String),
+    #[error("capsule {0} already exists")]
+    CapsuleExists(String),
+    #[error("capsule {0} is not known")]
+    UnknownCapsule(String),
+    #[error("capsule {0} is removed")]
+    CapsuleRemoved(String),
+    #[error("capsule {0} is already running")]
+    AlreadyRunning(String),
+    #[error("capsule {0} is not running")]
+    NotRunning(String),
+    #[error("service {0} is not declared")]
+    UnknownService(String),
+    #[error("service {service} already has revision {revision}")]
+    RevisionExists { service: String, revision: u64 },
+    #[error("service {service} has no revision {revision}")]
+    UnknownRevision { service: String, revision: u64 },
+    #[error("replica {replica} of service {service} is not placed")]
+    NotPlaced { service: String, replica: u32 },
+    #[error("capsule {0} is already migrating")]
+    MigrationInFlight(String),
+    #[error("capsule {0} has no migration in flight")]
+    NoMigration(String),
+    #[error("volume {0} already exists")]
+    VolumeExists(String),
+    #[error("volume {0} is not known")]
+    UnknownVolume(String),
+    #[error("network {0} already exists")]
+    NetworkExists(String),
+    #[error("network {0} is not known")]
+    UnknownNetwork(String),
+    #[error("address {ip} on {network} is held by {holder}")]
+    AddressHeld {
+        network: String,
+        ip: Ipv4Addr,
+        holder: String,
+    },
+    #[error("address {ip} on {network} is not held by {capsule}")]
+    AddressNotHeld {
+        network: String,
+        ip: Ipv4Addr,
+        capsule: String,
+    },
+}
+
+/// One undo record: what a piece of state was before an event changed it.
+#[derive(Debug, Clone)]
+pub(crate) enum Undo {
+    Counters { applied: u64, last_key: OrderKey },
+    Ignored(u64, Option<Ignored>),
+    Seen(NodeId, Hlc),
+    Node(NodeId, Option<NodeInfo>),
+    Image(String, Option<ImageInfo>),
+    ImageRef(String, Option<String>),
+    Capsule(String, Option<CapsuleInfo>),
+    Service(String, Option<ServiceInfo>),
+    Placement(String, Option<BTreeMap<u32, NodeId>>),
+    Migration(String, Option<MigrationInfo>),
+    Volume(String, Option<VolumeInfo>),
+    Network(String, Option<NetworkInfo>),
+    Address(String, Ipv4Addr, Option<String>),
+}
+
+/// The undo records of one event, in the order they were made.
+pub(crate) type Journal = Vec<Undo>;
+
+/// Fold one event into state, in total order. Pure, total and deterministic: the state after
+/// folding a set of events sorted by [`OrderKey`] depends on that set only.
+///
+/// An event that does not fit (the start of an unknown capsule, an address already held, a
+/// second network of the same name...) changes nothing but [`State::applied`],
+/// [`State::last_key`], [`State::ignored`] and [`State::last_ignored`]: it is a recorded no-op,
+/// never a panic. Concurrent conflicting events resolve by the total order: the first one wins.
+pub fn apply(state: &mut State, event: &Event) {
+    fold(state, event.order_key(), &event.payload, None);
+}
+
+/// Fold with an optional journal of undo records.
+pub(crate) fn fold(
+    state: &mut State,
+    key: OrderKey,
+    payload: &Payload,
+    journal: Option<&mut Journal>,
+) {
+    let mut tx = Tx {
+        s: state,
+        j: journal,
+    };
+    if let Some(j) = tx.j.as_deref_mut() {
+        j.push(Undo::Counters {
+            applied: tx.s.applied,
+            last_key: tx.s.last_key,
+        });
+    }
+    tx.seen(key.origin, key.hlc);
+    if let Err(misfit) = step(&mut tx, key, payload) {
+        tx.ignore(key, payload.kind(), &misfit);
+    }
+    tx.s.applied += 1;
+    tx.s.last_key = key;
+}
+
+/// Undo one event's changes.
+pub(crate) fn revert(s: &mut State, journal: Journal) {
+    fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, k: K, v: Option<V>) {
+        match v {
+            Some(v) => {
+                map.insert(k, v);
+            }
+            None => {
+                map.remove(&k);
+            }
+        }
+    }
+    for undo in journal.into_iter().rev() {
+        match undo {
+            Undo::Counters { applied, last_key } => {
+                s.applied = applied;
+                s.last_key = last_key;
+            }
+            Undo::Ignored(n, last) => {
+                s.ignored = n;
+                s.last_ignored = last;
+            }
+            Undo::Seen(id, hlc) => {
+                if let Some(n) = s.nodes.get_mut(&id) {
+                    n.last_seen = hlc;
+                }
+            }
+            Undo::Node(k, v) => put(&mut s.nodes, k, v),
+            Undo::Image(k, v) => put(&mut s.images, k, v),
+            Undo::ImageRef(k, v) => put(&mut s.image_refs, k, v),
+            Undo::Capsule(k, v) => put(&mut s.capsules, k, v),
+            Undo::Service(k, v) => put(&mut s.services, k, v),
+            Undo::Placement(k, v) => put(&mut s.placements, k, v),
+            Undo::Migration(k, v) => put(&mut s.migrations, k, v),
+            Undo::Volume(k, v) => put(&mut s.volumes, k, v),
+            Undo::Network(k, v) => put(&mut s.networks, k, v),
+            Undo::Address(net, ip, v) => {
+                if let Some(n) = s.networks.get_mut(&net) {
+                    put(&mut n.allocations, ip, v);
+                }
+            }
+        }
+    }
+}
+
+/// The state being changed, and the journal (if any) that records each change.
+struct Tx<'a> {
+    s: &'a mut State,
+    j: Option<&'a mut Journal>,
+}
+
+/// `get_mut` / `insert` / `remove` on one top-level map, journaling the value replaced.
+macro_rules! journaled_map {
+    ($get:ident, $insert:ident, $remove:ident, $field:ident, $K:ty, $Q:ty, $V:ty, $variant:ident) => {
+        fn $get(&mut self, k: &$Q) -> Option<&mut $V> {
+            let v = self.s.$field.get_mut(k)?;
+            if let Some(j) = self.j.as_deref_mut() {
+                j.push(Undo::$variant(k.to_owned(), Some(v.clone())));
+            }
+            Some(v)
+        }
+
+        fn $insert(&mut self, k: $K, v: $V) {
+            match self.j.as_deref_mut() {
+                Some(j) => {
+                    let old = self.s.$field.insert(k.clone(), v);
+                    j.push(Undo::$variant(k, old));
+                }
+                None => {
+                    self.s.$field.insert(k, v);
+                }
+            }
+        }
+
+        fn $remove(&mut self, k: &$Q) -> bool {
+            let old = self.s.$field.remove(k);
+            let removed = old.is_some();
+            if let (Some(j), Some(old)) = (self.j.as_deref_mut(), old) {
+                j.push(Undo::$variant(k.to_owned(), Some(old)));
+            }
+            removed
+        }
+    };
+}
+
+#[allow(dead_code)]
+impl Tx<'_> {
+    journaled_map!(
+        node_mut,
+        node_insert,
+        node_remove,
+        nodes,
+        NodeId,
+        NodeId,
+        NodeInfo,
+        Node
+    );
+    journaled_map!(
+        image_mut,
+        image_insert,
+        image_remove,
+        images,
+        String,
+        str,
+        ImageInfo,
+        Image
+    );
+    journaled_map!(ref_mut, ref_insert, ref_remove, image_refs, String, str, String, ImageRef);
+    journaled_map!(
+        capsule_mut,
+        capsule_insert,
+        capsule_remove,
+        capsules,
+        String,
+        str,
+        CapsuleInfo,
+        Capsule
+    );
+    journaled_map!(
+        service_mut,
+        service_insert,
+        service_remove,
+        services,
+        String,
+        str,
+        ServiceInfo,
+        Service
+    );
+    journaled_map!(
+        placement_mut,
+        placement_insert,
+        placement_remove,
+        placements,
+        String,
+        str,
+        BTreeMap<u32, NodeId>,
+        Placement
+    );
+    journaled_map!(
+        migration_mut,
+        migration_insert,
+        migration_remove,
+        migrations,
+        String,
+        str,
+        MigrationInfo,
+        Migration
+    );
+    journaled_map!(
+        volume_mut,
+        volume_insert,
+        volume_remove,
+        volumes,
+        String,
+        str,
+        VolumeInfo,
+        Volume
+    );
+    journaled_map!(
+        network_mut,
+        network_insert,
+        network_remove,
+        networks,
+        String,
+        str,
+        NetworkInfo,
+        Network
+    );
+
+    /// Note the latest event from a known node.
+    fn seen(&mut self, origin: NodeId, hlc: Hlc) {
+        if let Some(n) = self.s.nodes.get_mut(&origin) {
+            if let Some(j) = self.j.as_deref_mut() {
+                j.push(Undo::Seen(origin, n.last_seen));
+            }
+            n.last_seen = hlc;
+        }
+    }
+
+    /// Set (`Some`) or free (`None`) one address of an existing network.
+    fn address(&mut self, network: &str, ip: Ipv4Addr, holder: Option<String>) {
+        let Some(n) = self.s.networks.get_mut(network) else {
+            return;
+        };
+        let old = match holder {
+            Some(h) => n.allocations.insert(ip, h),
+            None => n.allocations.remove(&ip),
+        };
+        if let Some(j) = self.j.as_deref_mut() {
+            j.push(Undo::Address(network.to_owned(), ip, old));
+        }
+    }
+
+    fn ignore(&mut self, key: OrderKey, kind: &str, misfit: &Misfit) {
+        let last = Some(Ignored {
+            key,
+            kind: kind.to_owned(),
+            reason: misfit.to_string(),
+        });
+        let old = std::mem::replace(&mut self.s.last_ignored, last);
+        if let Some(j) = self.j.as_deref_mut() {
+            j.push(Undo::Ignored(self.s.ignored, old));
+        }
+        self.s.ignored += 1;
+    }
+
+    /// Point `reference` at `digest` (which must exist), moving it off any other image.
+    fn tag(&mut self, reference: &str, digest: &str) {
+        if reference.is_empty() {
+            return;
+        }
+        if let Some(old) = self.s.image_refs.get(reference) {
+            if old == digest {
+                return;
+            }
+            let old = old.clone();
+            if let Some(img) = self.image_mut(&old) {
+                img.references.remove(reference);
+            }
+        }
+        self.ref_insert(reference.to_owned(), digest.to_owned());
+        if let Some(img) = self.image_mut(digest) {
+            img.references.insert(reference.to_owned());
+        }
+    }
+}
+
+fn step(tx: &mut Tx<'_>, key: OrderKey, payload: &Payload) -> Result<(), Misfit> {
+    match payload {
+        Payload::Node(e) => node(tx, key, e),
+        Payload::Image(e) => image(tx, key, e),
+        Payload::Capsule(e) => capsule(tx, key, e),
+        Payload::Service(e) => service(tx, key, e),
+        Payload::Revision(e) => revision(tx, key, e),
+        Payload::Placement(e) => placement(tx, e),
+        Payload::Migration(e) => migration(tx, key, e),
+        Payload::Volume(e) => volume(tx, key, e),
+        Payload::Network(e) => network(tx, key, e),
+    }
+}
+
+fn node(tx: &mut Tx<'_>, key: OrderKey, e: &NodeEvent) -> Result<(), Misfit> {
+    match e {
+        NodeEvent::Started {
+            name,
+            version,
+            addr,
+            labels,
+        } => {
+            let starts = tx.s.nodes.get(&key.origin).map_or(0, |n| n.starts);
+            tx.node_insert(
+                key.origin,
+                NodeInfo {
+                    name: name.clone(),
+                    version: version.clone(),
+                    addr: addr.clone(),
+                    labels: labels.clone(),
+                    starts: starts.saturating_add(1),
+                    up: true,
+                    stop_reason: None,
+                    last_seen: key.hlc,
+                },
+            );
+        }
+        NodeEvent::Stopped { reason } => {
+            let n = tx.node_mut(&key.origin).ok_or(Misfit::UnknownNode)?;
+            n.up = false;
+            n.stop_reason = Some(reason.clone());
+        }
+    }
+    Ok(())
+}
+
+fn image(tx: &mut Tx<'_>, key: OrderKey, e: &ImageEvent) -> Result<(), Misfit> {
+    match e {
+        ImageEvent::Pulled {
+            reference,
+            digest,
+            config_digest,
+            layers,
+            size,
+        } => {
+            let mut img =
+                tx.s.images
+                    .get(digest)
+                    .cloned()
+                    .unwrap_or_else(|| ImageInfo {
+                        digest: digest.clone(),
+                        ..ImageInfo::default()
+                    });
+            img.config_digest.clone_from(config_digest);
+            img.layers.clone_from(layers);
+            img.size = *size;
+            img.nodes.insert(key.origin);
+            tx.image_insert(digest.clone(), img);
+            tx.tag(reference, digest);
+        }
+        ImageEvent::Tagged { reference, digest } => {
+            if !tx.s.images.contains_key(digest) {
+                return Err(Misfit::UnknownImage(digest.clone()));
+            }
+            tx.tag(reference, digest);
+        }
+        ImageEvent::Removed { reference, digest } => {
+            let img = tx
+                .image_mut(digest)
+                .ok_or_else(|| Misfit::UnknownImage(digest.clone()))?;
+            img.nodes.remove(&key.origin);
+            let untag = img.references.remove(reference);
+            let gone = img.nodes.is_empty();
+            let refs: Vec<String> = if gone {
+                img.references.iter().cloned().collect()
+            } else {
+                Vec::new()
+            };
+            if untag {
+                tx.ref_remove(reference);
+            }
+            if gone {
+                for r in &refs {
+                    tx.ref_remove(r);
+                }
+                tx.image_remove(digest);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfit> {
+    match e {
+        CapsuleEvent::Created { id, name, spec } => {
+            if tx.s.capsules.contains_key(id.as_str()) {
+                return Err(Misfit::CapsuleExists(id.clone()));
+            }
+            tx.capsule_insert(
+                id.clone(),
+                CapsuleInfo {
+                    id: id.clone(),
+                    name: name.clone(),
+                    spec: Arc::new(spec.clone()),
+                    node: key.origin,
+                    status: CapsuleStatus::Created,
+                    pid: None,
+                    exit: None,
+                    restarts: 0,
+                    created: key.hlc,
+                    started: None,
+                    finished: None,
+                },
+            );
+        }
+        CapsuleEvent::Started { id, pid } => {
+            let c = tx
+                .capsule_mut(id)
+                .ok_or_else(|| Misfit::UnknownCapsule(id.clone()))?;
+            match c.status {
+                CapsuleStatus::Removed => return Err(Misfit::CapsuleRemoved(id.clone())),
+                CapsuleStatus::Running => return Err(Misfit::AlreadyRunning(id.clone())),
+                CapsuleStatus::Exited => c.restarts = c.restarts.saturating_add(1),
+                CapsuleStatus::Created => {}
+            }
+            c.status = CapsuleStatus::Running;
+            c.pid = Some(*pid);
+            c.started = Some(key.hlc);
+        }
+        CapsuleEvent::Exited {
+            id,
+            code,
+            signal,
+            oom,
+        } => {
+            let c = tx
+                .capsule_mut(id)
+                .ok_or_else(|| Misfit::UnknownCapsule(id.clone()))?;
+            match c.status {
+                CapsuleStatus::Removed => return Err(Misfit::CapsuleRemoved(id.clone())),
+                CapsuleStatus::Exited => return Err(Misfit::NotRunning(id.clone())),
+                // Created: it failed to start.
+                CapsuleStatus::Created | CapsuleStatus::Running => {}
+            }
+            c.status = CapsuleStatus::Exited;
+            c.pid = None;
+            c.exit = Some(ExitInfo {
+                code: *code,
+                signal: *signal,
+                oom: *oom,
+            });
+            c.finished = Some(key.hlc);
+        }
+        CapsuleEvent::Removed { id } => {
+            let c = tx
+                .capsule_mut(id)
+                .ok_or_else(|| Misfit::UnknownCapsule(id.clone()))?;
+            if c.status == CapsuleStatus::Removed {
+                return Err(Misfit::CapsuleRemoved(id.clone()));
+            }
+            c.status = CapsuleStatus::Removed;
+            c.pid = None;
+        }
+    }
+    Ok(())
+}
+
+fn service(tx: &mut Tx<'_>, key: OrderKey, e: &ServiceEvent) -> Result<(), Misfit> {
+    match e {
+        ServiceEvent::Declared { name, stack, spec } => match tx.service_mut(name) {
+            Some(s) => {
+                s.stack.clone_from(stack);
+                s.spec = spec.clone();
+                s.declared = key.hlc;
+            }
+            None => tx.service_insert(
+                name.clone(),
+                ServiceInfo {
+                    name: name.clone(),
+                    stack: stack.clone(),
+                    spec: spec.clone(),
+                    declared: key.hlc,
+                    revision: None,
+                    revisions: BTreeMap::new(),
+                    rollbacks: Vec::new(),
+                },
+            ),
+        },
+        ServiceEvent::Removed { name } => {
+            if !tx.service_remove(name) {
+                return Err(Misfit::UnknownService(name.clone()));
+            }
+            tx.placement_remove(name);
+        }
+    }
+    Ok(())
+}
+
+fn revision(tx: &mut Tx<'_>, key: OrderKey, e: &RevisionEvent) -> Result<(), Misfit> {
+    match e {
+        RevisionEvent::Recorded {
+            service,
+            revision,
+            spec_hash,
+        } => {
+            let s = tx
+                .service_mut(service)
+                .ok_or_else(|| Misfit::UnknownService(service.clone()))?;
+            if s.revisions.contains_key(revision) {
+                return Err(Misfit::RevisionExists {
+                    service: service.clone(),
+                    revision: *revision,
+                });
+            }
+            let spec = s.spec.clone();
+            s.revisions.insert(
+                *revision,
+                RevisionInfo {
+                    spec_hash: *spec_hash,
+                    spec,
+                    recorded: key.hlc,
+                },
+            );
+            s.revision = Some(*revision);
+        }
+        RevisionEvent::RolledBack {
+            service,
+            from,
+            to,
+            reason,
+        } => {
+            let s = tx
+                .service_mut(service)
+                .ok_or_else(|| Misfit::UnknownService(service.clone()))?;
+            let spec = s.revisions.get(to).map(|r| r.spec.clone()).ok_or_else(|| {
+                Misfit::UnknownRevision {
+                    service: service.clone(),
+                    revision: *to,
+                }
+            })?;
+            s.spec = spec;
+            s.revision = Some(*to);
+            s.rollbacks.push(RollbackInfo {
+                from: *from,
+                to: *to,
+                reason: reason.clone(),
+                at: key.hlc,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn placement(tx: &mut Tx<'_>, e: &PlacementEvent) -> Result<(), Misfit> {
+    match e {
+        PlacementEvent::Placed {
+            service,
+            replica,
+            node,
+        } => {
+            if !tx.s.services.contains_key(service.as_str()) {
+                return Err(Misfit::UnknownService(service.clone()));
+            }
+            match tx.placement_mut(service) {
+                Some(p) => {
+                    p.insert(*replica, *node);
+                }
+                None => tx.placement_insert(service.clone(), BTreeMap::from([(*replica, *node)])),
+            }
+        }
+        PlacementEvent::Unplaced { service, replica } => {
+            let not_placed = || Misfit::NotPlaced {
+                service: service.clone(),
+                replica: *replica,
+            };
+            let p = tx.placement_mut(service).ok_or_else(not_placed)?;
+            if p.remove(replica).is_none() {
+                return Err(not_placed());
+            }
+            if p.is_empty() {
+                tx.placement_remove(service);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn migration(tx: &mut Tx<'_>, key: OrderKey, e: &MigrationEvent) -> Result<(), Misfit> {
+    match e {
+        MigrationEvent::Started { capsule, from, to } => {
+            match tx.s.capsules.get(capsule.as_str()).map(|c| c.status) {
+                None => return Err(Misfit::UnknownCapsule(capsule.clone())),
+                Some(CapsuleStatus::Removed) => {
+                    return Err(Misfit::CapsuleRemoved(capsule.clone()))
+                }
+                Some(_) => {}
+            }
+            let attempts = match tx.s.migrations.get(capsule.as_str()) {
+                Some(m) if m.status == MigrationStatus::InFlight => {
+                    return Err(Misfit::MigrationInFlight(capsule.clone()))
+                }
+                Some(m) => m.attempts,
+                None => 0,
+            };
+            tx.migration_insert(
+                capsule.clone(),
+                MigrationInfo {
+                    capsule: capsule.clone(),
+                    from: *from,
+                    to: *to,
+                    status: MigrationStatus::InFlight,
+                    started: key.hlc,
+                    ended: None,
+                    attempts: attempts.saturating_add(1),
+                },
+            );
+        }
+        MigrationEvent::Completed { capsule, to, .. } => {
+            let m = tx
+                .migration_mut(capsule)
+                .filter(|m| m.status == MigrationStatus::InFlight)
+                .ok_or_else(|| Misfit::NoMigration(capsule.clone()))?;
+            m.status = MigrationStatus::Done;
+            m.to = *to;
+            m.ended = Some(key.hlc);
+            if let Some(c) = tx.capsule_mut(capsule) {
+                c.node = *to;
+            }
+        }
+        MigrationEvent::Failed { capsule, reason } => {
+            let m = tx
+                .migration_mut(capsule)
+                .filter(|m| m.status == MigrationStatus::InFlight)
+                .ok_or_else(|| Misfit::NoMigration(capsule.clone()))?;
+            m.status = MigrationStatus::Failed(reason.clone());
+            m.ended = Some(key.hlc);
+        }
+    }
+    Ok(())
+}
+
+fn volume(tx: &mut Tx<'_>, key: OrderKey, e: &VolumeEvent) -> Result<(), Misfit> {
+    match e {
+        VolumeEvent::Created {
+            name,
+            driver,
+            labels,
+        } => {
+            if tx.s.volumes.contains_key(name.as_str()) {
+                return Err(Misfit::VolumeExists(name.clone()));
+            }
+            tx.volume_insert(
+                name.clone(),
+                VolumeInfo {
+                    name: name.clone(),
+                    driver: driver.clone(),
+                    labels: labels.clone(),
+                    node: key.origin,
+                    created: key.hlc,
+                },
+            );
+        }
+        VolumeEvent::Removed { name } => {
+            if !tx.volume_remove(name) {
+                return Err(Misfit::UnknownVolume(name.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn network(tx: &mut Tx<'_>, key: OrderKey, e: &NetworkEvent) -> Result<(), Misfit> {
+    match e {
+        NetworkEvent::Created {
+            name,
+            driver,
+            subnet,
+            gateway,
+            mtu,
+        } => {
+            if tx.s.networks.contains_key(name.as_str()) {
+                return Err(Misfit::NetworkExists(name.clone()));
+            }
+            tx.network_insert(
+                name.clone(),
+                NetworkInfo {
+                    name: name.clone(),
+                    driver: driver.clone(),
+                    subnet: subnet.clone(),
+                    gateway: *gateway,
+                    mtu: *mtu,
+                    node: key.origin,
+                    allocations: BTreeMap::new(),
+                },
+            );
+        }
+        NetworkEvent::Removed { name } => {
+            if !tx.network_remove(name) {
+                return Err(Misfit::UnknownNetwork(name.clone()));
+            }
+        }
+        NetworkEvent::AddressAllocated {
+            network,
+            capsule,
+            ip,
+        } => {
+            let n =
+                tx.s.networks
+                    .get(network.as_str())
+                    .ok_or_else(|| Misfit::UnknownNetwork(network.clone()))?;
+            if let Some(holder) = n.allocations.get(ip) {
+                return Err(Misfit::AddressHeld {
+                    network: network.clone(),
+                    ip: *ip,
+                    holder: holder.clone(),
+                });
+            }
+            tx.address(network, *ip, Some(capsule.clone()));
+        }
+        NetworkEvent::AddressReleased {
+            network,
+            capsule,
+            ip,
+        } => {
+            let n =
+                tx.s.networks
+                    .get(network.as_str())
+                    .ok_or_else(|| Misfit::UnknownNetwork(network.clone()))?;
+            if n.allocations.get(ip) != Some(capsule) {
+                return Err(Misfit::AddressNotHeld {
+                    network: network.clone(),
+                    ip: *ip,
+                    capsule: capsule.clone(),
+                });
+            }
+            tx.address(network, *ip, None);
+        }
+    }
+    Ok(())
+}

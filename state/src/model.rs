@@ -1,0 +1,307 @@
+//! The shape of the derived state: deterministic maps only, so that its encoding (and so its
+//! hash) is canonical.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use bincode::{Decode, Encode};
+use bolt_events::payload::{CapsuleSpec, ServiceSpec};
+use bolt_events::{Hash, Hlc, NodeId, OrderKey};
+use serde::{Deserialize, Serialize};
+
+/// The whole derived state of the cluster as this node knows it: the fold, in total order, of
+/// every event it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct State {
+    /// Number of events folded (ignored ones included).
+    pub applied: u64,
+    /// The total-order key of the last event folded ([`OrderKey::MIN`] before the first).
+    pub last_key: OrderKey,
+    /// Events that did not fit the state when folded (see [`crate::apply`]).
+    pub ignored: u64,
+    /// The most recent ignored event and why, for `bolt state` and debugging.
+    pub last_ignored: Option<Ignored>,
+    /// Every node that announced itself, by id.
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// Images held by at least one node, by manifest digest.
+    pub images: BTreeMap<String, ImageInfo>,
+    /// Image references (`repo:tag`) to the digest they point at.
+    pub image_refs: BTreeMap<String, String>,
+    /// Capsules by id, removed ones included (status `removed`).
+    pub capsules: BTreeMap<String, CapsuleInfo>,
+    /// Declared services by name.
+    pub services: BTreeMap<String, ServiceInfo>,
+    /// service -> replica index -> node it is placed on.
+    pub placements: BTreeMap<String, BTreeMap<u32, NodeId>>,
+    /// The latest migration of each capsule, by capsule id.
+    pub migrations: BTreeMap<String, MigrationInfo>,
+    /// Volumes by name.
+    pub volumes: BTreeMap<String, VolumeInfo>,
+    /// Networks by name, with their address allocations.
+    pub networks: BTreeMap<String, NetworkInfo>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            applied: 0,
+            last_key: OrderKey::MIN,
+            ignored: 0,
+            last_ignored: None,
+            nodes: BTreeMap::new(),
+            images: BTreeMap::new(),
+            image_refs: BTreeMap::new(),
+            capsules: BTreeMap::new(),
+            services: BTreeMap::new(),
+            placements: BTreeMap::new(),
+            migrations: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            networks: BTreeMap::new(),
+        }
+    }
+}
+
+/// An event the fold could not use, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct Ignored {
+    /// Where the event sits in the total order.
+    pub key: OrderKey,
+    /// Its kind, such as `capsule.started`.
+    pub kind: String,
+    /// Why it did not fit, lowercase.
+    pub reason: String,
+}
+
+/// A node as it announced itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct NodeInfo {
+    /// Human name.
+    pub name: String,
+    /// Bolt version it runs.
+    pub version: String,
+    /// Address peers reach it at, when it announced one.
+    pub addr: Option<String>,
+    /// Labels for placement.
+    pub labels: BTreeMap<String, String>,
+    /// How many times it started.
+    pub starts: u64,
+    /// Whether it is up (started and not stopped since).
+    pub up: bool,
+    /// Why it last stopped.
+    pub stop_reason: Option<String>,
+    /// HLC of the latest event from it.
+    pub last_seen: Hlc,
+}
+
+/// An image, by digest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct ImageInfo {
+    /// Manifest digest.
+    pub digest: String,
+    /// Config blob digest.
+    pub config_digest: String,
+    /// Layer digests, bottom first.
+    pub layers: Vec<String>,
+    /// Total size in bytes.
+    pub size: u64,
+    /// References (`repo:tag`) that point at it.
+    pub references: BTreeSet<String>,
+    /// Nodes that hold it.
+    pub nodes: BTreeSet<NodeId>,
+}
+
+/// Lifecycle of a capsule.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Encode, Decode,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CapsuleStatus {
+    /// Created, never started.
+    Created,
+    /// Its process runs.
+    Running,
+    /// Its process ended.
+    Exited,
+    /// Removed; kept as a tombstone so its id is never reused.
+    Removed,
+}
+
+/// How a capsule's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct ExitInfo {
+    /// Exit code, when it exited on its own.
+    pub code: Option<i32>,
+    /// Signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// Whether the kernel OOM killer ended it.
+    pub oom: bool,
+}
+
+/// A capsule (container).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct CapsuleInfo {
+    /// Unique id.
+    pub id: String,
+    /// Name, unique among capsules that are not removed.
+    pub name: String,
+    /// What it was created as (shared: never changes after creation).
+    pub spec: Arc<CapsuleSpec>,
+    /// The node that runs it: the origin of its creation, moved by a completed migration.
+    pub node: NodeId,
+    /// Lifecycle status.
+    pub status: CapsuleStatus,
+    /// Process id while running.
+    pub pid: Option<u32>,
+    /// How the last run ended.
+    pub exit: Option<ExitInfo>,
+    /// Starts after the first one.
+    pub restarts: u32,
+    /// HLC of its creation.
+    pub created: Hlc,
+    /// HLC of its latest start.
+    pub started: Option<Hlc>,
+    /// HLC of its latest exit.
+    pub finished: Option<Hlc>,
+}
+
+/// One recorded revision of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct RevisionInfo {
+    /// Hash of the spec, as recorded.
+    pub spec_hash: Hash,
+    /// The spec the service had when the revision was recorded (what a rollback restores).
+    pub spec: ServiceSpec,
+    /// HLC of the record.
+    pub recorded: Hlc,
+}
+
+/// One rollback of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct RollbackInfo {
+    /// Revision it left.
+    pub from: u64,
+    /// Revision it went back to.
+    pub to: u64,
+    /// Why.
+    pub reason: String,
+    /// HLC of the rollback.
+    pub at: Hlc,
+}
+
+/// A declared service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct ServiceInfo {
+    /// Service name.
+    pub name: String,
+    /// Stack it belongs to.
+    pub stack: String,
+    /// Current spec.
+    pub spec: ServiceSpec,
+    /// HLC of its latest declaration.
+    pub declared: Hlc,
+    /// The revision it runs now, once one was recorded.
+    pub revision: Option<u64>,
+    /// Recorded revisions.
+    pub revisions: BTreeMap<u64, RevisionInfo>,
+    /// Rollbacks, oldest first.
+    pub rollbacks: Vec<RollbackInfo>,
+}
+
+/// Where a migration stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationStatus {
+    /// Started, not finished.
+    InFlight,
+    /// The capsule now runs on `to`.
+    Done,
+    /// Gave up, with the reason.
+    Failed(String),
+}
+
+/// The latest migration of a capsule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct MigrationInfo {
+    /// Capsule id.
+    pub capsule: String,
+    /// Node it left.
+    pub from: NodeId,
+    /// Node it goes to.
+    pub to: NodeId,
+    /// Where it stands.
+    pub status: MigrationStatus,
+    /// HLC of its start.
+    pub started: Hlc,
+    /// HLC of its end, once ended.
+    pub ended: Option<Hlc>,
+    /// How many migrations of this capsule were started, this one included.
+    pub attempts: u32,
+}
+
+/// A named volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct VolumeInfo {
+    /// Name.
+    pub name: String,
+    /// Driver (`local`, ...).
+    pub driver: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The node that created it.
+    pub node: NodeId,
+    /// HLC of its creation.
+    pub created: Hlc,
+}
+
+/// A network and the addresses allocated on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct NetworkInfo {
+    /// Name.
+    pub name: String,
+    /// Driver (`bridge`, ...).
+    pub driver: String,
+    /// Subnet in CIDR form, such as `10.88.0.0/16`.
+    pub subnet: String,
+    /// Gateway address.
+    pub gateway: Ipv4Addr,
+    /// MTU.
+    pub mtu: u32,
+    /// The node that created it.
+    pub node: NodeId,
+    /// Address -> capsule id holding it.
+    pub allocations: BTreeMap<Ipv4Addr, String>,
+}
+
+impl State {
+    /// A hash of the whole state: blake3 over its canonical bincode encoding (every map is a
+    /// `BTreeMap`, so the encoding depends on content only). Equal on every node that folded
+    /// the same set of events.
+    pub fn hash(&self) -> Hash {
+        let mut hasher = blake3::Hasher::new();
+        // Writing into a hasher cannot fail; a failure would only mean a truncated (and so
+        // different, never falsely equal) hash.
+        let _ = bincode::encode_into_std_write(self, &mut hasher, bincode::config::standard());
+        Hash(*hasher.finalize().as_bytes())
+    }
+
+    /// The non-removed capsule named `name`, if any.
+    pub fn capsule_by_name(&self, name: &str) -> Option<&CapsuleInfo> {
+        self.capsules
+            .values()
+            .find(|c| c.name == name && c.status != CapsuleStatus::Removed)
+    }
+
+    /// Every address a capsule holds: (network, address).
+    pub fn addresses_of(&self, capsule: &str) -> Vec<(String, Ipv4Addr)> {
+        let mut out = Vec::new();
+        for (net, info) in &self.networks {
+            for (ip, holder) in &info.allocations {
+                if holder == capsule {
+                    out.push((net.clone(), *ip));
+                }
+            }
+        }
+        out
+    }
+}
