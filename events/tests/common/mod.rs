@@ -65,6 +65,16 @@ impl Remote {
         env
     }
 
+    /// The next event of the chain, without moving the chain (to tamper with it).
+    pub fn clone_chain_step(&self) -> Envelope {
+        self.key.seal(
+            self.seq + 1,
+            Hlc::new(self.wall_ms + 1, 0),
+            self.prev,
+            &payload(self.seq + 1),
+        )
+    }
+
     /// The next `n` events.
     pub fn chain(&mut self, n: u64) -> Vec<Envelope> {
         (0..n)
