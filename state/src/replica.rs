@@ -331,7 +331,17 @@ fn base_and_tail(
     let mut tail_from = upto;
     let mut tail_min: Option<OrderKey> = None;
     let mut base = None;
-    for snap in log.snapshots()? {
+    let snapshots = match log.snapshots() {
+        Ok(s) => s,
+        Err(e) => {
+            // The log is the truth: without readable snapshots, replay it all.
+            warnings.push(format!(
+                "snapshots are unreadable, replaying the whole log: {e}"
+            ));
+            Vec::new()
+        }
+    };
+    for snap in snapshots {
         if snap.cursor > upto {
             continue;
         }
