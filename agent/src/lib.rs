@@ -1,1 +1,20 @@
-//! `bolt-agent`: wires the crates together.
+//! `bolt-agent`: the `bolt` binary's library — the agent daemon, its HTTP/JSON API on a unix
+//! socket, the client and the command line.
+//!
+//! This is the only crate that wires the others together: it owns the event log
+//! (`bolt-events`), folds it into live state (`bolt-state`) and serves both. No other crate may
+//! depend on it.
+//!
+//! - [`node`]: the running node (log + live state replica + head watch); blocking core.
+//! - [`daemon`]: `bolt agent` — lock, key, log, announce, serve, stop.
+//! - [`api`]: the axum router under `/v1` (plus `/metrics`) and its OpenAPI document.
+//! - [`wire`]: the JSON shapes shared by the server and the client.
+//! - [`client`]: hyper over the unix socket, and the WebSocket event stream.
+//! - [`cli`]: the clap command line and its table/JSON rendering.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod node;
+pub mod wire;

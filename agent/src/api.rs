@@ -1,0 +1,710 @@
+//! The HTTP/JSON API, versioned under `/v1`, served on the agent's unix socket.
+//!
+//! Handlers are thin: they parse the query, run one blocking [`Node`] method on the blocking
+//! pool and turn its result into JSON. Every error is `{"error": "..."}` with a fitting status.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bolt_events::Cursor;
+use serde_json::json;
+
+use crate::node::{Node, NodeError};
+use crate::wire::{AtQuery, ErrorBody, EventsQuery, MAX_EVENTS_PAGE};
+
+/// `GET /v1/info`.
+pub const PATH_INFO: &str = "/v1/info";
+/// `GET /v1/events`.
+pub const PATH_EVENTS: &str = "/v1/events";
+/// `GET /v1/events/verify`.
+pub const PATH_VERIFY: &str = "/v1/events/verify";
+/// `GET /v1/events/stream` (WebSocket).
+pub const PATH_STREAM: &str = "/v1/events/stream";
+/// `GET /v1/state`.
+pub const PATH_STATE: &str = "/v1/state";
+/// `GET /v1/state/hash`.
+pub const PATH_STATE_HASH: &str = "/v1/state/hash";
+/// `GET /v1/openapi.json`.
+pub const PATH_OPENAPI: &str = "/v1/openapi.json";
+/// `GET /metrics` (Prometheus text).
+pub const PATH_METRICS: &str = "/metrics";
+
+/// Every route the router serves.
+pub const ROUTES: [&str; 8] = [
+    PATH_INFO,
+    PATH_EVENTS,
+    PATH_VERIFY,
+    PATH_STREAM,
+    PATH_STATE,
+    PATH_STATE_HASH,
+    PATH_OPENAPI,
+    PATH_METRICS,
+];
+
+/// Counter of HTTP requests, by method, route and status.
+pub const METRIC_HTTP_REQUESTS: &str = "bolt_http_requests_total";
+
+/// Events a stream reads from the log per step.
+const STREAM_PAGE: usize = 1024;
+
+/// The API router over a node.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route(PATH_INFO, get(info))
+        .route(PATH_EVENTS, get(events))
+        .route(PATH_VERIFY, get(verify))
+        .route(PATH_STREAM, get(stream))
+        .route(PATH_STATE, get(state))
+        .route(PATH_STATE_HASH, get(state_hash))
+        .route(PATH_OPENAPI, get(openapi))
+        .route(PATH_METRICS, get(prometheus))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(count_requests))
+        .with_state(node)
+}
+
+/// An error response: a status and a one-line message, sent as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> ApiError {
+        let status = match &e {
+            NodeError::BeyondHead { .. } => StatusCode::NOT_FOUND,
+            NodeError::Limit { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, e.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Run a blocking node method on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    node: &Arc<Node>,
+    f: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let node = Arc::clone(node);
+    tokio::task::spawn_blocking(move || f(&node))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("task failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+async fn info(State(node): State<Arc<Node>>) -> ApiResult<crate::wire::InfoView> {
+    blocking(&node, Node::info).await.map(Json)
+}
+
+async fn events(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> ApiResult<Vec<crate::wire::EventView>> {
+    let Query(q) = q?;
+    let since = q.since.unwrap_or_default();
+    let limit = q.limit.unwrap_or(MAX_EVENTS_PAGE);
+    blocking(&node, move |n| n.events(since, limit))
+        .await
+        .map(Json)
+}
+
+async fn verify(State(node): State<Arc<Node>>) -> ApiResult<crate::wire::VerifyView> {
+    blocking(&node, Node::verify).await.map(Json)
+}
+
+async fn state(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<AtQuery>, QueryRejection>,
+) -> ApiResult<crate::wire::StateView> {
+    let Query(q) = q?;
+    blocking(&node, move |n| n.state(q.at)).await.map(Json)
+}
+
+async fn state_hash(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<AtQuery>, QueryRejection>,
+) -> ApiResult<crate::wire::HashView> {
+    let Query(q) = q?;
+    blocking(&node, move |n| n.state_hash(q.at)).await.map(Json)
+}
+
+async fn stream(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
+    let ws = ws.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let ticket = node.stream_ticket().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is shutting down",
+        )
+    })?;
+    let since = q.since.unwrap_or_default();
+    Ok(ws.on_upgrade(move |socket| async move {
+        follow(node, socket, since).await;
+        drop(ticket);
+    }))
+}
+
+/// Send every event after `last`, then each new one as it commits, until the peer leaves or
+/// the agent shuts down (then: what is left, and a close frame).
+async fn follow(node: Arc<Node>, mut socket: WebSocket, mut last: Cursor) {
+    let mut head = node.watch_head();
+    let mut shutdown = node.watch_shutdown();
+    loop {
+        loop {
+            let page = match blocking(&node, move |n| n.events(last, STREAM_PAGE)).await {
+                Ok(page) => page,
+                Err(e) => {
+                    close(&mut socket, close_code::ERROR, &e.message).await;
+                    return;
+                }
+            };
+            for ev in &page {
+                let text = match serde_json::to_string(ev) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        close(&mut socket, close_code::ERROR, &e.to_string()).await;
+                        return;
+                    }
+                };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+                last = Cursor(ev.cursor);
+            }
+            if page.len() < STREAM_PAGE {
+                break;
+            }
+        }
+        if *shutdown.borrow() {
+            close(&mut socket, close_code::AWAY, "the agent is stopping").await;
+            return;
+        }
+        tokio::select! {
+            changed = head.changed() => {
+                if changed.is_err() {
+                    close(&mut socket, close_code::AWAY, "the log is closed").await;
+                    return;
+                }
+            }
+            _ = shutdown.changed() => {}
+            msg = socket.recv() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    // The peer may be gone already; nothing more to tell it then.
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(openapi_document())
+}
+
+async fn prometheus(State(node): State<Arc<Node>>) -> Response {
+    match &node.options().metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no metrics recorder is installed in this process",
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+async fn count_requests(req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!(METRIC_HTTP_REQUESTS, "method" => method, "route" => route, "status" => status)
+        .increment(1);
+    resp
+}
+
+/// The OpenAPI 3 document of every route.
+pub fn openapi_document() -> serde_json::Value {
+    let cursor = |name: &str, what: &str| {
+        json!({"name": name, "in": "query", "required": false, "description": what,
+               "schema": {"type": "integer", "format": "uint64", "minimum": 0}})
+    };
+    let ok = |what: &str, schema: &str| {
+        json!({"description": what,
+               "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+    };
+    let err = |what: &str| {
+        json!({"description": what,
+               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+    };
+    let hash = json!({"type": "string", "pattern": "^[0-9a-f]{64}$"});
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "bolt agent API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The API of one Bolt node, served on its unix socket."
+        },
+        "paths": {
+            PATH_INFO: {"get": {
+                "operationId": "info", "summary": "The node, its log head and its state hash.",
+                "responses": {"200": ok("node info", "Info"), "500": err("log failure")}
+            }},
+            PATH_EVENTS: {"get": {
+                "operationId": "events", "summary": "Events after a cursor, in arrival order.",
+                "parameters": [
+                    cursor("since", "only events after this cursor (default 0)"),
+                    {"name": "limit", "in": "query", "required": false,
+                     "description": "at most this many events",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS_PAGE}}
+                ],
+                "responses": {
+                    "200": {"description": "events", "content": {"application/json": {"schema":
+                        {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}}},
+                    "400": err("bad query"), "500": err("log failure")
+                }
+            }},
+            PATH_VERIFY: {"get": {
+                "operationId": "verifyEvents",
+                "summary": "Check every chain link and signature; faults come with ok=false.",
+                "responses": {"200": ok("verify report", "VerifyReport"), "500": err("log failure")}
+            }},
+            PATH_STREAM: {"get": {
+                "operationId": "streamEvents",
+                "summary": "WebSocket: every event after `since` as a JSON text message (an Event), then live appends.",
+                "parameters": [cursor("since", "resume after this cursor (default 0)")],
+                "responses": {"101": {"description": "switching to the WebSocket protocol"},
+                              "400": err("not a WebSocket upgrade or bad query"),
+                              "503": err("the agent is shutting down")}
+            }},
+            PATH_STATE: {"get": {
+                "operationId": "state", "summary": "The live state, or the state right after a cursor.",
+                "parameters": [cursor("at", "time travel to this cursor")],
+                "responses": {"200": ok("state", "State"), "400": err("bad query"),
+                              "404": err("cursor beyond the log head"), "500": err("log failure")}
+            }},
+            PATH_STATE_HASH: {"get": {
+                "operationId": "stateHash", "summary": "The hash of the live state or of the state at a cursor.",
+                "parameters": [cursor("at", "time travel to this cursor")],
+                "responses": {"200": ok("state hash", "StateHash"), "400": err("bad query"),
+                              "404": err("cursor beyond the log head"), "500": err("log failure")}
+            }},
+            PATH_OPENAPI: {"get": {
+                "operationId": "openapi", "summary": "This document.",
+                "responses": {"200": {"description": "OpenAPI 3 document",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}}}
+            }},
+            PATH_METRICS: {"get": {
+                "operationId": "metrics", "summary": "Prometheus metrics (text exposition format).",
+                "responses": {"200": {"description": "metrics",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              "503": err("no metrics recorder")}
+            }}
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error"],
+                      "properties": {"error": {"type": "string"}}},
+            "Info": {"type": "object",
+                     "required": ["node_id", "name", "version", "head", "events", "state_cursor", "state_hash", "uptime_s"],
+                     "properties": {
+                        "node_id": hash, "name": {"type": "string"}, "version": {"type": "string"},
+                        "head": {"type": "integer"}, "events": {"type": "integer"},
+                        "state_cursor": {"type": "integer"}, "state_hash": hash,
+                        "uptime_s": {"type": "integer"}}},
+            "Event": {"type": "object",
+                      "required": ["cursor", "origin", "seq", "hlc", "schema", "kind", "hash", "prev", "payload"],
+                      "properties": {
+                        "cursor": {"type": "integer"}, "origin": hash, "seq": {"type": "integer"},
+                        "hlc": {"type": "integer", "description": "milliseconds << 16 | logical counter"},
+                        "schema": {"type": "integer"}, "kind": {"type": "string", "example": "node.started"},
+                        "hash": hash, "prev": hash,
+                        "payload": {"type": "object", "description": "{category: {variant: fields}}"}}},
+            "VerifyReport": {"type": "object", "required": ["ok", "events", "origins", "faults"],
+                             "properties": {"ok": {"type": "boolean"}, "events": {"type": "integer"},
+                                            "origins": {"type": "integer"},
+                                            "faults": {"type": "array", "items": {"type": "string"}}}},
+            "State": {"type": "object", "required": ["cursor", "hash", "state"],
+                      "properties": {"cursor": {"type": "integer"}, "hash": hash,
+                                     "state": {"type": "object"}}},
+            "StateHash": {"type": "object", "required": ["cursor", "hash"],
+                          "properties": {"cursor": {"type": "integer"}, "hash": hash}}
+        }}
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::future::IntoFuture;
+    use std::path::Path;
+    use std::sync::OnceLock;
+
+    use axum::body::Body;
+    use axum::http::Request as HttpRequest;
+    use bolt_events::{Log, NodeKey};
+    use http_body_util::BodyExt;
+    use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::client::{Client, ClientError};
+    use crate::node::NodeOptions;
+
+    const SEED: [u8; 32] = [7; 32];
+
+    fn recorder() -> PrometheusHandle {
+        static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+        HANDLE
+            .get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
+            .clone()
+    }
+
+    /// A node on a fresh log in `dir`, started once (cursor 1 is its `node.started`).
+    fn started_node(dir: &Path) -> Arc<Node> {
+        let log = Log::open(&dir.join("events.redb"), NodeKey::from_seed(SEED)).unwrap();
+        let mut opts = NodeOptions::for_this_host();
+        opts.name = "test-node".into();
+        opts.metrics = Some(recorder());
+        let node = Node::open(log, opts).unwrap();
+        node.start().unwrap();
+        node
+    }
+
+    async fn call(router: &Router, method: Method, uri: &str) -> (StatusCode, Vec<u8>) {
+        let req = HttpRequest::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        (status, body)
+    }
+
+    async fn get_json(router: &Router, uri: &str) -> (StatusCode, Value) {
+        let (status, body) = call(router, Method::GET, uri).await;
+        let json = serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!("{uri}: not JSON ({e}): {}", String::from_utf8_lossy(&body))
+        });
+        (status, json)
+    }
+
+    fn error_of(v: &Value) -> &str {
+        v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field in {v}"))
+    }
+
+    #[tokio::test]
+    async fn info_shows_the_node_its_head_and_its_state_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = started_node(dir.path());
+        let router = router(Arc::clone(&node));
+        let (status, info) = get_json(&router, "/v1/info").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(info["node_id"], NodeKey::from_seed(SEED).id().to_string());
+        assert_eq!(info["name"], "test-node");
+        assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(info["head"], 1);
+        assert_eq!(info["events"], 1);
+        assert_eq!(info["state_cursor"], 1);
+        let at_one = node.state_hash(Some(Cursor(1))).unwrap();
+        assert_eq!(info["state_hash"], at_one.hash.to_string());
+    }
+
+    #[tokio::test]
+    async fn events_lists_appended_events_after_a_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = started_node(dir.path());
+        node.stop("test").unwrap();
+        let router = router(Arc::clone(&node));
+
+        let (status, all) = get_json(&router, "/v1/events").await;
+        assert_eq!(status, StatusCode::OK);
+        let all = all.as_array().unwrap();
+        assert_eq!(all.len(), 2);
+        let first = &all[0];
+        assert_eq!(first["cursor"], 1);
+        assert_eq!(first["kind"], "node.started");
+        assert_eq!(first["origin"], node.node_id().to_string());
+        assert_eq!(first["seq"], 1);
+        assert_eq!(first["schema"], bolt_events::CURRENT_SCHEMA);
+        assert_eq!(first["prev"], bolt_events::Hash::ZERO.to_string());
+        assert!(first["hlc"].as_u64().unwrap() > 0);
+        assert_eq!(first["payload"]["node"]["started"]["name"], "test-node");
+        let second = &all[1];
+        assert_eq!(second["cursor"], 2);
+        assert_eq!(second["kind"], "node.stopped");
+        assert_eq!(second["prev"], first["hash"]);
+        assert_eq!(second["payload"]["node"]["stopped"]["reason"], "test");
+
+        let (_, after_one) = get_json(&router, "/v1/events?since=1").await;
+        assert_eq!(after_one.as_array().unwrap(), &all[1..]);
+        let (_, page) = get_json(&router, "/v1/events?limit=1").await;
+        assert_eq!(page.as_array().unwrap(), &all[..1]);
+        let (_, none) = get_json(&router, "/v1/events?since=2").await;
+        assert_eq!(none.as_array().unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn bad_queries_are_json_400s() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = router(started_node(dir.path()));
+        for uri in [
+            "/v1/events?since=abc",
+            "/v1/events?limit=0",
+            "/v1/events?limit=10001",
+            "/v1/state?at=-1",
+            "/v1/state/hash?at=x",
+        ] {
+            let (status, body) = get_json(&router, uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+            assert!(!error_of(&body).is_empty(), "{uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn state_travels_back_to_any_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = started_node(dir.path());
+        node.stop("test").unwrap();
+        node.start().unwrap();
+        let router = router(Arc::clone(&node));
+        let id = node.node_id().to_string();
+
+        let (status, at1) = get_json(&router, "/v1/state?at=1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(at1["cursor"], 1);
+        assert_eq!(at1["state"]["nodes"][&id]["up"], true);
+        let (_, at2) = get_json(&router, "/v1/state?at=2").await;
+        assert_eq!(at2["state"]["nodes"][&id]["up"], false);
+        let (_, live) = get_json(&router, "/v1/state").await;
+        assert_eq!(live["cursor"], 3);
+        assert_eq!(live["state"]["nodes"][&id]["up"], true);
+        assert_ne!(at1["hash"], at2["hash"]);
+        assert_ne!(at2["hash"], live["hash"]);
+
+        for at in 1..=3 {
+            let (_, full) = get_json(&router, &format!("/v1/state?at={at}")).await;
+            let (_, hash) = get_json(&router, &format!("/v1/state/hash?at={at}")).await;
+            assert_eq!(hash["hash"], full["hash"], "at {at}");
+            assert_eq!(hash["cursor"], at);
+        }
+        let (_, live_hash) = get_json(&router, "/v1/state/hash").await;
+        let (_, at3) = get_json(&router, "/v1/state/hash?at=3").await;
+        assert_eq!(live_hash, at3);
+
+        let (status, beyond) = get_json(&router, "/v1/state?at=99").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(error_of(&beyond).contains("beyond"), "{beyond}");
+    }
+
+    #[tokio::test]
+    async fn verify_reports_a_clean_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = started_node(dir.path());
+        node.stop("test").unwrap();
+        let (status, report) = get_json(&router(node), "/v1/events/verify").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(report["ok"], true);
+        assert_eq!(report["events"], 2);
+        assert_eq!(report["origins"], 1);
+        assert_eq!(report["faults"].as_array().unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn openapi_lists_every_route_and_every_listed_route_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = router(started_node(dir.path()));
+        let (status, doc) = get_json(&router, PATH_OPENAPI).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = doc["paths"].as_object().unwrap();
+        let mut listed: Vec<&str> = paths.keys().map(String::as_str).collect();
+        let mut routes = ROUTES.to_vec();
+        listed.sort_unstable();
+        routes.sort_unstable();
+        assert_eq!(listed, routes);
+        for (path, item) in paths {
+            assert!(item["get"]["responses"].is_object(), "{path} has no GET");
+            let (status, _) = call(&router, Method::GET, path).await;
+            assert_ne!(
+                status,
+                StatusCode::NOT_FOUND,
+                "{path} is listed but not served"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_are_json_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = router(started_node(dir.path()));
+        let (status, body) = get_json(&router, "/v1/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(error_of(&body).contains("/v1/nope"));
+        let (status, body) = call(&router, Method::POST, "/v1/info").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert!(error_of(&body).contains("POST"));
+        let (status, body) = get_json(&router, PATH_STREAM).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "a plain GET is not an upgrade"
+        );
+        assert!(!error_of(&body).is_empty());
+    }
+
+    #[tokio::test]
+    async fn metrics_exposes_appends_head_and_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = router(started_node(dir.path()));
+        let _ = call(&router, Method::GET, "/v1/info").await;
+        let (status, body) = call(&router, Method::GET, PATH_METRICS).await;
+        assert_eq!(status, StatusCode::OK);
+        let text = String::from_utf8(body).unwrap();
+        for needle in [
+            "bolt_events_appended_total{kind=\"node.started\"}",
+            "bolt_event_append_seconds",
+            "bolt_log_head",
+            "bolt_http_requests_total{method=\"GET\",route=\"/v1/info\",status=\"200\"}",
+        ] {
+            assert!(text.contains(needle), "no {needle} in:\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn stream_sends_the_backlog_then_live_events_and_resumes_from_a_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = started_node(dir.path());
+        let sock = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let server = tokio::spawn(axum::serve(listener, router(Arc::clone(&node))).into_future());
+        let client = Client::new(&sock);
+
+        let info = client.info().await.unwrap();
+        assert_eq!(info.node_id, node.node_id());
+
+        let mut stream = client.stream(Cursor(0)).await.unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!((first.cursor, first.kind.as_str()), (1, "node.started"));
+        let stopping = Arc::clone(&node);
+        tokio::task::spawn_blocking(move || stopping.stop("live").unwrap())
+            .await
+            .unwrap();
+        let live = stream.next().await.unwrap().unwrap();
+        assert_eq!((live.cursor, live.kind.as_str()), (2, "node.stopped"));
+        drop(stream);
+
+        let mut resumed = client.stream(Cursor(1)).await.unwrap();
+        let again = resumed.next().await.unwrap().unwrap();
+        assert_eq!(again, live, "resuming after cursor 1 starts at cursor 2");
+
+        node.begin_shutdown();
+        assert!(resumed.next().await.is_none(), "shutdown closes the stream");
+        drop(resumed);
+        assert!(node.drain_streams(std::time::Duration::from_secs(10)).await);
+        let refused = client.stream(Cursor(0)).await;
+        assert!(refused.is_err(), "no new stream once shutting down");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn client_says_it_cannot_reach_a_missing_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("none.sock");
+        let err = Client::new(&sock).info().await.unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+        let line = err.to_string();
+        assert!(line.starts_with(&format!(
+            "cannot reach the bolt agent at {}: ",
+            sock.display()
+        )));
+        assert!(!line.contains('\n'));
+    }
+}

@@ -1,0 +1,289 @@
+//! `bolt agent`: one daemon per root. Takes the root's lock, opens the node key and the log,
+//! announces the node, serves the API on the unix socket until told to stop, then records the
+//! stop, closes the streams and removes the socket.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::future::{Future, IntoFuture};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bolt_events::{KeyError, Log, LogError, NodeKey};
+use tokio::net::UnixListener;
+
+use crate::api;
+use crate::node::{Node, NodeError, NodeOptions};
+
+/// How long a stop waits for open requests and streams to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the agent keeps its files and listens.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The agent root: `agent.lock`, `node.key`, `events.redb`.
+    pub root: PathBuf,
+    /// The unix socket the API is served on.
+    pub socket: PathBuf,
+    /// What the node announces and how often it snapshots its state.
+    pub node: NodeOptions,
+}
+
+impl Config {
+    /// `ROOT/agent.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join("agent.lock")
+    }
+
+    /// `ROOT/node.key`.
+    pub fn key_path(&self) -> PathBuf {
+        self.root.join("node.key")
+    }
+
+    /// `ROOT/events.redb`.
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("events.redb")
+    }
+}
+
+/// One step of the daemon that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("create agent root {path}: {source}")]
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("open lock file {path}: {source}")]
+    LockFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another bolt agent is already running on root {root} (it holds {lock})")]
+    AlreadyRunning { root: PathBuf, lock: PathBuf },
+    #[error("lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("socket {path} is served by another bolt agent")]
+    SocketInUse { path: PathBuf },
+    #[error("prepare socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("listen on {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("serve the API: {0}")]
+    Serve(std::io::Error),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// Run the agent until `shutdown` resolves (with the reason recorded in `node.stopped`).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = String>,
+) -> Result<(), DaemonError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.root)
+        .map_err(|source| DaemonError::Root {
+            path: config.root.clone(),
+            source,
+        })?;
+
+    let lock_path = config.lock_path();
+    let lock_file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|source| DaemonError::LockFile {
+            path: lock_path.clone(),
+            source,
+        })?;
+    let mut lock = fd_lock::RwLock::new(lock_file);
+    let mut guard = lock.try_write().map_err(|source| {
+        if source.kind() == ErrorKind::WouldBlock {
+            DaemonError::AlreadyRunning {
+                root: config.root.clone(),
+                lock: lock_path.clone(),
+            }
+        } else {
+            DaemonError::Lock {
+                path: lock_path.clone(),
+                source,
+            }
+        }
+    })?;
+    // The pid, for people looking at the lock; the flock is what counts.
+    let _ = guard
+        .set_len(0)
+        .and_then(|()| writeln!(&mut *guard, "{}", std::process::id()));
+
+    prepare_socket(&config.socket)?;
+
+    let key_path = config.key_path();
+    let key = blocking(move || NodeKey::load_or_create(&key_path)).await??;
+    let log_path = config.log_path();
+    let log = blocking(move || Log::open(&log_path, key)).await??;
+    let node = {
+        let opts = config.node.clone();
+        blocking(move || Node::open(log, opts)).await??
+    };
+    {
+        let node = Arc::clone(&node);
+        blocking(move || node.start()).await??;
+    }
+
+    let listener = UnixListener::bind(&config.socket).map_err(|source| DaemonError::Bind {
+        path: config.socket.clone(),
+        source,
+    })?;
+    let socket_file = SocketFile(config.socket.clone());
+    let _ = std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660));
+    tracing::info!(
+        node = %node.node_id().short(),
+        root = %config.root.display(),
+        socket = %config.socket.display(),
+        "bolt agent {} serving",
+        node.options().version
+    );
+
+    let follower = tokio::spawn(follow_head(Arc::clone(&node)));
+    let upkeep = node.options().metrics.clone().map(|handle| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = api::router(Arc::clone(&node));
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+
+    let mut result = Ok(());
+    let server_done = tokio::select! {
+        reason = shutdown => {
+            tracing::info!("stopping: {reason}");
+            let stopping = Arc::clone(&node);
+            if let Err(e) = blocking(move || stopping.stop(&reason)).await.and_then(|r| r.map_err(Into::into)) {
+                tracing::error!("record node.stopped: {e}");
+                result = Err(e);
+            }
+            false
+        }
+        served = &mut server => {
+            result = Err(match served {
+                Ok(Ok(())) => DaemonError::Serve(std::io::Error::other("the server stopped")),
+                Ok(Err(e)) => DaemonError::Serve(e),
+                Err(e) => DaemonError::Task(e.to_string()),
+            });
+            true
+        }
+    };
+
+    node.begin_shutdown();
+    let _ = stop_tx.send(());
+    if !server_done
+        && tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
+            .await
+            .is_err()
+    {
+        tracing::warn!("open requests did not finish in {DRAIN_TIMEOUT:?}; dropping them");
+        server.abort();
+    }
+    if !node.drain_streams(DRAIN_TIMEOUT).await {
+        tracing::warn!("event streams did not finish in {DRAIN_TIMEOUT:?}; dropping them");
+    }
+    follower.abort();
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
+    drop(socket_file);
+    drop(guard);
+    tracing::info!("stopped");
+    result
+}
+
+/// Create the socket's directory and remove a stale socket file. Called with the root lock
+/// held; a socket that still answers belongs to an agent on another root and is left alone.
+fn prepare_socket(path: &Path) -> Result<(), DaemonError> {
+    let err = |source| DaemonError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(DaemonError::SocketInUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            tracing::info!("removing stale socket {}", path.display());
+            std::fs::remove_file(path).map_err(err)
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Keep the live state folded up to the head as commits land (from any writer).
+async fn follow_head(node: Arc<Node>) {
+    let mut head = node.watch_head();
+    while head.changed().await.is_ok() {
+        let n = Arc::clone(&node);
+        match tokio::task::spawn_blocking(move || n.sync()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("fold new events: {e}"),
+            Err(e) => tracing::warn!("fold new events: {e}"),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, DaemonError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DaemonError::Task(e.to_string()))
+}
+
+/// Removes the socket file when the daemon ends, however it ends.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,337 @@
+//! The running node: the log, the live state replica folded from it, and the head bridged from
+//! the log's commit hook to async watchers.
+//!
+//! Every method here but [`Node::drain_streams`] is blocking (it reads or writes the log): call
+//! it from `spawn_blocking`. The HTTP handlers and the daemon are thin drivers around it.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bolt_events::{Appended, Cursor, Log, LogError, NodeId, Payload};
+use bolt_state::{decide, state_at, Command, DecideError, Replica, ReplicaError, State};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{mpsc, watch};
+
+use crate::wire::{EventView, HashView, InfoView, StateView, VerifyView, MAX_EVENTS_PAGE};
+
+/// How many events one catch-up read takes from the log.
+const SYNC_BATCH: usize = 4096;
+
+/// Counter of events taken into the live state, by kind.
+pub const METRIC_APPENDED: &str = "bolt_events_appended_total";
+/// Histogram of the time a local append takes to be durable.
+pub const METRIC_APPEND_SECONDS: &str = "bolt_event_append_seconds";
+/// Gauge of the log head cursor.
+pub const METRIC_HEAD: &str = "bolt_log_head";
+/// Counter of snapshots stored.
+pub const METRIC_SNAPSHOTS: &str = "bolt_snapshots_total";
+
+/// One step of the node that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("restore state from the log: {0}")]
+    Restore(ReplicaError),
+    #[error("the state refused the command: {0}")]
+    Decide(DecideError),
+    #[error("cursor {at} is beyond the log head {head}")]
+    BeyondHead { at: u64, head: u64 },
+    #[error("state at cursor {at}: {source}")]
+    StateAt { at: u64, source: ReplicaError },
+    #[error("state is not representable as JSON: {0}")]
+    Json(String),
+    #[error("limit must be between 1 and {max}, got {got}")]
+    Limit { got: usize, max: usize },
+}
+
+/// What the node announces and how it keeps its state.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Host name written in `node.started`.
+    pub name: String,
+    /// Agent version written in `node.started`.
+    pub version: String,
+    /// Store a state snapshot every this many events (0: never).
+    pub snapshot_every: u64,
+    /// The Prometheus handle `/metrics` renders (None: the recorder is not installed).
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl NodeOptions {
+    /// Options with this host's name, this crate's version and the default snapshot interval.
+    pub fn for_this_host() -> NodeOptions {
+        NodeOptions {
+            name: hostname(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            metrics: None,
+        }
+    }
+}
+
+/// Default interval between state snapshots, in events.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+
+/// The host name, or `unknown` when the system does not say.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The live node. Shared as `Arc<Node>` between the API handlers and the daemon.
+pub struct Node {
+    log: Log,
+    node_id: NodeId,
+    replica: Mutex<Replica>,
+    head: Arc<watch::Sender<Cursor>>,
+    shutdown: watch::Sender<bool>,
+    streams: Mutex<Option<mpsc::Sender<()>>>,
+    streams_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    opts: NodeOptions,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node_id", &self.node_id.short())
+            .field("name", &self.opts.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Held by every live event stream; the daemon waits for all of them to drop at shutdown.
+#[derive(Debug)]
+pub struct StreamTicket(#[allow(dead_code)] mpsc::Sender<()>);
+
+impl Node {
+    /// Restore the state from `log` (newest snapshot plus the events after it) and hook the
+    /// log's commits to the head watch. Blocking.
+    pub fn open(log: Log, opts: NodeOptions) -> Result<Arc<Node>, NodeError> {
+        let replica = Replica::restore(&log).map_err(NodeError::Restore)?;
+        let head = Arc::new(watch::Sender::new(log.head()));
+        let hook = Arc::clone(&head);
+        log.on_commit(Box::new(move |cursor| {
+            hook.send_if_modified(|h| {
+                let newer = cursor > *h;
+                if newer {
+                    *h = cursor;
+                }
+                newer
+            });
+        }));
+        let (streams, streams_done) = mpsc::channel(1);
+        let node = Arc::new(Node {
+            node_id: log.node_id(),
+            log,
+            replica: Mutex::new(replica),
+            head,
+            shutdown: watch::Sender::new(false),
+            streams: Mutex::new(Some(streams)),
+            streams_done: tokio::sync::Mutex::new(streams_done),
+            opts,
+            started: Instant::now(),
+        });
+        node.sync()?;
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The log.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// The options the node runs with.
+    pub fn options(&self) -> &NodeOptions {
+        &self.opts
+    }
+
+    /// A watch of the log head; changes after every commit.
+    pub fn watch_head(&self) -> watch::Receiver<Cursor> {
+        self.head.subscribe()
+    }
+
+    /// A watch that turns true when the node begins to shut down.
+    pub fn watch_shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Tell streams to finish: they send what is left and close.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+        lock(&self.streams).take();
+    }
+
+    /// A ticket for a new event stream, or None once shutdown has begun.
+    pub fn stream_ticket(&self) -> Option<StreamTicket> {
+        lock(&self.streams)
+            .as_ref()
+            .map(|s| StreamTicket(s.clone()))
+    }
+
+    /// Wait (up to `timeout`) for every stream to finish after [`Node::begin_shutdown`]. Returns
+    /// whether they all did.
+    pub async fn drain_streams(&self, timeout: Duration) -> bool {
+        let mut done = self.streams_done.lock().await;
+        tokio::time::timeout(timeout, done.recv()).await.is_ok()
+    }
+
+    /// Append local events (durable on return), then fold them into the live state. Blocking.
+    pub fn append(&self, payloads: Vec<Payload>) -> Result<Vec<Appended>, NodeError> {
+        let t = Instant::now();
+        let appended = self.log.append_batch(payloads)?;
+        metrics::histogram!(METRIC_APPEND_SECONDS).record(t.elapsed().as_secs_f64());
+        self.sync()?;
+        Ok(appended)
+    }
+
+    /// Announce this node: `decide(StartNode)` on the live state, appended. Blocking.
+    pub fn start(&self) -> Result<Vec<Appended>, NodeError> {
+        let cmd = Command::StartNode {
+            name: self.opts.name.clone(),
+            version: self.opts.version.clone(),
+        };
+        let payloads = {
+            let replica = lock(&self.replica);
+            decide(replica.state(), cmd).map_err(NodeError::Decide)?
+        };
+        self.append(payloads)
+    }
+
+    /// Record that this node stops: `decide(StopNode)` on the live state, appended. Blocking.
+    pub fn stop(&self, reason: &str) -> Result<Vec<Appended>, NodeError> {
+        self.sync()?;
+        let cmd = Command::StopNode {
+            node: self.node_id,
+            reason: reason.to_string(),
+        };
+        let payloads = {
+            let replica = lock(&self.replica);
+            decide(replica.state(), cmd).map_err(NodeError::Decide)?
+        };
+        self.append(payloads)
+    }
+
+    /// Fold every event past the live state's cursor into it, and store a snapshot when one is
+    /// due. Returns the cursor the live state is at. Blocking.
+    pub fn sync(&self) -> Result<Cursor, NodeError> {
+        let mut replica = lock(&self.replica);
+        loop {
+            let batch = self.log.read_after(replica.cursor(), SYNC_BATCH)?;
+            for a in &batch {
+                replica.ingest(a);
+                metrics::counter!(METRIC_APPENDED, "kind" => a.event.payload.kind()).increment(1);
+            }
+            if batch.len() < SYNC_BATCH {
+                break;
+            }
+        }
+        if self.opts.snapshot_every > 0 {
+            match replica.maybe_snapshot(&self.log, self.opts.snapshot_every) {
+                Ok(true) => metrics::counter!(METRIC_SNAPSHOTS).increment(1),
+                Ok(false) => {}
+                // A snapshot only speeds up the next start; the state itself is fine.
+                Err(e) => tracing::warn!("state snapshot failed: {e}"),
+            }
+        }
+        let cursor = replica.cursor();
+        metrics::gauge!(METRIC_HEAD).set(self.log.head().0 as f64);
+        Ok(cursor)
+    }
+
+    /// What `GET /v1/info` shows. Blocking.
+    pub fn info(&self) -> Result<InfoView, NodeError> {
+        self.sync()?;
+        let head = self.log.head();
+        let replica = lock(&self.replica);
+        Ok(InfoView {
+            node_id: self.node_id,
+            name: self.opts.name.clone(),
+            version: self.opts.version.clone(),
+            head: head.0,
+            events: head.0,
+            state_cursor: replica.cursor().0,
+            state_hash: replica.state().hash(),
+            uptime_s: self.started.elapsed().as_secs(),
+        })
+    }
+
+    /// Up to `limit` events after `since`, in arrival order. Blocking.
+    pub fn events(&self, since: Cursor, limit: usize) -> Result<Vec<EventView>, NodeError> {
+        if limit == 0 || limit > MAX_EVENTS_PAGE {
+            return Err(NodeError::Limit {
+                got: limit,
+                max: MAX_EVENTS_PAGE,
+            });
+        }
+        let events = self.log.read_after(since, limit)?;
+        Ok(events.iter().map(EventView::from_appended).collect())
+    }
+
+    /// Check every chain link and signature. Blocking.
+    pub fn verify(&self) -> Result<VerifyView, NodeError> {
+        Ok(self.log.verify()?.into())
+    }
+
+    /// The live state (`at` None) or the state right after cursor `at`. Blocking.
+    pub fn state(&self, at: Option<Cursor>) -> Result<StateView, NodeError> {
+        self.with_state(at, |cursor, state| {
+            Ok(StateView {
+                cursor: cursor.0,
+                hash: state.hash(),
+                state: serde_json::to_value(state).map_err(|e| NodeError::Json(e.to_string()))?,
+            })
+        })
+    }
+
+    /// The hash of the live state or of the state right after `at`. Blocking.
+    pub fn state_hash(&self, at: Option<Cursor>) -> Result<HashView, NodeError> {
+        self.with_state(at, |cursor, state| {
+            Ok(HashView {
+                cursor: cursor.0,
+                hash: state.hash(),
+            })
+        })
+    }
+
+    fn with_state<T>(
+        &self,
+        at: Option<Cursor>,
+        f: impl FnOnce(Cursor, &State) -> Result<T, NodeError>,
+    ) -> Result<T, NodeError> {
+        match at {
+            None => {
+                self.sync()?;
+                let replica = lock(&self.replica);
+                f(replica.cursor(), replica.state())
+            }
+            Some(at) => {
+                let head = self.log.head();
+                if at > head {
+                    return Err(NodeError::BeyondHead {
+                        at: at.0,
+                        head: head.0,
+                    });
+                }
+                let state = state_at(&self.log, at)
+                    .map_err(|source| NodeError::StateAt { at: at.0, source })?;
+                f(at, &state)
+            }
+        }
+    }
+}
+
+/// Lock a mutex, taking the value even if a panicking thread poisoned it: the replica is only
+/// changed through `ingest`, which never leaves it half-folded from our side.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,145 @@
+//! The JSON shapes of the `/v1` API, shared by the server (`api`) and the client (`client`).
+//!
+//! Payloads travel as `serde_json::Value` so an older client still shows events of kinds it does
+//! not know.
+
+use bolt_events::{Appended, Cursor, Hash, NodeId, VerifyReport};
+use serde::{Deserialize, Serialize};
+
+/// One event as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    /// Arrival position in this node's log.
+    pub cursor: u64,
+    /// The node that wrote the event (hex public key).
+    pub origin: NodeId,
+    /// Per-origin sequence number, from 1.
+    pub seq: u64,
+    /// Hybrid logical clock timestamp (milliseconds << 16 | logical).
+    pub hlc: u64,
+    /// Schema version the payload was written with.
+    pub schema: u16,
+    /// Dotted kind such as `node.started`.
+    pub kind: String,
+    /// The event's hash (its chain link).
+    pub hash: Hash,
+    /// The hash of the origin's previous event.
+    pub prev: Hash,
+    /// The payload as serde JSON (`{"node": {"started": {...}}}`).
+    pub payload: serde_json::Value,
+}
+
+impl EventView {
+    /// The view of an event as it landed in the log.
+    pub fn from_appended(a: &Appended) -> EventView {
+        let e = &a.event;
+        EventView {
+            cursor: a.cursor.0,
+            origin: e.origin(),
+            seq: e.seq(),
+            hlc: e.hlc().0,
+            schema: e.envelope.schema,
+            kind: e.payload.kind().to_string(),
+            hash: e.hash,
+            prev: e.envelope.prev,
+            // A payload is plain data; serializing it to a Value cannot fail.
+            payload: serde_json::to_value(&e.payload).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// Wall-clock milliseconds of the event's HLC.
+    pub fn time_ms(&self) -> u64 {
+        bolt_events::Hlc(self.hlc).physical_ms()
+    }
+}
+
+/// `GET /v1/info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoView {
+    /// This node's id (hex public key).
+    pub node_id: NodeId,
+    /// Host name the node announced.
+    pub name: String,
+    /// Agent version.
+    pub version: String,
+    /// The highest cursor in the log.
+    pub head: u64,
+    /// Events in the log.
+    pub events: u64,
+    /// The cursor the live state has folded up to.
+    pub state_cursor: u64,
+    /// Hash of the live state at `state_cursor`.
+    pub state_hash: Hash,
+    /// Seconds since the agent started.
+    pub uptime_s: u64,
+}
+
+/// `GET /v1/events/verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyView {
+    /// True when no fault was found.
+    pub ok: bool,
+    /// Events checked.
+    pub events: u64,
+    /// Origins seen.
+    pub origins: usize,
+    /// One line per fault.
+    pub faults: Vec<String>,
+}
+
+impl From<VerifyReport> for VerifyView {
+    fn from(r: VerifyReport) -> VerifyView {
+        VerifyView {
+            ok: r.faults.is_empty(),
+            events: r.events,
+            origins: r.origins,
+            faults: r.faults,
+        }
+    }
+}
+
+/// `GET /v1/state`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateView {
+    /// The cursor the state is taken at.
+    pub cursor: u64,
+    /// The state's hash.
+    pub hash: Hash,
+    /// The state itself, as the state crate serializes it.
+    pub state: serde_json::Value,
+}
+
+/// `GET /v1/state/hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashView {
+    /// The cursor the state is taken at.
+    pub cursor: u64,
+    /// The state's hash.
+    pub hash: Hash,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, one line.
+    pub error: String,
+}
+
+/// The query of `GET /v1/events` and `GET /v1/events/stream`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EventsQuery {
+    /// Only events after this cursor (default 0: from the start).
+    pub since: Option<Cursor>,
+    /// At most this many events (default and maximum [`MAX_EVENTS_PAGE`]).
+    pub limit: Option<usize>,
+}
+
+/// The query of `GET /v1/state` and `GET /v1/state/hash`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AtQuery {
+    /// Time travel: the state right after this cursor (default: the live state).
+    pub at: Option<Cursor>,
+}
+
+/// The largest page `GET /v1/events` returns.
+pub const MAX_EVENTS_PAGE: usize = 10_000;
