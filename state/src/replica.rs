@@ -46,6 +46,9 @@ pub struct ReplicaStats {
     pub rebuilds: u64,
     /// Events skipped because they were already folded.
     pub duplicates: u64,
+    /// Cursor of the snapshot the latest rebuild from the log started from (`None`: it
+    /// replayed the whole log, or there was no rebuild).
+    pub restored_from: Option<Cursor>,
 }
 
 /// One folded event kept for rewinding.
@@ -279,8 +282,9 @@ impl Replica {
     /// starting from the newest usable snapshot.
     fn rebuild_from(&mut self, log: &Log, upto: Cursor) -> Result<(), ReplicaError> {
         let (base, tail) = base_and_tail(log, upto, &mut self.warnings)?;
+        self.stats.restored_from = base.as_ref().map(|(c, _)| *c);
         let (state, floor) = match base {
-            Some(s) => {
+            Some((_, s)) => {
                 let k = s.last_key;
                 (s, k)
             }
@@ -325,7 +329,7 @@ fn base_and_tail(
     log: &Log,
     upto: Cursor,
     warnings: &mut Vec<String>,
-) -> Result<(Option<State>, Vec<Appended>), ReplicaError> {
+) -> Result<(Option<(Cursor, State)>, Vec<Appended>), ReplicaError> {
     // `tail` holds the events with cursor in (tail_from, upto], in cursor order.
     let mut tail: Vec<Appended> = Vec::new();
     let mut tail_from = upto;
@@ -359,7 +363,7 @@ fn base_and_tail(
         }
         match decode_state(&snap.bytes) {
             Ok(state) if state.last_key == snap.last_key => {
-                base = Some(state);
+                base = Some((snap.cursor, state));
                 break;
             }
             Ok(_) => warnings.push(

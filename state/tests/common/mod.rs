@@ -9,29 +9,62 @@ use bolt_state::{apply, State};
 
 /// A test node that seals its own chained events.
 pub struct Origin {
-    key: NodeKey,
+    key: Option<NodeKey>,
+    id: NodeId,
     pub seq: u64,
     prev: Hash,
 }
 
 impl Origin {
     pub fn new(seed: u8) -> Origin {
+        let key = NodeKey::from_seed([seed; 32]);
         Origin {
-            key: NodeKey::from_seed([seed; 32]),
+            id: key.id(),
+            key: Some(key),
+            seq: 0,
+            prev: Hash::ZERO,
+        }
+    }
+
+    /// An origin with a made-up id that can only make [`Origin::unsigned`] events (deriving a
+    /// real key is slow in a debug build).
+    pub fn fake(seed: u8) -> Origin {
+        Origin {
+            key: None,
+            id: NodeId([seed; 32]),
             seq: 0,
             prev: Hash::ZERO,
         }
     }
 
     pub fn id(&self) -> NodeId {
-        self.key.id()
+        self.id
     }
 
     pub fn envelope(&mut self, hlc: u64, payload: &Payload) -> Envelope {
         self.seq += 1;
-        let env = self.key.seal(self.seq, Hlc(hlc), self.prev, payload);
+        let key = self.key.as_ref().expect("a fake origin cannot sign");
+        let env = key.seal(self.seq, Hlc(hlc), self.prev, payload);
         self.prev = env.hash();
         env
+    }
+
+    /// The next event of this origin at `hlc`, unsigned (the fold never checks signatures;
+    /// signing in a debug build is slow, and property tests make thousands of events).
+    pub fn unsigned(&mut self, hlc: u64, payload: Payload) -> Event {
+        self.seq += 1;
+        let env = Envelope {
+            format: bolt_events::envelope::FORMAT,
+            origin: self.id(),
+            seq: self.seq,
+            hlc: Hlc(hlc),
+            schema: bolt_events::CURRENT_SCHEMA,
+            prev: self.prev,
+            payload: bolt_events::payload::encode_payload(&payload),
+            sig: [0; 64],
+        };
+        self.prev = env.hash();
+        Event::from_bytes(&env.to_bytes()).unwrap()
     }
 
     /// The next event of this origin at `hlc`.
