@@ -171,6 +171,7 @@ fn run_agent(root: PathBuf, socket: PathBuf, snapshot_every: u64) -> Result<Exit
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
             )
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init();
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
@@ -280,11 +281,11 @@ async fn follow(
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     let mut last = since;
+    let mut stream = client.stream(last).await?;
     if format == Format::Table {
         writeln!(out, "{}", follow_row(&EVENT_HEADER.map(String::from)))?;
         out.flush()?;
     }
-    let mut stream = client.stream(last).await?;
     loop {
         while let Some(ev) = stream.next().await {
             let ev = match ev {

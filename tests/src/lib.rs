@@ -1,1 +1,294 @@
 //! `bolt-tests`: end-to-end and multi-node harness. Nothing may depend on this crate.
+//!
+//! The tests run the built `bolt` binary as a real process: an agent per [`Node`] (its own temp
+//! root and socket) and the CLI against it.
+//!
+//! **Which binary.** Cargo only tells a package's own tests where its binaries are
+//! (`CARGO_BIN_EXE_*`), and `bolt` belongs to `bolt-agent`, so [`bolt_bin`] finds it beside
+//! this test executable (`target/<profile>/bolt`), or at `$BOLT_BIN`. `cargo test` at the
+//! workspace root builds it (bolt-agent has integration tests, so Cargo builds its binary);
+//! with `-p bolt-tests` alone, run `cargo build -p bolt-agent` first.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How long the harness waits for an agent to answer or to exit before it calls it hung. A
+/// guard against hanging forever, not a timing assertion.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// One harness step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("no bolt binary at {0}; run `cargo build -p bolt-agent` (or set BOLT_BIN)")]
+    NoBinary(PathBuf),
+    #[error("locate the test executable: {0}")]
+    CurrentExe(std::io::Error),
+    #[error("create {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("run {what}: {source}")]
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("the agent exited ({status}) before it answered; its log:\n{log}")]
+    AgentDied { status: ExitStatus, log: String },
+    #[error("the agent did not answer within {0:?}; its log:\n{1}")]
+    NotReady(Duration, String),
+    #[error("the agent did not exit within {0:?} after {1}")]
+    NoExit(Duration, Signal),
+    #[error("no agent is running")]
+    NotRunning,
+    #[error("signal the agent: {0}")]
+    Signal(nix::Error),
+}
+
+/// The `bolt` binary the tests run.
+pub fn bolt_bin() -> Result<PathBuf, HarnessError> {
+    let path = match std::env::var_os("BOLT_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let exe = std::env::current_exe().map_err(HarnessError::CurrentExe)?;
+            // target/<profile>/deps/<test>-<hash> -> target/<profile>/bolt
+            exe.parent()
+                .and_then(Path::parent)
+                .map(|d| d.join("bolt"))
+                .unwrap_or_else(|| PathBuf::from("bolt"))
+        }
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(HarnessError::NoBinary(path))
+    }
+}
+
+/// What a finished `bolt` command printed and how it exited.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit code (None when killed by a signal).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// True when it exited 0.
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The non-empty lines of stdout.
+    pub fn lines(&self) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    }
+}
+
+/// A `bolt` command line with the environment cleared of `BOLT_*` settings.
+pub fn bolt_command(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    for var in [
+        "BOLT_SOCKET",
+        "BOLT_ROOT",
+        "BOLT_SNAPSHOT_EVERY",
+        "BOLT_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// One node: a root and a socket in a directory, and the agent process when it runs.
+#[derive(Debug)]
+pub struct Node {
+    bin: PathBuf,
+    root: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    agent: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl Node {
+    /// A node living under `dir/name` (root `dir/name/root`, socket `dir/name/bolt.sock`).
+    pub fn new(dir: &Path, name: &str) -> Result<Node, HarnessError> {
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home).map_err(|source| HarnessError::Create {
+            path: home.clone(),
+            source,
+        })?;
+        Ok(Node {
+            bin: bolt_bin()?,
+            root: home.join("root"),
+            socket: home.join("bolt.sock"),
+            log: home.join("agent.log"),
+            agent: None,
+            extra_args: Vec::new(),
+        })
+    }
+
+    /// Extra `bolt agent` arguments (such as `--snapshot-every 2`).
+    pub fn with_agent_args(mut self, args: &[&str]) -> Node {
+        self.extra_args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// The agent root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The API socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The `bolt` binary.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Everything the agent wrote to stderr so far, across its starts.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Spawn `bolt agent` on this root and socket without waiting for it.
+    pub fn spawn_agent(&self) -> Result<Child, HarnessError> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|source| HarnessError::Create {
+                path: self.log.clone(),
+                source,
+            })?;
+        bolt_command(&self.bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("agent")
+            .arg("--root")
+            .arg(&self.root)
+            .args(&self.extra_args)
+            .env("BOLT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|source| HarnessError::Spawn {
+                what: "bolt agent".into(),
+                source,
+            })
+    }
+
+    /// Start the agent and wait until `bolt info` answers.
+    pub fn start(&mut self) -> Result<(), HarnessError> {
+        let mut child = self.spawn_agent()?;
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(HarnessError::AgentDied {
+                    status,
+                    log: self.agent_log(),
+                });
+            }
+            if self.bolt(&["info"])?.ok() {
+                self.agent = Some(child);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(HarnessError::NotReady(PATIENCE, self.agent_log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the agent process is alive.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.agent.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
+    /// Send `signal` to the agent and wait for it to exit.
+    pub fn stop_with(&mut self, signal: Signal) -> Result<ExitStatus, HarnessError> {
+        let mut child = self.agent.take().ok_or(HarnessError::NotRunning)?;
+        let pid = Pid::from_raw(child.id() as i32);
+        kill(pid, signal).map_err(HarnessError::Signal)?;
+        wait_for_exit(&mut child, PATIENCE).ok_or(HarnessError::NoExit(PATIENCE, signal))
+    }
+
+    /// SIGTERM the agent and wait for it to exit.
+    pub fn stop(&mut self) -> Result<ExitStatus, HarnessError> {
+        self.stop_with(Signal::SIGTERM)
+    }
+
+    /// Run `bolt --socket SOCKET <args>` and wait for it.
+    pub fn bolt(&self, args: &[&str]) -> Result<Output, HarnessError> {
+        let out = bolt_command(&self.bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .map_err(|source| HarnessError::Spawn {
+                what: format!("bolt {}", args.join(" ")),
+                source,
+            })?;
+        Ok(Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Spawn `bolt --socket SOCKET <args>` with stdout piped, without waiting.
+    pub fn spawn_bolt(&self, args: &[&str]) -> Result<Child, HarnessError> {
+        bolt_command(&self.bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| HarnessError::Spawn {
+                what: format!("bolt {}", args.join(" ")),
+                source,
+            })
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Poll `child` until it exits or `patience` runs out.
+pub fn wait_for_exit(child: &mut Child, patience: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => return None,
+        }
+    }
+}
