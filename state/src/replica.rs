@@ -322,6 +322,9 @@ pub fn state_at(log: &Log, cursor: Cursor) -> Result<State, ReplicaError> {
     Ok(r.state)
 }
 
+/// A snapshot's cursor and decoded state (if one is usable), and the events to fold after it.
+type BaseAndTail = (Option<(Cursor, State)>, Vec<Appended>);
+
 /// The newest usable snapshot state (if any) at or below `upto`, and the events after it up to
 /// `upto`, sorted by key. A snapshot is usable when it decodes and no event after its cursor
 /// sorts before its last key; an unreadable one is skipped with a warning.
@@ -329,7 +332,7 @@ fn base_and_tail(
     log: &Log,
     upto: Cursor,
     warnings: &mut Vec<String>,
-) -> Result<(Option<(Cursor, State)>, Vec<Appended>), ReplicaError> {
+) -> Result<BaseAndTail, ReplicaError> {
     // `tail` holds the events with cursor in (tail_from, upto], in cursor order.
     let mut tail: Vec<Appended> = Vec::new();
     let mut tail_from = upto;
