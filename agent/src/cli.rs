@@ -583,3 +583,130 @@ fn format_duration(secs: u64) -> String {
         _ => format!("{d}d{h:02}h"),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use bolt_events::{Hash, NodeId};
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn times_are_utc_iso8601_with_milliseconds() {
+        assert_eq!(format_time_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(
+            format_time_ms(1_798_761_599_999),
+            "2026-12-31T23:59:59.999Z"
+        );
+    }
+
+    #[test]
+    fn a_summary_shows_non_empty_fields_of_the_variant() {
+        let p = json!({"node": {"started": {"name": "h1", "version": "0.1.0", "addr": null, "labels": {}}}});
+        assert_eq!(summary(&p), "name=h1 version=0.1.0");
+        let id = "ab".repeat(32);
+        let p = json!({"placement": {"placed": {"service": "web", "replica": 2, "node": id}}});
+        assert_eq!(summary(&p), "node=abababababab replica=2 service=web");
+        let long = json!({"x": {"y": {"reason": "z".repeat(200)}}});
+        assert_eq!(summary(&long).chars().count(), 72);
+        assert!(summary(&long).ends_with('…'));
+        assert_eq!(summary(&json!("odd")), "");
+    }
+
+    #[test]
+    fn tables_align_every_column_but_the_last() {
+        let rows = vec![
+            vec!["A".to_string(), "LONG HEADER".to_string(), "Z".to_string()],
+            vec![
+                "longer".to_string(),
+                "b".to_string(),
+                "last column".to_string(),
+            ],
+        ];
+        let t = align(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "A       LONG HEADER  Z");
+        assert_eq!(lines[1], "longer  b            last column");
+    }
+
+    #[test]
+    fn events_table_has_a_row_per_event_under_the_header() {
+        let ev = EventView {
+            cursor: 12,
+            origin: NodeId([0xab; 32]),
+            seq: 3,
+            hlc: bolt_events::Hlc::new(1_000, 0).0,
+            schema: 2,
+            kind: "node.stopped".into(),
+            hash: Hash([1; 32]),
+            prev: Hash([2; 32]),
+            payload: json!({"node": {"stopped": {"reason": "SIGTERM"}}}),
+        };
+        let t = render_events(&[ev]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("CURSOR  TIME"));
+        assert!(
+            lines[1].starts_with(
+                "12      1970-01-01T00:00:01.000Z  abababababab  3    node.stopped  reason=SIGTERM"
+            ),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn state_renders_scalars_then_a_table_per_map_of_records() {
+        let view = StateView {
+            cursor: 5,
+            hash: Hash([3; 32]),
+            state: json!({
+                "applied": 5,
+                "nodes": {"a1": {"name": "n1", "up": true}, "b2": {"name": "n2", "up": false, "starts": 2}},
+                "volumes": {},
+            }),
+        };
+        let t = render_state(&view);
+        assert!(t.starts_with("cursor   5\nhash     0303"), "{t}");
+        assert!(t.contains("\napplied  5\n"), "{t}");
+        assert!(t.contains("\nvolumes  {}\n"), "{t}");
+        assert!(
+            t.contains(
+                "\nnodes (2)\nKEY  NAME  UP     STARTS\na1   n1    true\nb2   n2    false  2\n"
+            ),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn verify_report_lists_every_fault() {
+        let ok = VerifyView {
+            ok: true,
+            events: 3,
+            origins: 1,
+            faults: vec![],
+        };
+        assert!(render_verify(&ok).starts_with("ok: 3 events from 1 origin(s)"));
+        let bad = VerifyView {
+            ok: false,
+            events: 3,
+            origins: 1,
+            faults: vec![
+                "cursor 1: bad signature".into(),
+                "cursor 2: broken chain".into(),
+            ],
+        };
+        let t = render_verify(&bad);
+        assert!(t.starts_with("FAULTY: 2 fault(s)"));
+        assert!(t.contains("  - cursor 1: bad signature\n  - cursor 2: broken chain\n"));
+    }
+
+    #[test]
+    fn durations_are_short() {
+        assert_eq!(format_duration(5), "5s");
+        assert_eq!(format_duration(65), "1m05s");
+        assert_eq!(format_duration(3_600 * 2 + 60), "2h01m");
+        assert_eq!(format_duration(86_400 + 3_600), "1d01h");
+    }
+}
