@@ -28,7 +28,9 @@ pub enum KeyError {
     },
     #[error("node key {path} must be 32 bytes, found {len}")]
     Length { path: PathBuf, len: usize },
-    #[error("node key {path} has mode {mode:o}; it must not be readable by group or others (chmod 600)")]
+    #[error(
+        "node key {path} has mode {mode:o}; it must not be readable by group or others (chmod 600)"
+    )]
     Permissions { path: PathBuf, mode: u32 },
     #[error("no system randomness: {0}")]
     Random(String),

@@ -26,7 +26,7 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::codec::MAX_ENCODED;
-use crate::envelope::{Envelope, Event, OrderKey, FORMAT};
+use crate::envelope::{Envelope, Event, OrderKey, SignatureError, FORMAT};
 use crate::id::{Cursor, Hash, NodeId};
 use crate::key::NodeKey;
 use crate::payload::Payload;
@@ -579,9 +579,13 @@ fn decode_appended(cursor: u64, bytes: &[u8]) -> Result<Appended, LogError> {
     })
 }
 
-/// The stateless checks of one remote envelope: not ours, known format, valid signature,
-/// decodable payload, encodable within the size limit.
-fn check_one(own: NodeId, envelope: Envelope, verify: bool) -> Result<Checked, RemoteError> {
+/// The stateless checks of one remote envelope: not ours, known format, valid signature
+/// (checked before, in `sig`), decodable payload, encodable within the size limit.
+fn check_one(
+    own: NodeId,
+    envelope: Envelope,
+    sig: Result<(), SignatureError>,
+) -> Result<Checked, RemoteError> {
     if envelope.origin == own {
         return Err(RemoteError::OwnOrigin {
             origin: envelope.origin.short(),
@@ -591,9 +595,7 @@ fn check_one(own: NodeId, envelope: Envelope, verify: bool) -> Result<Checked, R
     if envelope.format != FORMAT {
         return Err(CodecError::UnknownFormat(envelope.format).into());
     }
-    if verify {
-        envelope.verify_signature()?;
-    }
+    sig?;
     let payload = envelope.decode_payload()?;
     let bytes = envelope.to_bytes();
     if bytes.is_empty() {
@@ -610,57 +612,61 @@ fn check_one(own: NodeId, envelope: Envelope, verify: bool) -> Result<Checked, R
     })
 }
 
-/// Batches at least this long have their signatures checked on several threads.
-const PARALLEL_CHECK_MIN: usize = 256;
-
-/// Check every envelope of a batch, in order; the first refusal in batch order wins.
+/// Check every envelope of a batch, in order; the first refusal in batch order wins. The
+/// signatures, the costly part, are checked on all cores.
 fn check_all(
     own: NodeId,
     envelopes: Vec<Envelope>,
     verify: bool,
 ) -> Result<Vec<Checked>, LogError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if !verify || threads < 2 || envelopes.len() < PARALLEL_CHECK_MIN {
-        return envelopes
-            .into_iter()
-            .map(|e| check_one(own, e, verify))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(LogError::from);
-    }
-    let chunk = envelopes.len().div_ceil(threads);
-    let mut parts: Vec<Vec<Envelope>> = Vec::with_capacity(threads);
-    let mut rest = envelopes.into_iter();
-    loop {
-        let part: Vec<Envelope> = rest.by_ref().take(chunk).collect();
-        if part.is_empty() {
-            break;
-        }
-        parts.push(part);
-    }
-    let check = move |part: Vec<Envelope>| -> Result<Vec<Checked>, RemoteError> {
-        part.into_iter()
-            .map(|e| check_one(own, e, verify))
-            .collect()
+    let sigs = if verify {
+        parallel_map(&envelopes, |e| {
+            if e.origin == own || e.format != FORMAT {
+                Ok(()) // refused by check_one before its signature counts
+            } else {
+                e.verify_signature()
+            }
+        })
+    } else {
+        envelopes.iter().map(|_| Ok(())).collect()
     };
+    envelopes
+        .into_iter()
+        .zip(sigs)
+        .map(|(e, sig)| check_one(own, e, sig))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(LogError::from)
+}
+
+/// Inputs at least this long are spread over several threads by [`parallel_map`].
+const PARALLEL_MIN: usize = 256;
+
+/// `items.iter().map(f)` on all cores, results in input order. Falls back to the calling
+/// thread for short inputs, on one core, or when a thread cannot be started.
+pub(crate) fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || items.len() < PARALLEL_MIN {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
     std::thread::scope(|s| {
-        let mut pending = Vec::with_capacity(parts.len());
-        for part in parts {
-            let (tx, rx) = mpsc::sync_channel(1);
-            let job = move || {
-                let _ = tx.send(check(part));
-            };
+        let mut parts = Vec::with_capacity(threads);
+        for part in items.chunks(chunk) {
+            let job = move || part.iter().map(f).collect::<Vec<R>>();
             match std::thread::Builder::new().spawn_scoped(s, job) {
-                Ok(_) => pending.push(rx),
-                Err(_) => return Err(LogError::Storage("start a signature check thread".into())),
+                Ok(handle) => parts.push((part, Some(handle))),
+                Err(_) => parts.push((part, None)),
             }
         }
-        let mut out = Vec::new();
-        for rx in pending {
-            let part = rx
-                .recv()
-                .map_err(|_| LogError::Storage("a signature check thread failed".into()))??;
-            out.extend(part);
+        let mut out = Vec::with_capacity(items.len());
+        for (part, handle) in parts {
+            match handle.map(|h| h.join()) {
+                Some(Ok(v)) => out.extend(v),
+                // Not started, or failed: do that part here.
+                _ => out.extend(part.iter().map(f)),
+            }
         }
-        Ok(out)
+        out
     })
 }

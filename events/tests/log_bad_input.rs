@@ -12,7 +12,8 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 const EVENTS: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("events");
 const BY_ORIGIN: TableDefinition<'static, ([u8; 32], u64), u64> = TableDefinition::new("by_origin");
-const HEADS: TableDefinition<'static, [u8; 32], (u64, [u8; 32], u64)> = TableDefinition::new("heads");
+const HEADS: TableDefinition<'static, [u8; 32], (u64, [u8; 32], u64)> =
+    TableDefinition::new("heads");
 
 /// A closed log file with a few events of two origins; returns what it holds.
 fn filled_log(path: &Path) -> Vec<Envelope> {
@@ -38,7 +39,16 @@ fn given_a_truncated_db_file_when_opened_then_a_clear_error() {
     let path = dir.path().join("events.redb");
     filled_log(&path);
     let full = std::fs::read(&path).unwrap();
-    for cut in [1, 100, 512, 4096, full.len() / 3, full.len() / 2, full.len() - 4096, full.len() - 1] {
+    for cut in [
+        1,
+        100,
+        512,
+        4096,
+        full.len() / 3,
+        full.len() / 2,
+        full.len() - 4096,
+        full.len() - 1,
+    ] {
         std::fs::write(&path, &full[..cut]).unwrap();
         match open_outcome(&path) {
             Err(e) => {
@@ -92,9 +102,16 @@ fn given_corrupted_db_bytes_when_opened_then_a_clear_error_or_every_event_intact
 fn given_a_file_that_is_not_a_database_when_opened_then_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.redb");
-    std::fs::write(&path, b"this is not a redb database, just some text".repeat(200)).unwrap();
+    std::fs::write(
+        &path,
+        b"this is not a redb database, just some text".repeat(200),
+    )
+    .unwrap();
     let err = Log::open(&path, key(1)).unwrap_err();
-    assert!(matches!(err, LogError::Open { .. } | LogError::Damaged { .. }), "{err:?}");
+    assert!(
+        matches!(err, LogError::Open { .. } | LogError::Damaged { .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -105,7 +122,10 @@ fn given_a_stored_event_that_does_not_decode_when_read_then_corrupt_with_its_cur
     {
         let db = redb::Database::open(&path).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(EVENTS).unwrap().insert(7, &[1u8, 2, 3][..]).unwrap();
+        txn.open_table(EVENTS)
+            .unwrap()
+            .insert(7, &[1u8, 2, 3][..])
+            .unwrap();
         txn.commit().unwrap();
     }
     let log = Log::open(&path, key(1)).unwrap();
@@ -164,13 +184,21 @@ fn given_a_stored_event_with_a_broken_chain_when_verified_then_the_fault_is_name
     let k = key(1);
     rewrite(&path, 5, |e| {
         e.prev = Hash([9; 32]);
-        e.sig = k.seal_bytes(e.seq, e.hlc, e.prev, e.schema, e.payload.clone()).sig;
+        e.sig = k
+            .seal_bytes(e.seq, e.hlc, e.prev, e.schema, e.payload.clone())
+            .sig;
     });
     let f = faults(&path);
     // seq 5's prev is wrong, and seq 6's prev no longer matches the rewritten seq 5.
     assert_eq!(f.len(), 2, "{f:?}");
-    assert!(f[0].contains("cursor 5") && f[0].contains("broken chain"), "{f:?}");
-    assert!(f[1].contains("cursor 6") && f[1].contains("broken chain"), "{f:?}");
+    assert!(
+        f[0].contains("cursor 5") && f[0].contains("broken chain"),
+        "{f:?}"
+    );
+    assert!(
+        f[1].contains("cursor 6") && f[1].contains("broken chain"),
+        "{f:?}"
+    );
 }
 
 #[test]
@@ -180,7 +208,11 @@ fn given_a_stored_event_with_a_bad_signature_when_verified_then_the_fault_is_nam
     filled_log(&path);
     rewrite(&path, 20, |e| e.sig[10] ^= 0xff);
     let f = faults(&path);
-    assert!(f.iter().any(|l| l.contains("cursor 20") && l.contains("bad signature")), "{f:?}");
+    assert!(
+        f.iter()
+            .any(|l| l.contains("cursor 20") && l.contains("bad signature")),
+        "{f:?}"
+    );
     // The tip of origin 1 recorded the old hash of seq 20.
     assert!(f.iter().any(|l| l.contains("recorded tip")), "{f:?}");
 }
@@ -193,11 +225,21 @@ fn given_a_stored_gap_when_verified_then_the_fault_is_named() {
     let k = key(1);
     rewrite(&path, 3, |e| {
         e.seq = 33;
-        e.sig = k.seal_bytes(e.seq, e.hlc, e.prev, e.schema, e.payload.clone()).sig;
+        e.sig = k
+            .seal_bytes(e.seq, e.hlc, e.prev, e.schema, e.payload.clone())
+            .sig;
     });
     let f = faults(&path);
-    assert!(f.iter().any(|l| l.contains("cursor 3") && l.contains("seq gap")), "{f:?}");
-    assert!(f.iter().any(|l| l.contains("cursor 4") && l.contains("seq gap")), "{f:?}");
+    assert!(
+        f.iter()
+            .any(|l| l.contains("cursor 3") && l.contains("seq gap")),
+        "{f:?}"
+    );
+    assert!(
+        f.iter()
+            .any(|l| l.contains("cursor 4") && l.contains("seq gap")),
+        "{f:?}"
+    );
 }
 
 #[test]
@@ -237,7 +279,10 @@ fn given_hostile_remote_events_when_refused_then_the_log_still_reads_everything_
         .collect();
     assert_eq!(after, before);
     assert!(log.verify().unwrap().is_clean());
-    assert_eq!(log.append_remote(vec![r.next(&payload(4))]).unwrap().len(), 1);
+    assert_eq!(
+        log.append_remote(vec![r.next(&payload(4))]).unwrap().len(),
+        1
+    );
 }
 
 #[test]
@@ -253,12 +298,19 @@ fn given_a_db_whose_layout_is_newer_when_opened_then_a_layout_error() {
         txn.commit().unwrap();
     }
     match Log::open(&path, key(1)) {
-        Err(LogError::Layout { found: 2, expected: 1, .. }) => {}
+        Err(LogError::Layout {
+            found: 2,
+            expected: 1,
+            ..
+        }) => {}
         other => panic!("expected a layout error, got {other:?}"),
     }
     // Nothing was changed by the refused open.
     let db = redb::Database::open(&path).unwrap();
     let txn = db.begin_read().unwrap();
-    assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(EVENTS).unwrap()).unwrap(), 30);
+    assert_eq!(
+        redb::ReadableTableMetadata::len(&txn.open_table(EVENTS).unwrap()).unwrap(),
+        30
+    );
     assert!(txn.open_table(HEADS).is_ok());
 }

@@ -176,7 +176,7 @@ fn hlc_now_ms() -> u64 {
 fn given_many_threads_when_appending_concurrently_then_every_event_is_stored_once_and_gapless() {
     let (_dir, path, log) = temp_log(1);
     let threads = 8;
-    let per = 25;
+    let per = 10;
     let acked = Arc::new(Mutex::new(Vec::new()));
     std::thread::scope(|s| {
         for t in 0..threads {

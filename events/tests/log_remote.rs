@@ -117,19 +117,19 @@ fn given_a_large_batch_with_one_bad_signature_when_appended_then_refused_whole()
     // Large enough to take the parallel signature check.
     let (_dir, _path, log) = temp_log(1);
     let mut r = Remote::new(2);
-    let mut envs = r.chain(600);
-    envs[450].sig[0] ^= 1;
+    let mut envs = r.chain(300);
+    envs[250].sig[0] ^= 1;
     let e = remote_err(log.append_remote(envs.clone()));
     assert!(
         matches!(
             e,
-            RemoteError::Signature(SignatureError::Invalid { seq: 451, .. })
+            RemoteError::Signature(SignatureError::Invalid { seq: 251, .. })
         ),
         "{e:?}"
     );
     assert_eq!(log.head(), Cursor(0));
-    envs[450].sig[0] ^= 1;
-    assert_eq!(log.append_remote(envs).unwrap().len(), 600);
+    envs[250].sig[0] ^= 1;
+    assert_eq!(log.append_remote(envs).unwrap().len(), 300);
 }
 
 #[test]

@@ -5,9 +5,13 @@ use std::collections::BTreeMap;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use super::tables::{Tip, BY_ORIGIN, EVENTS, HEADS};
-use super::{short_hash, storage, LogError, VerifyReport};
+use super::{parallel_map, short_hash, storage, LogError, VerifyReport};
+use crate::codec::CodecError;
 use crate::envelope::Envelope;
 use crate::id::{Hash, NodeId};
+
+/// Events decoded and signature-checked together.
+const CHUNK: usize = 4096;
 
 /// Walk every event in arrival order (each origin's events arrive in seq order, so this walks
 /// every chain from seq 1 as well) and cross-check the index and the tips.
@@ -20,65 +24,78 @@ pub(super) fn run(txn: &ReadTransaction) -> Result<VerifyReport, LogError> {
     let mut chains: BTreeMap<NodeId, (u64, Hash)> = BTreeMap::new();
     let mut expected_cursor = 1u64;
 
-    for row in events.iter().map_err(storage("read events"))? {
-        let (k, v) = row.map_err(storage("read events"))?;
-        let cursor = k.value();
-        let bytes = v.value();
-        report.events += 1;
-        if cursor != expected_cursor {
-            report.faults.push(format!(
-                "cursor {cursor}: expected cursor {expected_cursor} next (arrival order has a hole)"
-            ));
+    let mut rows = events.iter().map_err(storage("read events"))?;
+    loop {
+        // A chunk at a time: decode, check the signatures on all cores, then walk the chains.
+        let mut chunk: Vec<(u64, Result<Envelope, CodecError>, Hash)> = Vec::new();
+        for row in rows.by_ref().take(CHUNK) {
+            let (k, v) = row.map_err(storage("read events"))?;
+            let bytes = v.value();
+            let hash = Hash(*blake3::hash(bytes).as_bytes());
+            chunk.push((k.value(), Envelope::from_bytes(bytes), hash));
         }
-        expected_cursor = cursor.saturating_add(1);
-
-        let env = match Envelope::from_bytes(bytes) {
-            Ok(env) => env,
-            Err(e) => {
+        if chunk.is_empty() {
+            break;
+        }
+        let sigs = parallel_map(&chunk, |(_, env, _)| match env {
+            Ok(env) => env.verify_signature().err(),
+            Err(_) => None,
+        });
+        for ((cursor, env, hash), sig) in chunk.into_iter().zip(sigs) {
+            report.events += 1;
+            if cursor != expected_cursor {
+                report.faults.push(format!(
+                    "cursor {cursor}: expected cursor {expected_cursor} next (arrival order has a hole)"
+                ));
+            }
+            expected_cursor = cursor.saturating_add(1);
+            let env = match env {
+                Ok(env) => env,
+                Err(e) => {
+                    report
+                        .faults
+                        .push(format!("cursor {cursor}: unreadable event: {e}"));
+                    continue;
+                }
+            };
+            let name = format!("cursor {cursor}: event {}#{}", env.origin.short(), env.seq);
+            let (last_seq, last_hash) = chains.get(&env.origin).copied().unwrap_or((0, Hash::ZERO));
+            if env.seq != last_seq + 1 {
+                report.faults.push(format!(
+                    "{name}: seq gap, expected seq {} after {last_seq}",
+                    last_seq + 1
+                ));
+            } else if env.prev != last_hash {
+                report.faults.push(format!(
+                    "{name}: broken chain, prev {} but the hash of seq {last_seq} is {}",
+                    short_hash(&env.prev),
+                    short_hash(&last_hash)
+                ));
+            }
+            if let Some(e) = sig {
+                report.faults.push(format!("{name}: {e}"));
+            }
+            if let Err(e) = env.decode_payload() {
                 report
                     .faults
-                    .push(format!("cursor {cursor}: unreadable event: {e}"));
-                continue;
+                    .push(format!("{name}: payload unreadable: {e}"));
             }
-        };
-        let hash = Hash(*blake3::hash(bytes).as_bytes());
-        let name = format!("cursor {cursor}: event {}#{}", env.origin.short(), env.seq);
-        let (last_seq, last_hash) = chains.get(&env.origin).copied().unwrap_or((0, Hash::ZERO));
-        if env.seq != last_seq + 1 {
-            report.faults.push(format!(
-                "{name}: seq gap, expected seq {} after {last_seq}",
-                last_seq + 1
-            ));
-        } else if env.prev != last_hash {
-            report.faults.push(format!(
-                "{name}: broken chain, prev {} but the hash of seq {last_seq} is {}",
-                short_hash(&env.prev),
-                short_hash(&last_hash)
-            ));
+            match index
+                .get((env.origin.0, env.seq))
+                .map_err(storage("read index"))?
+            {
+                Some(c) if c.value() == cursor => {}
+                Some(c) => report.faults.push(format!(
+                    "{name}: the origin index points at cursor {} instead",
+                    c.value()
+                )),
+                None => report
+                    .faults
+                    .push(format!("{name}: missing from the origin index")),
+            }
+            // Go on from what is there, so one break is reported once, not for every later event.
+            chains.insert(env.origin, (env.seq, hash));
         }
-        if let Err(e) = env.verify_signature() {
-            report.faults.push(format!("{name}: {e}"));
-        }
-        if let Err(e) = env.decode_payload() {
-            report
-                .faults
-                .push(format!("{name}: payload unreadable: {e}"));
-        }
-        match index
-            .get((env.origin.0, env.seq))
-            .map_err(storage("read index"))?
-        {
-            Some(c) if c.value() == cursor => {}
-            Some(c) => report.faults.push(format!(
-                "{name}: the origin index points at cursor {} instead",
-                c.value()
-            )),
-            None => report
-                .faults
-                .push(format!("{name}: missing from the origin index")),
-        }
-        // Go on from what is there, so one break is reported once, not for every later event.
-        chains.insert(env.origin, (env.seq, hash));
     }
 
     let indexed = index.len().map_err(storage("read index"))?;
