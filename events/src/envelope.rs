@@ -102,8 +102,10 @@ impl Envelope {
         codec::encode(self)
     }
 
-    /// Decode an envelope from untrusted bytes. Checks the format byte and the schema version
-    /// (an event from a newer build is refused, never misread); does not check the signature.
+    /// Decode an envelope from untrusted bytes. Checks the format byte, that the bytes are the
+    /// canonical encoding (so [`Envelope::hash`] is the hash of exactly these bytes) and the
+    /// schema version (an event from a newer build is refused, never misread); does not check
+    /// the signature.
     pub fn from_bytes(bytes: &[u8]) -> Result<Envelope, CodecError> {
         match bytes.first() {
             None => return Err(CodecError::Malformed("empty input".into())),
@@ -111,6 +113,11 @@ impl Envelope {
             Some(_) => {}
         }
         let env: Envelope = codec::decode(bytes)?;
+        // bincode also reads over-long varints; accept only the one canonical form, so every
+        // envelope has exactly one byte string and one hash.
+        if codec::encode(&env) != bytes {
+            return Err(CodecError::Malformed("non-canonical encoding".into()));
+        }
         if env.schema > crate::payload::CURRENT_SCHEMA || env.schema == 0 {
             return Err(CodecError::UnknownSchema {
                 found: env.schema,
