@@ -3,3 +3,4 @@
 //!
 //! It may depend on `bolt-events` only. It must never depend on `bolt-state`, `bolt-fabric` or
 //! `bolt-dns`. All `unsafe` and raw syscalls live in one module, behind a trait.
+pub mod image;
