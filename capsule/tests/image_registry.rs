@@ -383,3 +383,228 @@ fn progress_reports_bytes_per_blob() {
         && *ph == Phase::Unpacked
         && *t == Some(layer.size)));
 }
+
+fn hostile_store(dir: &std::path::Path) -> ImageStore {
+    let mut cfg = common::config(dir);
+    cfg.unpack.allow_devices = false;
+    cfg.unpack.max_bytes = 64 << 20;
+    ImageStore::open(cfg).unwrap()
+}
+
+#[test]
+fn hostile_images_are_refused_and_change_nothing() {
+    use bolt_capsule::image::unpack::UnpackError as U;
+    let Some(reg) = common::registry("hostile_images_are_refused_and_change_nothing") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = hostile_store(dir.path());
+    let rt = rt();
+    rt.block_on(store.pull(
+        &format!("{reg}/bolt-test/busybox:latest"),
+        &PullOptions::default(),
+    ))
+    .unwrap();
+    let before = common::listing(store.root());
+    let outside_before = common::listing(dir.path()).len();
+    type Check = fn(&U) -> bool;
+    let cases: [(&str, &str, Check); 6] = [
+        ("dotdot", "../../escape", |e| matches!(e, U::Escape { .. })),
+        ("symlink-escape", "link/etc/x", |e| {
+            matches!(e, U::ThroughSymlink { .. })
+        }),
+        ("hardlink-escape", "passwd-link", |e| {
+            matches!(
+                e,
+                U::LinkEscape {
+                    kind: "hardlink",
+                    ..
+                }
+            )
+        }),
+        ("symlink-parent", "d/x", |e| {
+            matches!(e, U::ThroughSymlink { .. })
+        }),
+        ("device", "dev/bolt-null", |e| matches!(e, U::Device { .. })),
+        ("bomb", "", |e| matches!(e, U::TooLarge { .. })),
+    ];
+    for (name, entry, check) in cases {
+        let err = rt
+            .block_on(store.pull(
+                &format!("{reg}/hostile/{name}:latest"),
+                &PullOptions::default(),
+            ))
+            .unwrap_err();
+        match &err {
+            ImageError::Unpack { source, .. } => {
+                assert!(check(source), "{name}: unexpected error {err}")
+            }
+            other => panic!("{name}: expected an unpack refusal, got {other}"),
+        }
+        assert!(
+            err.to_string().contains(entry),
+            "{name}: the error does not name the entry: {err}"
+        );
+        assert_eq!(
+            common::listing(store.root()),
+            before,
+            "{name}: the refused pull changed the store"
+        );
+        assert_eq!(
+            common::listing(dir.path()).len(),
+            outside_before,
+            "{name}: something was written"
+        );
+    }
+    // The probe paths the hostile layers aim at.
+    for p in [
+        store.root().join("escape"),
+        store.root().join("x"),
+        store.root().join("etc"),
+        dir.path().join("escape"),
+        std::path::PathBuf::from("/etc/x"),
+        std::path::PathBuf::from("/etc/bolt-abs-probe"),
+        std::path::PathBuf::from("/escape"),
+    ] {
+        assert!(!p.exists(), "{} was written", p.display());
+    }
+    assert!(rt
+        .block_on(store.get(&format!("{reg}/hostile/dotdot:latest")))
+        .unwrap()
+        .is_none());
+
+    // Absolute names are confined under the layer root, as docker and podman do.
+    let abs = rt
+        .block_on(store.pull(
+            &format!("{reg}/hostile/absolute:latest"),
+            &PullOptions::default(),
+        ))
+        .unwrap();
+    let dirs = rt
+        .block_on(store.layer_dirs(&abs.record.reference))
+        .unwrap();
+    assert!(dirs[0].join("etc/bolt-abs-probe").is_file());
+    assert!(!std::path::Path::new("/etc/bolt-abs-probe").exists());
+}
+
+#[test]
+fn interrupted_pull_leaves_nothing_half_visible_and_resumes() {
+    let Some(reg) = common::registry("interrupted_pull_leaves_nothing_half_visible_and_resumes")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let image = debian(&reg);
+    {
+        let store = common::store(dir.path());
+        let rt = rt();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let tx = Mutex::new(Some(tx));
+        let opts = PullOptions {
+            progress: Some(ProgressFn::new(move |p| {
+                if p.phase == Phase::Fetching
+                    && p.total.is_some_and(|t| p.done < t / 2 && p.done > 0)
+                {
+                    if let Some(tx) = tx.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                }
+            })),
+            ..Default::default()
+        };
+        rt.block_on(async {
+            tokio::select! {
+                r = store.pull(&image, &opts) => panic!("pull finished before the interruption: {r:?}"),
+                _ = rx => {}
+            }
+        });
+        // Dropping the runtime waits for the blocking writers, as a killed process would stop them.
+        drop(rt);
+        assert!(
+            rt_block_get(&store, &image).is_none(),
+            "an interrupted pull left a record"
+        );
+    }
+    // Reopen: temp files are gone, every visible blob is verified.
+    let store = common::store(dir.path());
+    assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+    assert_blobs_verified(&store);
+    let pulled = rt()
+        .block_on(store.pull(&image, &PullOptions::default()))
+        .unwrap();
+    let all = pulled.record.layers.len() + 1;
+    assert_eq!(pulled.fetched.len() + pulled.reused.len(), all);
+    assert_blobs_verified(&store);
+    let dirs = rt().block_on(store.layer_dirs(&image)).unwrap();
+    assert!(!common::merged_view(&dirs).contains_key("etc/bolt-whiteout-probe"));
+}
+
+fn rt_block_get(store: &ImageStore, r: &str) -> Option<bolt_capsule::image::ImageRecord> {
+    rt().block_on(store.get(r)).unwrap()
+}
+
+#[test]
+fn tag_remove_list_and_gc() {
+    let Some(reg) = common::registry("tag_remove_list_and_gc") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::store(dir.path());
+    let rt = rt();
+    let bb = format!("{reg}/bolt-test/busybox:latest");
+    let pulled = rt
+        .block_on(store.pull(&bb, &PullOptions::default()))
+        .unwrap();
+    let deb = rt
+        .block_on(store.pull(&debian(&reg), &PullOptions::default()))
+        .unwrap();
+    let tagged = rt.block_on(store.tag(&bb, "mine/busybox:v1")).unwrap();
+    assert_eq!(tagged.reference, "docker.io/mine/busybox:v1");
+    assert_eq!(tagged.digest, pulled.record.manifest_digest);
+    assert!(matches!(tagged.event(), ImageEvent::Tagged { .. }));
+    let refs: Vec<String> = rt
+        .block_on(store.list())
+        .unwrap()
+        .into_iter()
+        .map(|r| r.reference)
+        .collect();
+    assert_eq!(refs.len(), 3, "{refs:?}");
+
+    // Removing one name keeps what the other still uses.
+    let removed = rt.block_on(store.remove(&bb)).unwrap();
+    assert_eq!(removed.digest, pulled.record.manifest_digest);
+    assert!(matches!(removed.event(), ImageEvent::Removed { .. }));
+    assert!(matches!(
+        rt.block_on(store.remove(&bb)),
+        Err(ImageError::NotFound(_))
+    ));
+    let gc = rt.block_on(store.gc()).unwrap();
+    assert!(
+        gc.blobs.is_empty() && gc.layers.is_empty(),
+        "gc removed used content: {gc:?}"
+    );
+    assert!(rt.block_on(store.layer_dirs("mine/busybox:v1")).is_ok());
+
+    // Remove the last name: its blobs and layers go, debian's stay.
+    rt.block_on(store.remove("mine/busybox:v1")).unwrap();
+    let gc = rt.block_on(store.gc()).unwrap();
+    let bb_layer = &pulled.record.layers[0];
+    assert!(gc.blobs.contains(&bb_layer.digest));
+    assert!(gc.blobs.contains(&pulled.record.config_digest));
+    assert!(gc.blobs.contains(&pulled.record.manifest_digest));
+    assert_eq!(gc.layers, vec![bb_layer.diff_id.clone()]);
+    assert!(gc.blob_bytes > 0);
+    assert!(!store.blob_path(&bb_layer.digest).exists());
+    assert!(!store.layer_path(&bb_layer.diff_id).exists());
+    for l in &deb.record.layers {
+        assert!(store.blob_path(&l.digest).exists());
+        assert!(store.layer_path(&l.diff_id).is_dir());
+    }
+    // A second GC finds nothing.
+    assert_eq!(rt.block_on(store.gc()).unwrap(), Default::default());
+    // The store is locked against a second process (or a second open).
+    assert!(matches!(
+        ImageStore::open(common::config(dir.path())),
+        Err(ImageError::Locked { .. })
+    ));
+}

@@ -23,7 +23,7 @@
 //!   size of tar metadata (long names, pax records) read for one entry.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -288,6 +288,7 @@ pub fn unpack_layer<R: Read>(
         opts,
         cache: None,
         dirs: Vec::new(),
+        dir_index: HashMap::new(),
         root_meta: None,
         symlinks: Vec::new(),
         entries: 0,
@@ -359,6 +360,7 @@ struct Unpacker<'o> {
     opts: &'o UnpackOptions,
     cache: Option<(Comps, Arc<OwnedFd>)>,
     dirs: Vec<DirMeta>,
+    dir_index: HashMap<Comps, usize>,
     root_meta: Option<(u32, Timespec, u32, u32)>,
     symlinks: Vec<Comps>,
     entries: u64,
@@ -540,11 +542,22 @@ impl Unpacker<'_> {
                     .map_err(io_err(&name, "open dir"))?;
                 self.own(&fd, &meta, &name)?;
                 self.xattrs(&fd, &meta, &name)?;
-                self.dirs.push(DirMeta {
-                    comps: comps.clone(),
-                    mode: meta.mode,
-                    mtime: meta.mtime,
-                });
+                match self.dir_index.get(&comps) {
+                    Some(&i) => {
+                        if let Some(d) = self.dirs.get_mut(i) {
+                            d.mode = meta.mode;
+                            d.mtime = meta.mtime;
+                        }
+                    }
+                    None => {
+                        self.dir_index.insert(comps.clone(), self.dirs.len());
+                        self.dirs.push(DirMeta {
+                            comps: comps.clone(),
+                            mode: meta.mode,
+                            mtime: meta.mtime,
+                        });
+                    }
+                }
             }
             T::Regular | T::Continuous | T::GNUSparse => {
                 self.clear(&pfd, leaf_s, &name)?;
