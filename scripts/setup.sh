@@ -15,7 +15,7 @@ fi
 
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
-bolt_install_deps
+bolt_install_deps >&2
 
 command -v cargo >/dev/null || echo "setup: note: cargo not on PATH (the Rust toolchain comes from rustup)" >&2
 
