@@ -5,7 +5,7 @@
 //! each mutator first records the value it replaces; [`revert`] plays those records backwards.
 //! The plain [`apply`] passes no journal and pays one branch per change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use bolt_events::{Event, Hlc, NodeId, OrderKey, Payload};
 use crate::model::{
     CapsuleInfo, CapsuleStatus, ExitInfo, Ignored, ImageInfo, MigrationInfo, MigrationStatus,
     NetworkInfo, NodeInfo, RevisionInfo, RollbackInfo, ServiceInfo, State, VolumeInfo,
+    REMOVED_RETAINED,
 };
 
 /// Why an event did not fit the state it was folded into. The event still counts as applied
@@ -83,6 +84,7 @@ pub(crate) enum Undo {
     Image(String, Option<ImageInfo>),
     ImageRef(String, Option<String>),
     Capsule(String, Option<CapsuleInfo>),
+    Tombstone(u64, Option<String>),
     Service(String, Option<ServiceInfo>),
     Placement(String, Option<BTreeMap<u32, NodeId>>),
     Migration(String, Option<MigrationInfo>),
@@ -91,8 +93,8 @@ pub(crate) enum Undo {
     Address(String, Ipv4Addr, Option<String>),
 }
 
-/// The undo records of one event, in the order they were made.
-pub(crate) type Journal = Vec<Undo>;
+/// Undo records in the order they were made (of one event or of many, back to back).
+pub(crate) type Journal = VecDeque<Undo>;
 
 /// Fold one event into state, in total order. Pure, total and deterministic: the state after
 /// folding a set of events sorted by [`OrderKey`] depends on that set only.
@@ -117,7 +119,7 @@ pub(crate) fn fold(
         j: journal,
     };
     if let Some(j) = tx.j.as_deref_mut() {
-        j.push(Undo::Counters {
+        j.push_back(Undo::Counters {
             applied: tx.s.applied,
             last_key: tx.s.last_key,
         });
@@ -130,8 +132,8 @@ pub(crate) fn fold(
     tx.s.last_key = key;
 }
 
-/// Undo one event's changes.
-pub(crate) fn revert(s: &mut State, journal: Journal) {
+/// Undo the last `n` records of the journal, newest first.
+pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize) {
     fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, k: K, v: Option<V>) {
         match v {
             Some(v) => {
@@ -142,7 +144,10 @@ pub(crate) fn revert(s: &mut State, journal: Journal) {
             }
         }
     }
-    for undo in journal.into_iter().rev() {
+    for _ in 0..n {
+        let Some(undo) = journal.pop_back() else {
+            return;
+        };
         match undo {
             Undo::Counters { applied, last_key } => {
                 s.applied = applied;
@@ -161,6 +166,7 @@ pub(crate) fn revert(s: &mut State, journal: Journal) {
             Undo::Image(k, v) => put(&mut s.images, k, v),
             Undo::ImageRef(k, v) => put(&mut s.image_refs, k, v),
             Undo::Capsule(k, v) => put(&mut s.capsules, k, v),
+            Undo::Tombstone(k, v) => put(&mut s.tombstones, k, v),
             Undo::Service(k, v) => put(&mut s.services, k, v),
             Undo::Placement(k, v) => put(&mut s.placements, k, v),
             Undo::Migration(k, v) => put(&mut s.migrations, k, v),
@@ -187,7 +193,7 @@ macro_rules! journaled_map {
         fn $get(&mut self, k: &$Q) -> Option<&mut $V> {
             let v = self.s.$field.get_mut(k)?;
             if let Some(j) = self.j.as_deref_mut() {
-                j.push(Undo::$variant(k.to_owned(), Some(v.clone())));
+                j.push_back(Undo::$variant(k.to_owned(), Some(v.clone())));
             }
             Some(v)
         }
@@ -196,7 +202,7 @@ macro_rules! journaled_map {
             match self.j.as_deref_mut() {
                 Some(j) => {
                     let old = self.s.$field.insert(k.clone(), v);
-                    j.push(Undo::$variant(k, old));
+                    j.push_back(Undo::$variant(k, old));
                 }
                 None => {
                     self.s.$field.insert(k, v);
@@ -208,7 +214,7 @@ macro_rules! journaled_map {
             let old = self.s.$field.remove(k);
             let removed = old.is_some();
             if let (Some(j), Some(old)) = (self.j.as_deref_mut(), old) {
-                j.push(Undo::$variant(k.to_owned(), Some(old)));
+                j.push_back(Undo::$variant(k.to_owned(), Some(old)));
             }
             removed
         }
@@ -247,6 +253,16 @@ impl Tx<'_> {
         str,
         CapsuleInfo,
         Capsule
+    );
+    journaled_map!(
+        tombstone_mut,
+        tombstone_insert,
+        tombstone_remove,
+        tombstones,
+        u64,
+        u64,
+        String,
+        Tombstone
     );
     journaled_map!(
         service_mut,
@@ -303,7 +319,7 @@ impl Tx<'_> {
     fn seen(&mut self, origin: NodeId, hlc: Hlc) {
         if let Some(n) = self.s.nodes.get_mut(&origin) {
             if let Some(j) = self.j.as_deref_mut() {
-                j.push(Undo::Seen(origin, n.last_seen));
+                j.push_back(Undo::Seen(origin, n.last_seen));
             }
             n.last_seen = hlc;
         }
@@ -319,7 +335,7 @@ impl Tx<'_> {
             None => n.allocations.remove(&ip),
         };
         if let Some(j) = self.j.as_deref_mut() {
-            j.push(Undo::Address(network.to_owned(), ip, old));
+            j.push_back(Undo::Address(network.to_owned(), ip, old));
         }
     }
 
@@ -331,7 +347,7 @@ impl Tx<'_> {
         });
         let old = std::mem::replace(&mut self.s.last_ignored, last);
         if let Some(j) = self.j.as_deref_mut() {
-            j.push(Undo::Ignored(self.s.ignored, old));
+            j.push_back(Undo::Ignored(self.s.ignored, old));
         }
         self.s.ignored += 1;
     }
@@ -529,6 +545,15 @@ fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfi
             }
             c.status = CapsuleStatus::Removed;
             c.pid = None;
+            let at = tx.s.applied;
+            tx.tombstone_insert(at, id.clone());
+            if tx.s.tombstones.len() > REMOVED_RETAINED {
+                if let Some((&oldest, old_id)) = tx.s.tombstones.first_key_value() {
+                    let old_id = old_id.clone();
+                    tx.tombstone_remove(&oldest);
+                    tx.capsule_remove(&old_id);
+                }
+            }
         }
     }
     Ok(())

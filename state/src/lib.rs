@@ -18,6 +18,7 @@ pub use decide::{decide, spec_hash, Command, DecideError, Subnet, DEFAULT_MTU};
 pub use model::{
     CapsuleInfo, CapsuleStatus, ExitInfo, Ignored, ImageInfo, MigrationInfo, MigrationStatus,
     NetworkInfo, NodeInfo, RevisionInfo, RollbackInfo, ServiceInfo, State, VolumeInfo,
+    REMOVED_RETAINED,
 };
 pub use replica::{state_at, Replica, ReplicaError, ReplicaStats, DEFAULT_WINDOW};
 pub use snapshot::{decode_state, encode_state, SnapshotError, SNAPSHOT_FORMAT};

@@ -10,6 +10,11 @@ use bolt_events::payload::{CapsuleSpec, ServiceSpec};
 use bolt_events::{Hash, Hlc, NodeId, OrderKey};
 use serde::{Deserialize, Serialize};
 
+/// How many removed capsules the state keeps (status `removed`) before it forgets the oldest.
+/// Keeps the capsule map, the snapshots and the fold cost bounded under churn; the log still
+/// holds every capsule's history.
+pub const REMOVED_RETAINED: usize = 1024;
+
 /// The whole derived state of the cluster as this node knows it: the fold, in total order, of
 /// every event it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
@@ -28,8 +33,12 @@ pub struct State {
     pub images: BTreeMap<String, ImageInfo>,
     /// Image references (`repo:tag`) to the digest they point at.
     pub image_refs: BTreeMap<String, String>,
-    /// Capsules by id, removed ones included (status `removed`).
+    /// Capsules by id: every capsule not removed, and the [`REMOVED_RETAINED`] most recently
+    /// removed ones (status `removed`).
     pub capsules: BTreeMap<String, CapsuleInfo>,
+    /// The removed capsules still kept in `capsules`, by the value of `applied` when their
+    /// removal was folded (oldest first): the oldest is dropped past [`REMOVED_RETAINED`].
+    pub tombstones: BTreeMap<u64, String>,
     /// Declared services by name.
     pub services: BTreeMap<String, ServiceInfo>,
     /// service -> replica index -> node it is placed on.
@@ -53,6 +62,7 @@ impl Default for State {
             images: BTreeMap::new(),
             image_refs: BTreeMap::new(),
             capsules: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
             services: BTreeMap::new(),
             placements: BTreeMap::new(),
             migrations: BTreeMap::new(),

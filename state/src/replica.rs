@@ -11,8 +11,8 @@
 
 use std::collections::VecDeque;
 
-use bolt_events::Log;
-use bolt_events::{Appended, Cursor, LogError, OrderKey, Payload, StoredSnapshot};
+use bolt_events::payload::decode_payload;
+use bolt_events::{Appended, Cursor, Event, Log, LogError, OrderKey, Payload, StoredSnapshot};
 
 use crate::apply::{fold, revert, Journal};
 use crate::model::State;
@@ -51,12 +51,15 @@ pub struct ReplicaStats {
     pub restored_from: Option<Cursor>,
 }
 
-/// One folded event kept for rewinding.
+/// One folded event kept for rewinding: its key, its payload as the bytes it came in (one
+/// copy instead of a deep clone; decoded again only when it is folded again), and how many
+/// undo records its fold left at the back of the shared journal.
 #[derive(Debug)]
 struct Folded {
     key: OrderKey,
-    payload: Payload,
-    journal: Journal,
+    schema: u16,
+    bytes: Vec<u8>,
+    undo: usize,
 }
 
 /// A node's live state: folds events in total order, re-deriving when one arrives late.
@@ -64,8 +67,10 @@ struct Folded {
 pub struct Replica {
     state: State,
     cursor: Cursor,
-    /// The most recent folded events in key order, each with its undo journal.
+    /// The most recent folded events in key order.
     history: VecDeque<Folded>,
+    /// Their undo records, back to back in the same order.
+    journal: Journal,
     /// Every folded event with a key above `floor` is in `history`.
     floor: OrderKey,
     window: usize,
@@ -97,6 +102,7 @@ impl Replica {
             state: State::default(),
             cursor: Cursor(0),
             history: VecDeque::new(),
+            journal: Journal::new(),
             floor: OrderKey::MIN,
             window,
             log: None,
@@ -133,14 +139,15 @@ impl Replica {
         self.cursor = appended.cursor;
         self.since_snapshot += 1;
         self.stats.ingested += 1;
-        let key = appended.event.order_key();
+        let event = &appended.event;
+        let key = event.order_key();
         if key > self.state.last_key {
-            self.push(key, appended.event.payload.clone());
+            self.push(key, &event.payload, event.envelope.schema, &event.envelope.payload);
             self.trim();
         } else if key > self.floor {
-            self.rewind(key, &appended.event.payload);
+            self.rewind(key, event);
         } else {
-            self.too_late(key, &appended.event.payload);
+            self.too_late(key, &event.payload);
         }
     }
 
@@ -192,24 +199,26 @@ impl Replica {
     }
 
     /// Fold one event after everything folded so far, keeping it for rewinding.
-    fn push(&mut self, key: OrderKey, payload: Payload) {
+    fn push(&mut self, key: OrderKey, payload: &Payload, schema: u16, bytes: &[u8]) {
         if self.window == 0 {
-            fold(&mut self.state, key, &payload, None);
+            fold(&mut self.state, key, payload, None);
             self.floor = key;
             return;
         }
-        let mut journal = Journal::new();
-        fold(&mut self.state, key, &payload, Some(&mut journal));
+        let before = self.journal.len();
+        fold(&mut self.state, key, payload, Some(&mut self.journal));
         self.history.push_back(Folded {
             key,
-            payload,
-            journal,
+            schema,
+            bytes: bytes.to_vec(),
+            undo: self.journal.len() - before,
         });
     }
 
     fn trim(&mut self) {
         while self.history.len() > self.window {
             if let Some(f) = self.history.pop_front() {
+                self.journal.drain(..f.undo.min(self.journal.len()));
                 self.floor = f.key;
             }
         }
@@ -217,15 +226,15 @@ impl Replica {
 
     /// Fold a late event whose key is above the floor: take back every event that sorts after
     /// it, fold it, fold them again.
-    fn rewind(&mut self, key: OrderKey, payload: &Payload) {
-        let mut undone: Vec<(OrderKey, Payload)> = Vec::new();
+    fn rewind(&mut self, key: OrderKey, event: &Event) {
+        let mut undone: Vec<Folded> = Vec::new();
         while let Some(back) = self.history.back() {
             if back.key <= key {
                 break;
             }
             if let Some(f) = self.history.pop_back() {
-                revert(&mut self.state, f.journal);
-                undone.push((f.key, f.payload));
+                revert(&mut self.state, &mut self.journal, f.undo);
+                undone.push(f);
             }
         }
         let duplicate = self.history.back().is_some_and(|b| b.key == key);
@@ -233,11 +242,22 @@ impl Replica {
             self.stats.duplicates += 1;
         } else {
             self.stats.late += 1;
-            self.push(key, payload.clone());
+            self.push(key, &event.payload, event.envelope.schema, &event.envelope.payload);
         }
         self.stats.refolded += undone.len() as u64;
-        for (k, p) in undone.into_iter().rev() {
-            self.push(k, p);
+        for f in undone.into_iter().rev() {
+            match decode_payload(f.schema, &f.bytes) {
+                Ok(payload) => self.push(f.key, &payload, f.schema, &f.bytes),
+                Err(e) => {
+                    // It decoded when it arrived, so this cannot happen; never panic anyway.
+                    self.exact = false;
+                    self.warnings.push(format!(
+                        "event {}#{} no longer decodes and was dropped: {e}",
+                        f.key.origin.short(),
+                        f.key.seq
+                    ));
+                }
+            }
         }
         self.trim();
     }
@@ -272,6 +292,7 @@ impl Replica {
         // Nothing folded so far can be taken back in order any more: drop the history, fold
         // the event in arrival position and keep last_key the highest key folded.
         self.history.clear();
+        self.journal.clear();
         let last = self.state.last_key;
         fold(&mut self.state, key, payload, None);
         self.state.last_key = last;
@@ -293,6 +314,7 @@ impl Replica {
         self.state = state;
         self.floor = floor;
         self.history.clear();
+        self.journal.clear();
         self.since_snapshot = tail.len() as u64;
         let keep_from = tail.len().saturating_sub(self.window);
         for (i, a) in tail.into_iter().enumerate() {
@@ -304,7 +326,8 @@ impl Replica {
                 fold(&mut self.state, key, &a.event.payload, None);
                 self.floor = key;
             } else {
-                self.push(key, a.event.payload);
+                let env = &a.event.envelope;
+                self.push(key, &a.event.payload, env.schema, &env.payload);
             }
         }
         self.exact = true;

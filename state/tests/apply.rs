@@ -9,7 +9,7 @@ use bolt_events::payload::{
     ServiceEvent, ServiceSpec,
 };
 use bolt_events::{Hash, Payload};
-use bolt_state::{apply, CapsuleStatus, ExitInfo, MigrationStatus, State};
+use bolt_state::{apply, CapsuleStatus, ExitInfo, MigrationStatus, State, REMOVED_RETAINED};
 use common::*;
 
 #[test]
@@ -353,4 +353,25 @@ fn the_state_round_trips_through_json() {
     let back: State = serde_json::from_str(&json).unwrap();
     assert_eq!(back, s);
     assert_eq!(back.hash(), s.hash());
+}
+
+#[test]
+fn only_the_most_recent_removed_capsules_are_kept() {
+    let extra = 5;
+    let mut payloads = Vec::new();
+    for i in 0..REMOVED_RETAINED + extra {
+        payloads.push(created(&format!("c{i}"), "web"));
+        payloads.push(removed(&format!("c{i}")));
+    }
+    payloads.push(created("live", "web"));
+    let s = given(payloads);
+    assert_eq!(s.capsules.len(), REMOVED_RETAINED + 1);
+    assert_eq!(s.tombstones.len(), REMOVED_RETAINED);
+    for i in 0..extra {
+        assert!(!s.capsules.contains_key(&format!("c{i}")), "c{i} forgotten");
+    }
+    let kept = format!("c{extra}");
+    assert_eq!(s.capsules[&kept].status, CapsuleStatus::Removed);
+    assert_eq!(s.capsules["live"].status, CapsuleStatus::Created);
+    assert_eq!(s.ignored, 0);
 }

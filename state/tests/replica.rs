@@ -294,3 +294,33 @@ fn an_empty_replica_is_the_default_state() {
     assert_eq!(r.state(), &State::default());
     assert_eq!(r.cursor(), Cursor(0));
 }
+
+#[test]
+fn rewinding_across_forgotten_tombstones_is_exact() {
+    let mut a = Origin::fake(1);
+    let mut b = Origin::fake(2);
+    let mut events = Vec::new();
+    for i in 0..bolt_state::REMOVED_RETAINED as u64 + 40 {
+        let id = format!("c{i}");
+        events.push(a.unsigned(10 * i + 1, created(&id, "web")));
+        events.push(a.unsigned(10 * i + 2, removed(&id)));
+    }
+    // Late: re-creates c0 (forgotten by the end, but not when the late event sorts) and
+    // removes one that is still remembered, both sorting 30 capsules before the end.
+    let at = 10 * (bolt_state::REMOVED_RETAINED as u64 + 10);
+    let late = vec![
+        b.unsigned(at, created("c0", "again")),
+        b.unsigned(at + 5, removed("c3")),
+    ];
+    let mut r = Replica::new();
+    ingest_all(&mut r, &events);
+    for (i, e) in late.iter().enumerate() {
+        r.ingest(&Appended {
+            cursor: Cursor((events.len() + i + 1) as u64),
+            event: e.clone(),
+        });
+    }
+    assert_eq!(r.stats().late, 2);
+    events.extend(late);
+    assert_eq!(r.state(), &fold_sorted(&events));
+}
