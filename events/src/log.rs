@@ -438,7 +438,7 @@ impl Log {
         let events = txn.open_table(EVENTS).map_err(storage("open events"))?;
         let mut out = Vec::new();
         let range = index
-            .range((origin.0, *seqs.start())..=(origin.0, *seqs.end()))
+            .range((&origin.0, *seqs.start())..=(&origin.0, *seqs.end()))
             .map_err(storage("read index"))?;
         for row in range {
             let (_, cursor) = row.map_err(storage("read index"))?;
@@ -478,7 +478,7 @@ impl Log {
         let mut out = VersionVector::new();
         for row in heads.iter().map_err(storage("read heads"))? {
             let (k, v) = row.map_err(storage("read heads"))?;
-            out.insert(NodeId(k.value()), Tip::from_row(v.value()).seq);
+            out.insert(NodeId(*k.value()), Tip::from_row(v.value()).seq);
         }
         Ok(out)
     }
@@ -487,7 +487,7 @@ impl Log {
     pub fn tip(&self, origin: NodeId) -> Result<Option<(u64, Hash)>, LogError> {
         let txn = self.read_txn()?;
         let heads = txn.open_table(HEADS).map_err(storage("open heads"))?;
-        let row = heads.get(origin.0).map_err(storage("read heads"))?;
+        let row = heads.get(&origin.0).map_err(storage("read heads"))?;
         Ok(row.map(|v| {
             let t = Tip::from_row(v.value());
             (t.seq, t.hash)

@@ -17,10 +17,10 @@ use crate::id::{Hash, NodeId};
 /// Events by arrival cursor.
 pub(crate) const EVENTS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("events");
 /// (origin, seq) -> cursor.
-pub(crate) const BY_ORIGIN: TableDefinition<'static, ([u8; 32], u64), u64> =
+pub(crate) const BY_ORIGIN: TableDefinition<'static, (&'static [u8; 32], u64), u64> =
     TableDefinition::new("by_origin");
 /// origin -> (seq, hash, hlc) of its newest event: the version vector and the chain tips.
-pub(crate) const HEADS: TableDefinition<'static, [u8; 32], (u64, [u8; 32], u64)> =
+pub(crate) const HEADS: TableDefinition<'static, &'static [u8; 32], (u64, &'static [u8; 32], u64)> =
     TableDefinition::new("heads");
 /// cursor -> order key + opaque snapshot bytes.
 pub(crate) const SNAPSHOTS: TableDefinition<'static, u64, &[u8]> =
@@ -44,14 +44,14 @@ pub(crate) struct Tip {
 }
 
 impl Tip {
-    pub(crate) fn to_row(self) -> (u64, [u8; 32], u64) {
-        (self.seq, self.hash.0, self.hlc.0)
+    pub(crate) fn to_row(&self) -> (u64, &[u8; 32], u64) {
+        (self.seq, &self.hash.0, self.hlc.0)
     }
 
-    pub(crate) fn from_row(row: (u64, [u8; 32], u64)) -> Tip {
+    pub(crate) fn from_row(row: (u64, &[u8; 32], u64)) -> Tip {
         Tip {
             seq: row.0,
-            hash: Hash(row.1),
+            hash: Hash(*row.1),
             hlc: Hlc(row.2),
         }
     }

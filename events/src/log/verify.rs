@@ -81,7 +81,7 @@ pub(super) fn run(txn: &ReadTransaction) -> Result<VerifyReport, LogError> {
                     .push(format!("{name}: payload unreadable: {e}"));
             }
             match index
-                .get((env.origin.0, env.seq))
+                .get((&env.origin.0, env.seq))
                 .map_err(storage("read index"))?
             {
                 Some(c) if c.value() == cursor => {}
@@ -108,7 +108,7 @@ pub(super) fn run(txn: &ReadTransaction) -> Result<VerifyReport, LogError> {
     let mut tipped = 0usize;
     for row in heads.iter().map_err(storage("read heads"))? {
         let (k, v) = row.map_err(storage("read heads"))?;
-        let origin = NodeId(k.value());
+        let origin = NodeId(*k.value());
         let tip = Tip::from_row(v.value());
         tipped += 1;
         match chains.get(&origin) {

@@ -122,7 +122,7 @@ pub(crate) fn init(db: &Database, what: &str) -> Result<State, LogError> {
         let (k, v) = row.map_err(storage("read heads"))?;
         let tip = Tip::from_row(v.value());
         max_hlc = max_hlc.max(tip.hlc);
-        tips.insert(NodeId(k.value()), tip);
+        tips.insert(NodeId(*k.value()), tip);
     }
     let events = txn.open_table(EVENTS).map_err(storage("open events"))?;
     let last = events
@@ -144,7 +144,7 @@ pub(crate) fn init(db: &Database, what: &str) -> Result<State, LogError> {
 /// The open tables of one write transaction.
 struct Tables<'t> {
     events: Table<'t, u64, &'static [u8]>,
-    by_origin: Table<'t, ([u8; 32], u64), u64>,
+    by_origin: Table<'t, (&'static [u8; 32], u64), u64>,
     snapshots: Table<'t, u64, &'static [u8]>,
 }
 
@@ -246,7 +246,7 @@ impl Writer {
             for origin in &dirty {
                 if let Some(tip) = work.tips.get(origin) {
                     heads
-                        .insert(origin.0, tip.to_row())
+                        .insert(&origin.0, tip.to_row())
                         .map_err(storage("write heads"))?;
                 }
             }
@@ -315,7 +315,7 @@ fn insert(
             .insert(cursor, bytes.as_slice())
             .map_err(storage("write event"))?;
         t.by_origin
-            .insert((env.origin.0, env.seq), cursor)
+            .insert((&env.origin.0, env.seq), cursor)
             .map_err(storage("write index"))?;
         work.next_cursor += 1;
         work.tips.insert(
@@ -340,7 +340,7 @@ fn insert(
 fn stored_hash(t: &Tables<'_>, origin: NodeId, seq: u64) -> Result<Option<Hash>, LogError> {
     let Some(cursor) = t
         .by_origin
-        .get((origin.0, seq))
+        .get((&origin.0, seq))
         .map_err(storage("read index"))?
     else {
         return Ok(None);
