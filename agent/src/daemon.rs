@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bolt_events::{KeyError, Log, LogError, NodeKey};
 use tokio::net::UnixListener;
@@ -137,14 +137,17 @@ pub async fn run(
 
     prepare_socket(&config.socket)?;
 
+    let t = Instant::now();
     let key_path = config.key_path();
     let key = blocking(move || NodeKey::load_or_create(&key_path)).await??;
     let log_path = config.log_path();
     let log = blocking(move || Log::open(&log_path, key)).await??;
+    let opened = t.elapsed();
     let node = {
         let opts = config.node.clone();
         blocking(move || Node::open(log, opts)).await??
     };
+    let restored = t.elapsed();
     {
         let node = Arc::clone(&node);
         blocking(move || node.start()).await??;
@@ -160,8 +163,11 @@ pub async fn run(
         node = %node.node_id().short(),
         root = %config.root.display(),
         socket = %config.socket.display(),
-        "bolt agent {} serving",
-        node.options().version
+        "bolt agent {} serving; log open {} ms, state restored {} ms, ready {} ms",
+        node.options().version,
+        opened.as_millis(),
+        (restored - opened).as_millis(),
+        t.elapsed().as_millis(),
     );
 
     let follower = tokio::spawn(follow_head(Arc::clone(&node)));

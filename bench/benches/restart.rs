@@ -243,7 +243,10 @@ fn start_once(
         .arg(root)
         .arg("--snapshot-every")
         .arg(snapshot_every.to_string())
-        .env("BOLT_LOG", "warn")
+        .env(
+            "BOLT_LOG",
+            std::env::var("BOLT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
