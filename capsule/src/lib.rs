@@ -4,3 +4,5 @@
 //! It may depend on `bolt-events` only. It must never depend on `bolt-state`, `bolt-fabric` or
 //! `bolt-dns`. All `unsafe` and raw syscalls live in one module, behind a trait.
 pub mod image;
+pub mod runtime;
+mod sys;

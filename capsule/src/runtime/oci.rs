@@ -1,0 +1,279 @@
+//! A capsule spec as an OCI runtime-spec bundle (`config.json`), so `runc run` (or any OCI
+//! runtime) can start the same capsule: Bolt's `--runtime runc` path.
+//!
+//! OCI runtimes do not mount overlay roots themselves: [`mount_rootfs`] mounts the overlay on
+//! `root.path` in the host mount namespace for them (and unmounts it when dropped).
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::seccomp::{CLONE_NS_FLAGS, DENIED};
+use super::spec::{CapsuleSpec, NetworkMode, CPU_PERIOD_US};
+use crate::sys::{LinuxSyscall, Syscall};
+
+/// Errors of the OCI conversion.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// The spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] super::spec::SpecError),
+    /// The generated document does not fit the OCI types.
+    #[error("build the oci config: {0}")]
+    Build(#[source] serde_json::Error),
+    /// Writing the bundle failed.
+    #[error("write bundle {path}: {source}")]
+    Write {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Mounting the overlay for an external runtime failed.
+    #[error("mount the overlay on {path}: {errno}")]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// The error.
+        errno: nix::errno::Errno,
+    },
+    /// A path holds a NUL byte.
+    #[error("path holds a NUL byte: {0}")]
+    Nul(PathBuf),
+}
+
+/// The OCI seccomp section equivalent to Bolt's filter (libseccomp builds its own BPF from it).
+fn seccomp_json() -> Value {
+    let names: Vec<&str> = DENIED
+        .iter()
+        .map(|(n, _)| n.trim_start_matches("SYS_"))
+        .collect();
+    let mut syscalls = vec![
+        json!({"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM}),
+        json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}),
+    ];
+    // One rule per namespace flag: libseccomp ANDs the arguments of one rule.
+    for bit in 0..32 {
+        let flag = 1u32 << bit;
+        if CLONE_NS_FLAGS & flag != 0 {
+            syscalls.push(json!({
+                "names": ["clone"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": libc::EPERM,
+                "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}],
+            }));
+        }
+    }
+    let arch = if cfg!(target_arch = "aarch64") {
+        "SCMP_ARCH_AARCH64"
+    } else {
+        "SCMP_ARCH_X86_64"
+    };
+    json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": [arch], "syscalls": syscalls})
+}
+
+/// The OCI config for a capsule.
+pub fn to_oci(spec: &CapsuleSpec) -> Result<oci_spec::runtime::Spec, OciError> {
+    spec.validate()?;
+    let caps: Vec<String> = spec
+        .capabilities
+        .iter()
+        .map(|c| {
+            let u = c.to_ascii_uppercase();
+            if u.starts_with("CAP_") {
+                u
+            } else {
+                format!("CAP_{u}")
+            }
+        })
+        .collect();
+    let rlimits: Vec<Value> = spec
+        .rlimits
+        .iter()
+        .map(|r| json!({"type": r.kind.name(), "soft": r.soft, "hard": r.hard}))
+        .collect();
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+        json!({"type": "cgroup"}),
+    ];
+    match &spec.network {
+        NetworkMode::None => namespaces.push(json!({"type": "network"})),
+        NetworkMode::Join(p) => namespaces.push(json!({"type": "network", "path": p})),
+        NetworkMode::Host => {}
+    }
+    let r = &spec.resources;
+    let mut resources = serde_json::Map::new();
+    if let Some(m) = r.memory_bytes {
+        resources.insert("memory".into(), json!({"limit": m, "swap": m}));
+    }
+    let mut cpu = serde_json::Map::new();
+    if let Some(q) = r.cpu_quota_us() {
+        cpu.insert("quota".into(), json!(q));
+        cpu.insert("period".into(), json!(CPU_PERIOD_US));
+    }
+    if let Some(s) = r.cpu_shares() {
+        cpu.insert("shares".into(), json!(s));
+    }
+    if !cpu.is_empty() {
+        resources.insert("cpu".into(), Value::Object(cpu));
+    }
+    if let Some(p) = r.pids_limit {
+        resources.insert("pids".into(), json!({"limit": p}));
+    }
+    resources.insert("devices".into(), json!([{"allow": false, "access": "rwm"}]));
+    let mut linux = json!({
+        "resources": resources,
+        "cgroupsPath": format!("/{}/{}", super::cgroup::BOLT_PARENT, spec.id),
+        "namespaces": namespaces,
+        "maskedPaths": spec.masked_paths,
+        "readonlyPaths": spec.readonly_paths,
+    });
+    if spec.seccomp {
+        linux["seccomp"] = seccomp_json();
+    }
+    let doc = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": spec.user.uid, "gid": spec.user.gid, "additionalGids": spec.additional_gids},
+            "args": spec.args,
+            "env": spec.effective_env(),
+            "cwd": spec.workdir,
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps,
+                "inheritable": [], "ambient": [],
+            },
+            "rlimits": rlimits,
+            "noNewPrivileges": spec.no_new_privileges,
+        },
+        "root": {"path": spec.rootfs.target, "readonly": spec.readonly_rootfs},
+        "hostname": spec.effective_hostname(),
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+        ],
+        "linux": linux,
+    });
+    serde_json::from_value(doc).map_err(OciError::Build)
+}
+
+/// Writes `dir/config.json` for the spec; returns its path.
+pub fn write_bundle(spec: &CapsuleSpec, dir: &Path) -> Result<PathBuf, OciError> {
+    let config = to_oci(spec)?;
+    let path = dir.join("config.json");
+    let err = |source| OciError::Write {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let text = serde_json::to_vec_pretty(&config).map_err(OciError::Build)?;
+    std::fs::write(&path, text).map_err(err)?;
+    Ok(path)
+}
+
+/// An overlay mounted on `root.path` in the host mount namespace, for an external runtime;
+/// unmounted (lazily) when dropped.
+#[derive(Debug)]
+pub struct HostRootfs {
+    target: CString,
+    path: PathBuf,
+}
+
+impl HostRootfs {
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for HostRootfs {
+    fn drop(&mut self) {
+        let _ = LinuxSyscall.umount2(&self.target, libc::MNT_DETACH);
+    }
+}
+
+/// Mounts the spec's overlay on its target in the host mount namespace.
+pub fn mount_rootfs(rootfs: &super::spec::Rootfs) -> Result<HostRootfs, OciError> {
+    rootfs.prepare().map_err(|source| OciError::Write {
+        path: rootfs.target.clone(),
+        source,
+    })?;
+    let target = CString::new(rootfs.target.as_os_str().as_bytes())
+        .map_err(|_| OciError::Nul(rootfs.target.clone()))?;
+    let data =
+        CString::new(rootfs.overlay_options()).map_err(|_| OciError::Nul(rootfs.target.clone()))?;
+    LinuxSyscall
+        .mount(Some(c"overlay"), &target, Some(c"overlay"), 0, Some(&data))
+        .map_err(|errno| OciError::Mount {
+            path: rootfs.target.clone(),
+            errno,
+        })?;
+    Ok(HostRootfs {
+        target,
+        path: rootfs.target.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::runtime::spec::Rootfs;
+
+    #[test]
+    fn config_carries_the_spec() {
+        let rootfs = Rootfs::in_dir(vec!["/l".into()], Path::new("/c"));
+        let mut spec = CapsuleSpec::new(
+            "oci1",
+            rootfs,
+            vec!["sh".into(), "-c".into(), "true".into()],
+        );
+        spec.resources.memory_bytes = Some(1 << 26);
+        spec.resources.pids_limit = Some(7);
+        spec.hostname = Some("box".into());
+        let oci = to_oci(&spec).unwrap();
+        assert_eq!(oci.hostname().as_deref(), Some("box"));
+        assert_eq!(oci.root().as_ref().unwrap().path(), Path::new("/c/rootfs"));
+        let process = oci.process().as_ref().unwrap();
+        assert_eq!(process.args().as_ref().unwrap()[0], "sh");
+        assert!(process.no_new_privileges().unwrap());
+        let linux = oci.linux().as_ref().unwrap();
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/bolt/oci1"))
+        );
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(res.memory().as_ref().unwrap().limit(), Some(1 << 26));
+        assert_eq!(res.pids().as_ref().unwrap().limit(), 7);
+        let ns = linux.namespaces().as_ref().unwrap();
+        assert_eq!(ns.len(), 6);
+        assert!(linux.seccomp().is_some());
+        assert_eq!(linux.masked_paths().as_ref().unwrap().len(), 11);
+    }
+
+    #[test]
+    fn host_network_has_no_network_namespace() {
+        let rootfs = Rootfs::in_dir(vec!["/l".into()], Path::new("/c"));
+        let mut spec = CapsuleSpec::new("oci2", rootfs, vec!["true".into()]);
+        spec.network = NetworkMode::Host;
+        let oci = to_oci(&spec).unwrap();
+        let ns = oci.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
+        assert_eq!(ns.len(), 5);
+    }
+}

@@ -1,0 +1,381 @@
+//! The real [`Syscall`] implementation, on libc (nix has no allocation-free wrappers for several
+//! of these).
+
+use std::ffi::CStr;
+use std::os::fd::RawFd;
+
+use super::{Errno, ExecArgs, Syscall};
+
+/// The syscalls of the running kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LinuxSyscall;
+
+fn check(ret: libc::c_int) -> Result<(), Errno> {
+    if ret == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+fn check_long(ret: libc::c_long) -> Result<libc::c_long, Errno> {
+    if ret == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn opt_ptr(s: Option<&CStr>) -> *const libc::c_char {
+    s.map_or(std::ptr::null(), CStr::as_ptr)
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`.
+const CAP_V3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+impl Syscall for LinuxSyscall {
+    fn mount(
+        &self,
+        source: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: u64,
+        data: Option<&CStr>,
+    ) -> Result<(), Errno> {
+        // SAFETY: every pointer is either NULL (allowed by mount(2) for source, fstype and data)
+        // or comes from a live NUL-terminated `CStr` borrowed for the duration of the call.
+        check(unsafe {
+            libc::mount(
+                opt_ptr(source),
+                target.as_ptr(),
+                opt_ptr(fstype),
+                flags as libc::c_ulong,
+                opt_ptr(data).cast(),
+            )
+        })
+    }
+
+    fn umount2(&self, target: &CStr, flags: i32) -> Result<(), Errno> {
+        // SAFETY: `target` is a live NUL-terminated string.
+        check(unsafe { libc::umount2(target.as_ptr(), flags) })
+    }
+
+    fn pivot_root(&self, new_root: &CStr, put_old: &CStr) -> Result<(), Errno> {
+        // SAFETY: both arguments are live NUL-terminated strings; pivot_root has no glibc
+        // wrapper, so it goes through syscall(2) with exactly the two pointer arguments it takes.
+        check_long(unsafe {
+            libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr())
+        })
+        .map(drop)
+    }
+
+    fn chdir(&self, path: &CStr) -> Result<(), Errno> {
+        // SAFETY: `path` is a live NUL-terminated string.
+        check(unsafe { libc::chdir(path.as_ptr()) })
+    }
+
+    fn mkdir(&self, path: &CStr, mode: u32) -> Result<(), Errno> {
+        // SAFETY: `path` is a live NUL-terminated string.
+        check(unsafe { libc::mkdir(path.as_ptr(), mode as libc::mode_t) })
+    }
+
+    fn mknod(&self, path: &CStr, mode: u32, dev: u64) -> Result<(), Errno> {
+        // SAFETY: `path` is a live NUL-terminated string; mode and dev are plain integers.
+        check(unsafe { libc::mknod(path.as_ptr(), mode as libc::mode_t, dev as libc::dev_t) })
+    }
+
+    fn symlink(&self, target: &CStr, link: &CStr) -> Result<(), Errno> {
+        // SAFETY: both arguments are live NUL-terminated strings.
+        check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) })
+    }
+
+    fn sethostname(&self, name: &[u8]) -> Result<(), Errno> {
+        // SAFETY: the pointer and length describe the borrowed slice; sethostname does not need
+        // a terminating NUL.
+        check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
+    }
+
+    fn loopback_up(&self) -> Result<(), Errno> {
+        // SAFETY: plain socket(2) call; the fd it returns is closed below on every path.
+        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if sock < 0 {
+            return Err(Errno::last());
+        }
+        // SAFETY: `ifreq` is a plain C struct for which all-zero bytes are a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: `sock` is an open socket and `req` a valid, writable ifreq naming "lo".
+        let result =
+            check(unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) }).and_then(|()| {
+                // SAFETY: SIOCGIFFLAGS just filled the `ifru_flags` member of the union.
+                unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+                // SAFETY: as above, with the flags to set.
+                check(unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) })
+            });
+        // SAFETY: `sock` is our own open fd, closed exactly once.
+        unsafe { libc::close(sock) };
+        result
+    }
+
+    fn setns(&self, fd: RawFd, nstype: i32) -> Result<(), Errno> {
+        // SAFETY: setns only reads its integer arguments; a bad fd yields EBADF.
+        check(unsafe { libc::setns(fd, nstype) })
+    }
+
+    fn unshare(&self, flags: i32) -> Result<(), Errno> {
+        // SAFETY: unshare only reads its integer argument.
+        check(unsafe { libc::unshare(flags) })
+    }
+
+    fn setrlimit(&self, resource: u32, soft: u64, hard: u64) -> Result<(), Errno> {
+        let lim = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: `lim` is a valid rlimit on the stack, read by the kernel during the call.
+        check(unsafe { libc::setrlimit(resource as _, &lim) })
+    }
+
+    fn drop_bounding_cap(&self, cap: u32) -> Result<(), Errno> {
+        // SAFETY: prctl with integer arguments only.
+        check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })
+    }
+
+    fn set_no_new_privs(&self) -> Result<(), Errno> {
+        // SAFETY: prctl with integer arguments only.
+        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) })
+    }
+
+    // The three id calls below go through syscall(2) on purpose: glibc's wrappers broadcast the
+    // change to every thread it knows of (the "setxid" signal dance), and a child cloned from a
+    // multi-threaded process would wait forever for threads that do not exist in it.
+
+    fn setgroups(&self, groups: &[u32]) -> Result<(), Errno> {
+        // SAFETY: the pointer and length describe the borrowed slice of gid_t (u32) values; the
+        // raw syscall takes exactly (size, list).
+        check_long(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })
+            .map(drop)
+    }
+
+    fn setresgid(&self, gid: u32) -> Result<(), Errno> {
+        // SAFETY: integer arguments only.
+        check_long(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) }).map(drop)
+    }
+
+    fn setresuid(&self, uid: u32) -> Result<(), Errno> {
+        // SAFETY: integer arguments only.
+        check_long(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
+    }
+
+    fn capset(&self, effective: u64, permitted: u64, inheritable: u64) -> Result<(), Errno> {
+        let mut header = CapHeader {
+            version: CAP_V3,
+            pid: 0,
+        };
+        let data = [
+            CapData {
+                effective: effective as u32,
+                permitted: permitted as u32,
+                inheritable: inheritable as u32,
+            },
+            CapData {
+                effective: (effective >> 32) as u32,
+                permitted: (permitted >> 32) as u32,
+                inheritable: (inheritable >> 32) as u32,
+            },
+        ];
+        // SAFETY: version 3 of the capset ABI takes a header and an array of two data structs,
+        // which is exactly what we pass; both live on the stack for the whole call.
+        check_long(unsafe {
+            libc::syscall(
+                libc::SYS_capset,
+                &mut header as *mut CapHeader,
+                data.as_ptr(),
+            )
+        })
+        .map(drop)
+    }
+
+    fn clear_ambient_caps(&self) -> Result<(), Errno> {
+        // SAFETY: prctl with integer arguments only.
+        check(unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        })
+    }
+
+    fn seccomp(&self, filter: &[libc::sock_filter]) -> Result<(), Errno> {
+        let Ok(len) = u16::try_from(filter.len()) else {
+            return Err(Errno::E2BIG);
+        };
+        let prog = libc::sock_fprog {
+            len,
+            filter: filter.as_ptr().cast_mut(),
+        };
+        // SAFETY: `prog` points at `len` valid instructions borrowed for the call; the kernel
+        // copies the program and never writes through the pointer.
+        check_long(unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        })
+        .map(drop)
+    }
+
+    fn umask(&self, mode: u32) {
+        // SAFETY: umask cannot fail and only reads its argument.
+        unsafe { libc::umask(mode as libc::mode_t) };
+    }
+
+    fn dup2(&self, from: RawFd, to: RawFd) -> Result<(), Errno> {
+        if from == to {
+            // SAFETY: fcntl on an fd with an integer argument; a bad fd yields EBADF.
+            return check(unsafe { libc::fcntl(to, libc::F_SETFD, 0) });
+        }
+        // SAFETY: dup2 only reads its integer arguments.
+        check(unsafe { libc::dup2(from, to) }).map(drop)
+    }
+
+    fn close(&self, fd: RawFd) -> Result<(), Errno> {
+        // SAFETY: closing an fd this process owns in the child copy of the fd table; the parent's
+        // copy is unaffected.
+        check(unsafe { libc::close(fd) })
+    }
+
+    fn cloexec_from(&self, first: u32) -> Result<(), Errno> {
+        // SAFETY: close_range with integer arguments only.
+        check_long(unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        })
+        .map(drop)
+    }
+
+    fn read_byte(&self, fd: RawFd) -> Result<usize, Errno> {
+        let mut byte = 0u8;
+        loop {
+            // SAFETY: reads at most one byte into a stack variable that outlives the call.
+            let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let err = Errno::last();
+            if err != Errno::EINTR {
+                return Err(err);
+            }
+        }
+    }
+
+    fn write_all(&self, fd: RawFd, mut buf: &[u8]) -> Result<(), Errno> {
+        while !buf.is_empty() {
+            // SAFETY: the pointer and length describe the borrowed slice.
+            let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let err = Errno::last();
+                if err == Errno::EINTR {
+                    continue;
+                }
+                return Err(err);
+            }
+            buf = buf.get(n as usize..).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    fn fork_sibling(&self) -> Result<i32, Errno> {
+        // SAFETY: a raw clone with fork semantics (no CLONE_VM, no new stack). It is called only
+        // from a single-threaded child set up by the runtime, which goes on to execute prepared
+        // steps that do not allocate.
+        let pid = check_long(unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        })?;
+        Ok(pid as i32)
+    }
+
+    fn execve(&self, path: &CStr, args: &ExecArgs) -> Errno {
+        // SAFETY: `path` is NUL-terminated and `args` holds NULL-terminated arrays of pointers
+        // into `CString`s it owns, all alive for the call.
+        unsafe {
+            libc::execve(
+                path.as_ptr(),
+                args.argv_ptrs.as_ptr(),
+                args.envp_ptrs.as_ptr(),
+            )
+        };
+        Errno::last()
+    }
+
+    fn exit(&self, code: i32) -> ! {
+        // SAFETY: _exit ends the process without running atexit handlers or destructors, which
+        // is what a cloned child of a multi-threaded process must do.
+        unsafe { libc::_exit(code) }
+    }
+}
+
+/// Clones the calling process with `flags` (namespace flags; `SIGCHLD` is added) and fork
+/// semantics, runs `child` in the new process and ends it with `child`'s return value.
+///
+/// Returns the child's pid (as seen from the caller's pid namespace) in the caller.
+///
+/// `child` runs in a copy of the caller's memory with only the calling thread: locks held by
+/// other threads stay held forever there, so it must not allocate, lock or touch stdio. The
+/// runtime's plan runner is written for exactly that.
+pub(crate) fn clone_child(flags: i32, child: &mut dyn FnMut() -> i32) -> Result<i32, Errno> {
+    // SAFETY: a raw clone with fork semantics: the child gets a private copy of the address
+    // space (no CLONE_VM) and continues on its copy of the current stack (stack argument 0), so
+    // no Rust invariant about shared memory is broken. The child only runs `child`, whose contract
+    // (above) forbids allocation and locks, then `_exit`s without unwinding back into the caller.
+    let pid = check_long(unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    })?;
+    if pid == 0 {
+        // A panic must never unwind out of the child into the caller's frames (that would run
+        // the parent's code twice); the plan runner does not panic, this is the backstop.
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(125);
+        // SAFETY: see `Syscall::exit`: end the child without running destructors.
+        unsafe { libc::_exit(code) }
+    }
+    Ok(pid as i32)
+}

@@ -1,0 +1,717 @@
+//! Root tests of the capsule runtime on the real kernel, on a busybox rootfs built here.
+//!
+//! Each test skips with a message when not run as root, and fails instead when
+//! `BOLT_REQUIRE_ROOT_TESTS=1` (CI). Every test checks that no cgroup, mount or directory is
+//! left behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bolt_capsule::runtime::cgroup::BOLT_PARENT;
+use bolt_capsule::runtime::supervisor::{self, Adopted, SuperviseOptions};
+use bolt_capsule::runtime::{
+    oci, CapsuleSpec, ExecSpec, ExitStatus, Hierarchy, NetworkMode, Rlimit, RlimitKind, Rootfs,
+    Runtime, RuntimeError, Stdio, StdioSlot,
+};
+use nix::sys::signal::Signal;
+
+fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
+        panic!("{test}: needs root and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping");
+    }
+    eprintln!("SKIPPED {test}: needs root (set BOLT_REQUIRE_ROOT_TESTS=1 to make this fail)");
+    false
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A busybox lower layer and a capsule directory in one temporary directory.
+struct Fixture {
+    dir: tempfile::TempDir,
+    id: String,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("bolt-rt-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let lower = dir.path().join("lower");
+        for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
+            fs::create_dir_all(lower.join(d)).unwrap();
+        }
+        fs::copy("/bin/busybox", lower.join("bin/busybox")).expect("busybox-static is installed");
+        let st = Command::new("/bin/busybox")
+            .arg("--install")
+            .arg("-s")
+            .arg(lower.join("bin"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // The applet links point at busybox's real path (/usr/bin/busybox on merged-/usr hosts).
+        let target = fs::read_link(lower.join("bin/sh")).unwrap();
+        let inside = lower.join(target.strip_prefix("/").unwrap());
+        if !inside.exists() {
+            fs::create_dir_all(inside.parent().unwrap()).unwrap();
+            fs::copy("/bin/busybox", &inside).unwrap();
+        }
+        fs::write(lower.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        let id = format!(
+            "t{}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed),
+            name
+        );
+        Self { dir, id }
+    }
+
+    fn lower(&self) -> PathBuf {
+        self.dir.path().join("lower")
+    }
+
+    fn capsule_dir(&self) -> PathBuf {
+        self.dir.path().join("capsule")
+    }
+
+    fn spec(&self, args: &[&str]) -> CapsuleSpec {
+        let rootfs = Rootfs::in_dir(vec![self.lower()], &self.capsule_dir());
+        let mut spec = CapsuleSpec::new(
+            self.id.clone(),
+            rootfs,
+            args.iter().map(|s| (*s).to_owned()).collect(),
+        );
+        spec.env.push("HOME=/root".into());
+        spec
+    }
+
+    /// Asserts that nothing of the capsule is left: cgroups, mounts.
+    fn assert_clean(&self) {
+        assert_no_cgroup(&self.id);
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.dir.path().to_string_lossy().into_owned();
+        assert!(
+            !mountinfo.contains(&root),
+            "a mount under {root} is left:\n{mountinfo}"
+        );
+    }
+
+    /// Removes the temporary directory and checks that it is gone.
+    fn finish(self) {
+        self.assert_clean();
+        let path = self.dir.path().to_owned();
+        self.dir.close().unwrap();
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
+}
+
+fn assert_no_cgroup(id: &str) {
+    let dirs: Vec<PathBuf> = match Hierarchy::detect().unwrap() {
+        Hierarchy::V1 { mounts } => mounts
+            .iter()
+            .map(|(_, m)| m.join(BOLT_PARENT).join(id))
+            .collect(),
+        Hierarchy::V2 { root } => vec![root.join(BOLT_PARENT).join(id)],
+    };
+    for d in dirs {
+        assert!(!d.exists(), "cgroup {} left behind", d.display());
+    }
+}
+
+fn runtime() -> Runtime {
+    Runtime::new().unwrap()
+}
+
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    stats: bolt_capsule::runtime::CgroupStats,
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap()
+}
+
+fn reader(fd: OwnedFd) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = fs::File::from(fd).read_to_string(&mut s);
+        s
+    })
+}
+
+fn captured() -> (
+    Stdio,
+    std::thread::JoinHandle<String>,
+    std::thread::JoinHandle<String>,
+) {
+    let (out_r, out_w) = pipe();
+    let (err_r, err_w) = pipe();
+    let stdio = Stdio {
+        stdin: StdioSlot::Null,
+        stdout: StdioSlot::Fd(out_w),
+        stderr: StdioSlot::Fd(err_w),
+    };
+    (stdio, reader(out_r), reader(err_r))
+}
+
+/// Runs a capsule to completion, capturing output and the final cgroup counters.
+fn run(rt: &Runtime, spec: &CapsuleSpec) -> Result<Output, RuntimeError> {
+    let (stdio, out, err) = captured();
+    let mut capsule = rt.spawn(spec, stdio)?;
+    let status = capsule.wait()?;
+    let stats = capsule.stats()?;
+    capsule.destroy()?;
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+        stats,
+    })
+}
+
+#[test]
+fn pid_one_inside() {
+    if !root_or_skip("pid_one_inside") {
+        return;
+    }
+    let fx = Fixture::new("pid1");
+    let out = run(&runtime(), &fx.spec(&["sh", "-c", "echo $$"])).unwrap();
+    assert_eq!(out.stdout.trim(), "1", "stderr: {}", out.stderr);
+    assert_eq!(out.status.exit_code(), 0);
+    fx.finish();
+}
+
+#[test]
+fn hostname_is_isolated() {
+    if !root_or_skip("hostname_is_isolated") {
+        return;
+    }
+    let fx = Fixture::new("uts");
+    let before = nix::unistd::gethostname().unwrap();
+    // Without CAP_SYS_ADMIN (docker's default set) the capsule cannot rename itself either.
+    let script = "hostname; hostname changed-inside 2>/dev/null || echo refused; hostname";
+    let mut spec = fx.spec(&["sh", "-c", script]);
+    spec.hostname = Some("capsule-h".into());
+    let out = run(&runtime(), &spec).unwrap();
+    assert_eq!(
+        out.stdout, "capsule-h\nrefused\ncapsule-h\n",
+        "stderr: {}",
+        out.stderr
+    );
+    assert_eq!(nix::unistd::gethostname().unwrap(), before);
+    fx.finish();
+}
+
+#[test]
+fn network_none_has_only_loopback_up() {
+    if !root_or_skip("network_none_has_only_loopback_up") {
+        return;
+    }
+    let fx = Fixture::new("net");
+    let spec = fx.spec(&["sh", "-c", "ls /sys/class/net; cat /sys/class/net/lo/flags"]);
+    let out = run(&runtime(), &spec).unwrap();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"lo"),
+        "stdout {:?} stderr {}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(lines.len(), 2, "only lo: {:?}", out.stdout);
+    let flags = u32::from_str_radix(lines[1].trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(flags & 1, 1, "lo is up");
+    fx.finish();
+}
+
+#[test]
+fn proc_shows_only_the_capsules_processes() {
+    if !root_or_skip("proc_shows_only_the_capsules_processes") {
+        return;
+    }
+    let fx = Fixture::new("proc");
+    // A shell loop runs without forking: the only process is the shell, pid 1.
+    let spec = fx.spec(&["sh", "-c", "for p in /proc/[0-9]*; do echo $p; done"]);
+    let out = run(&runtime(), &spec).unwrap();
+    assert_eq!(out.stdout, "/proc/1\n", "stderr: {}", out.stderr);
+    fx.finish();
+}
+
+#[test]
+fn host_filesystem_is_unreachable() {
+    if !root_or_skip("host_filesystem_is_unreachable") {
+        return;
+    }
+    let fx = Fixture::new("fs");
+    let probe = fx.dir.path().join("host-probe");
+    fs::write(&probe, "secret").unwrap();
+    let script = format!(
+        "test -e {p} && echo visible || echo hidden; test -e /var/tmp && echo var || echo novar; \
+         cat /proc/1/root{p} 2>/dev/null || echo unreadable",
+        p = probe.display()
+    );
+    let out = run(&runtime(), &fx.spec(&["sh", "-c", &script])).unwrap();
+    assert_eq!(
+        out.stdout, "hidden\nnovar\nunreadable\n",
+        "stderr: {}",
+        out.stderr
+    );
+    fx.finish();
+}
+
+#[test]
+fn writes_go_to_the_upper_layer() {
+    if !root_or_skip("writes_go_to_the_upper_layer") {
+        return;
+    }
+    let fx = Fixture::new("upper");
+    let out = run(&runtime(), &fx.spec(&["sh", "-c", "echo hi > /newfile"])).unwrap();
+    assert_eq!(out.status.exit_code(), 0, "stderr: {}", out.stderr);
+    assert!(fx.capsule_dir().join("upper/newfile").exists());
+    assert!(!fx.lower().join("newfile").exists());
+    fx.finish();
+}
+
+#[test]
+fn security_settings_are_applied() {
+    if !root_or_skip("security_settings_are_applied") {
+        return;
+    }
+    let fx = Fixture::new("sec");
+    let script = "grep -E '^(CapEff|CapBnd|CapInh|NoNewPrivs|Seccomp):' /proc/self/status; \
+        wc -c < /proc/timer_list; \
+        (echo x > /proc/sys/kernel/domainname) 2>/dev/null && echo sysctl-writable || echo sysctl-ro; \
+        unshare -n true 2>/dev/null && echo unshare-ok || echo unshare-denied; \
+        mount -t tmpfs none /tmp 2>/dev/null && echo mount-ok || echo mount-denied";
+    let out = run(&runtime(), &fx.spec(&["sh", "-c", script])).unwrap();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let rt = runtime();
+    let mask: u64 = if rt.hierarchy().is_some_and(Hierarchy::confines_devices) {
+        0xa80425fb
+    } else {
+        0xa80425fb & !(1 << 27)
+    };
+    let field = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{name} missing in {:?} / {}", out.stdout, out.stderr))
+            .to_owned()
+    };
+    assert_eq!(u64::from_str_radix(&field("CapEff:"), 16).unwrap(), mask);
+    assert_eq!(u64::from_str_radix(&field("CapBnd:"), 16).unwrap(), mask);
+    assert_eq!(u64::from_str_radix(&field("CapInh:"), 16).unwrap(), 0);
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+    // The host's /proc/timer_list has content; the capsule's is /dev/null.
+    assert!(fs::metadata("/proc/timer_list").is_ok());
+    assert!(
+        lines.contains(&"0"),
+        "/proc/timer_list is masked: {:?}",
+        out.stdout
+    );
+    assert!(lines.contains(&"sysctl-ro"));
+    assert!(lines.contains(&"unshare-denied"));
+    assert!(lines.contains(&"mount-denied"));
+    fx.finish();
+}
+
+#[test]
+fn memory_limit_kills_with_137_and_the_oom_flag() {
+    if !root_or_skip("memory_limit_kills_with_137_and_the_oom_flag") {
+        return;
+    }
+    let fx = Fixture::new("oom");
+    let mut spec = fx.spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+    spec.resources.memory_bytes = Some(16 << 20);
+    let out = run(&runtime(), &spec).unwrap();
+    assert_eq!(
+        out.status.exit_code(),
+        137,
+        "{:?} {}",
+        out.status,
+        out.stderr
+    );
+    assert_eq!(out.status.signal, Some(9));
+    assert!(out.status.oom_killed);
+    assert!(out.stats.oom_kills >= 1);
+    fx.finish();
+}
+
+#[test]
+fn exiting_normally_has_no_oom_flag() {
+    if !root_or_skip("exiting_normally_has_no_oom_flag") {
+        return;
+    }
+    let fx = Fixture::new("nooom");
+    let mut spec = fx.spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=1M", "count=1"]);
+    spec.resources.memory_bytes = Some(64 << 20);
+    let out = run(&runtime(), &spec).unwrap();
+    assert_eq!(out.status.exit_code(), 0, "{}", out.stderr);
+    assert!(!out.status.oom_killed);
+    fx.finish();
+}
+
+#[test]
+fn pids_limit_makes_fork_fail() {
+    if !root_or_skip("pids_limit_makes_fork_fail") {
+        return;
+    }
+    let fx = Fixture::new("pids");
+    let script = "n=0; for i in 1 2 3 4 5 6 7 8; do sleep 30 & n=$((n+1)); done; echo tried $n";
+    let mut spec = fx.spec(&["sh", "-c", script]);
+    spec.resources.pids_limit = Some(4);
+    let out = run(&runtime(), &spec).unwrap();
+    assert!(
+        out.stderr.contains("fork"),
+        "expected a fork failure, stderr: {:?}",
+        out.stderr
+    );
+    fx.finish();
+}
+
+#[test]
+fn cpu_quota_throttles() {
+    if !root_or_skip("cpu_quota_throttles") {
+        return;
+    }
+    let fx = Fixture::new("cpu");
+    let script = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo $i";
+    let mut spec = fx.spec(&["sh", "-c", script]);
+    spec.resources.cpu_millis = Some(100);
+    spec.resources.cpu_weight = Some(50);
+    let out = run(&runtime(), &spec).unwrap();
+    assert_eq!(out.stdout.trim(), "20000", "stderr {}", out.stderr);
+    assert!(out.stats.cpu_periods > 0, "{:?}", out.stats);
+    assert!(out.stats.cpu_throttled_periods > 0, "{:?}", out.stats);
+    assert!(out.stats.cpu_usage_ns > 0);
+    fx.finish();
+}
+
+#[test]
+fn exit_codes_and_signals_propagate() {
+    if !root_or_skip("exit_codes_and_signals_propagate") {
+        return;
+    }
+    let fx = Fixture::new("exit");
+    let rt = runtime();
+    let out = run(&rt, &fx.spec(&["sh", "-c", "exit 42"])).unwrap();
+    assert_eq!(out.status.code, Some(42));
+    assert_eq!(out.status.exit_code(), 42);
+
+    let mut capsule = rt.spawn(&fx.spec(&["sleep", "60"]), Stdio::null()).unwrap();
+    assert_eq!(capsule.pids().unwrap(), vec![capsule.pid()]);
+    capsule.kill(Signal::SIGKILL).unwrap();
+    let status = capsule.wait().unwrap();
+    assert_eq!(status.signal, Some(9));
+    assert_eq!(status.exit_code(), 137);
+    assert!(!status.oom_killed);
+    capsule.destroy().unwrap();
+    fx.finish();
+}
+
+#[test]
+fn missing_or_unexecutable_command_is_an_error_with_127_or_126() {
+    if !root_or_skip("missing_or_unexecutable_command_is_an_error_with_127_or_126") {
+        return;
+    }
+    let fx = Fixture::new("e127");
+    let rt = runtime();
+    let err = rt
+        .spawn(&fx.spec(&["no-such-command"]), Stdio::null())
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::NotFound(_)), "{err}");
+    assert_eq!(err.exit_code(), 127);
+    fx.assert_clean();
+
+    let script = fx.lower().join("bin/not-exec");
+    fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+    let err = rt
+        .spawn(&fx.spec(&["/bin/not-exec"]), Stdio::null())
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::NotExecutable { .. }), "{err}");
+    assert_eq!(err.exit_code(), 126);
+    fx.finish();
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_nothing() {
+    if !root_or_skip("bad_input_is_refused_and_leaves_nothing") {
+        return;
+    }
+    let fx = Fixture::new("bad");
+    let rt = runtime();
+    let mut spec = fx.spec(&["true"]);
+    spec.rlimits.push(Rlimit {
+        kind: RlimitKind::Nofile,
+        soft: u64::MAX - 1,
+        hard: u64::MAX - 1,
+    });
+    let err = rt.spawn(&spec, Stdio::null()).unwrap_err();
+    assert!(err.to_string().contains("hard limit"), "{err}");
+    fx.assert_clean();
+
+    // A second capsule with the same id is refused while the first runs.
+    let first = rt.spawn(&fx.spec(&["sleep", "60"]), Stdio::null()).unwrap();
+    let err = rt.spawn(&fx.spec(&["true"]), Stdio::null()).unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert!(
+        first.pids().unwrap().contains(&first.pid()),
+        "first still runs"
+    );
+    first.destroy().unwrap();
+    fx.finish();
+}
+
+#[test]
+fn exec_joins_a_running_capsule() {
+    if !root_or_skip("exec_joins_a_running_capsule") {
+        return;
+    }
+    let fx = Fixture::new("exec");
+    let rt = runtime();
+    let mut spec = fx.spec(&["sleep", "60"]);
+    spec.hostname = Some("exec-host".into());
+    let capsule = rt.spawn(&spec, Stdio::null()).unwrap();
+    let (stdio, out, err) = captured();
+    let exec = ExecSpec {
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo $$; hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $FOO; pwd".into(),
+        ],
+        env: vec!["FOO=bar".into()],
+        workdir: Some("/tmp".into()),
+        user: None,
+    };
+    let mut process = capsule.exec(&rt, &exec, stdio).unwrap();
+    let pids = capsule.pids().unwrap();
+    assert!(
+        pids.contains(&process.pid()),
+        "exec'd process is in the cgroup: {pids:?}"
+    );
+    let status = process.wait().unwrap();
+    let stdout = out.join().unwrap();
+    let stderr = err.join().unwrap();
+    assert_eq!(status.exit_code(), 0, "stderr: {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_ne!(lines[0], "1");
+    assert!(
+        lines[0].parse::<u32>().unwrap() < 100,
+        "pid inside the namespace: {}",
+        lines[0]
+    );
+    assert_eq!(lines[1], "exec-host");
+    assert_eq!(lines[2].trim(), "sleep 60");
+    assert_eq!(lines[3], "bar");
+    assert_eq!(lines[4], "/tmp");
+
+    let err = capsule
+        .exec(
+            &rt,
+            &ExecSpec {
+                args: vec!["nope".into()],
+                ..ExecSpec::default()
+            },
+            Stdio::null(),
+        )
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 127, "{err}");
+    capsule.destroy().unwrap();
+    fx.finish();
+}
+
+#[test]
+fn host_network_sees_the_host_interfaces() {
+    if !root_or_skip("host_network_sees_the_host_interfaces") {
+        return;
+    }
+    let fx = Fixture::new("hostnet");
+    let mut spec = fx.spec(&["sh", "-c", "ls /sys/class/net | wc -l"]);
+    spec.network = NetworkMode::Host;
+    let out = run(&runtime(), &spec).unwrap();
+    let host = fs::read_dir("/sys/class/net").unwrap().count();
+    assert_eq!(
+        out.stdout.trim(),
+        host.to_string(),
+        "stderr: {}",
+        out.stderr
+    );
+    fx.finish();
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn supervisor_records_pid_logs_and_exit() {
+    if !root_or_skip("supervisor_records_pid_logs_and_exit") {
+        return;
+    }
+    let fx = Fixture::new("sup");
+    let state = fx.dir.path().join("state");
+    let spec = fx.spec(&["sh", "-c", "echo out; echo err >&2; echo partial; exit 3"]);
+    let status = supervisor::supervise(&spec, &state).unwrap();
+    assert_eq!(status.exit_code(), 3);
+    let Adopted::Exited(exit) = supervisor::adopt(&state).unwrap() else {
+        panic!("expected an exit record")
+    };
+    assert_eq!(exit.exit_code, 3);
+    let logs = supervisor::read_logs(&state).unwrap();
+    let text: Vec<(String, String)> = logs.into_iter().map(|l| (l.stream, l.line)).collect();
+    assert!(text.contains(&("stdout".into(), "out".into())), "{text:?}");
+    assert!(text.contains(&("stderr".into(), "err".into())), "{text:?}");
+    assert!(
+        text.contains(&("stdout".into(), "partial".into())),
+        "{text:?}"
+    );
+    fx.finish();
+}
+
+#[test]
+fn supervised_capsule_is_adopted_while_running_and_after_exit() {
+    if !root_or_skip("supervised_capsule_is_adopted_while_running_and_after_exit") {
+        return;
+    }
+    let fx = Fixture::new("adopt");
+    let state = fx.dir.path().join("state");
+    let spec = fx.spec(&["sleep", "60"]);
+    let thread_state = state.clone();
+    let supervisor = std::thread::spawn(move || {
+        let rt = Runtime::new().unwrap();
+        supervisor::supervise_with(&rt, &spec, &thread_state, &SuperviseOptions::default())
+    });
+    wait_for("pid.json", || state.join("pid.json").exists());
+    let Adopted::Running {
+        record,
+        supervisor_alive,
+    } = supervisor::adopt(&state).unwrap()
+    else {
+        panic!("expected a running capsule")
+    };
+    assert!(supervisor_alive);
+    // The agent side stops it by pid (verified by the start time in the record).
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(record.pid), Signal::SIGKILL).unwrap();
+    let status = supervisor.join().unwrap().unwrap();
+    assert_eq!(status.signal, Some(9));
+    let Adopted::Exited(exit) = supervisor::adopt(&state).unwrap() else {
+        panic!("expected an exit record")
+    };
+    assert_eq!(exit.exit_code, 137);
+    fx.finish();
+}
+
+#[test]
+fn supervisor_records_a_start_failure() {
+    if !root_or_skip("supervisor_records_a_start_failure") {
+        return;
+    }
+    let fx = Fixture::new("supfail");
+    let state = fx.dir.path().join("state");
+    let err = supervisor::supervise(&fx.spec(&["missing"]), &state).unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    let Adopted::Exited(exit) = supervisor::adopt(&state).unwrap() else {
+        panic!("expected an exit record")
+    };
+    assert_eq!(exit.exit_code, 127);
+    assert!(exit.status.is_none());
+    fx.finish();
+}
+
+/// runc takes the same bundle and prints the same view of the capsule.
+#[test]
+fn runc_accepts_the_bundle_and_agrees() {
+    if !root_or_skip("runc_accepts_the_bundle_and_agrees") {
+        return;
+    }
+    if Command::new("runc").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
+            "runc is not installed"
+        );
+        eprintln!("SKIPPED runc_accepts_the_bundle_and_agrees: runc not installed");
+        return;
+    }
+    let fx = Fixture::new("runc");
+    let script = "hostname; id; pwd; echo $$; ls /dev | sort | tr '\\n' ' '; echo; \
+        grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; \
+        ls /sys/class/net; env | sort; \
+        cut -d' ' -f5 /proc/self/mountinfo | sort | tr '\\n' ' '; echo; \
+        wc -c < /proc/timer_list; unshare -n true 2>/dev/null || echo unshare-denied";
+    let mut spec = fx.spec(&["sh", "-c", script]);
+    spec.hostname = Some("same".into());
+    spec.resources.memory_bytes = Some(64 << 20);
+    spec.resources.pids_limit = Some(64);
+
+    let ours = run(&runtime(), &spec).unwrap();
+    assert_eq!(ours.status.exit_code(), 0, "stderr: {}", ours.stderr);
+    fx.assert_clean();
+    // runc needs a fresh upper layer and the overlay mounted for it.
+    fs::remove_dir_all(fx.capsule_dir()).unwrap();
+
+    let bundle = fx.dir.path().join("bundle");
+    oci::write_bundle(&spec, &bundle).unwrap();
+    let rootfs = oci::mount_rootfs(&spec.rootfs).unwrap();
+    let runc_root = fx.dir.path().join("runc-state");
+    let output = Command::new("runc")
+        .arg("--root")
+        .arg(&runc_root)
+        .arg("run")
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg(&spec.id)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    drop(rootfs);
+    let runc_out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "runc failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // runc runs with CAP_MKNOD only when it confines devices; both do here on v1.
+    assert_eq!(ours.stdout, runc_out, "ours (left) and runc (right) differ");
+    fx.finish();
+}
+
+#[test]
+fn spec_files_are_checked_before_anything_runs() {
+    // Not root-only: validation happens before any privileged step.
+    let rootfs = Rootfs::in_dir(
+        vec![PathBuf::from("/nonexistent")],
+        Path::new("/nonexistent/c"),
+    );
+    let spec = CapsuleSpec::new("ok", rootfs, vec![]);
+    let err = Runtime::with_hierarchy(None)
+        .unwrap()
+        .spawn(&spec, Stdio::null())
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        RuntimeError::Spec(bolt_capsule::runtime::SpecError::EmptyCommand)
+    ));
+    assert_eq!(err.exit_code(), 125);
+}
