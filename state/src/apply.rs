@@ -5,6 +5,7 @@
 //! each mutator first records the value it replaces; [`revert`] plays those records backwards.
 //! The plain [`apply`] passes no journal and pays one branch per change.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -325,17 +326,49 @@ impl Tx<'_> {
         }
     }
 
-    /// Set (`Some`) or free (`None`) one address of an existing network.
-    fn address(&mut self, network: &str, ip: Ipv4Addr, holder: Option<String>) {
-        let Some(n) = self.s.networks.get_mut(network) else {
-            return;
-        };
-        let old = match holder {
-            Some(h) => n.allocations.insert(ip, h),
-            None => n.allocations.remove(&ip),
-        };
-        if let Some(j) = self.j.as_deref_mut() {
-            j.push_back(Undo::Address(network.to_owned(), ip, old));
+    /// Give `ip` on `network` to `capsule`, unless someone holds it.
+    fn allocate(&mut self, network: &str, ip: Ipv4Addr, capsule: &str) -> Result<(), Misfit> {
+        let n = self
+            .s
+            .networks
+            .get_mut(network)
+            .ok_or_else(|| Misfit::UnknownNetwork(network.to_owned()))?;
+        match n.allocations.entry(ip) {
+            Entry::Occupied(held) => Err(Misfit::AddressHeld {
+                network: network.to_owned(),
+                ip,
+                holder: held.get().clone(),
+            }),
+            Entry::Vacant(free) => {
+                free.insert(capsule.to_owned());
+                if let Some(j) = self.j.as_deref_mut() {
+                    j.push_back(Undo::Address(network.to_owned(), ip, None));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Free `ip` on `network` if `capsule` holds it.
+    fn release(&mut self, network: &str, ip: Ipv4Addr, capsule: &str) -> Result<(), Misfit> {
+        let n = self
+            .s
+            .networks
+            .get_mut(network)
+            .ok_or_else(|| Misfit::UnknownNetwork(network.to_owned()))?;
+        match n.allocations.entry(ip) {
+            Entry::Occupied(held) if held.get() == capsule => {
+                let old = held.remove();
+                if let Some(j) = self.j.as_deref_mut() {
+                    j.push_back(Undo::Address(network.to_owned(), ip, Some(old)));
+                }
+                Ok(())
+            }
+            _ => Err(Misfit::AddressNotHeld {
+                network: network.to_owned(),
+                ip,
+                capsule: capsule.to_owned(),
+            }),
         }
     }
 
@@ -477,13 +510,10 @@ fn image(tx: &mut Tx<'_>, key: OrderKey, e: &ImageEvent) -> Result<(), Misfit> {
 
 fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfit> {
     match e {
-        CapsuleEvent::Created { id, name, spec } => {
-            if tx.s.capsules.contains_key(id.as_str()) {
-                return Err(Misfit::CapsuleExists(id.clone()));
-            }
-            tx.capsule_insert(
-                id.clone(),
-                CapsuleInfo {
+        CapsuleEvent::Created { id, name, spec } => match tx.s.capsules.entry(id.clone()) {
+            Entry::Occupied(_) => return Err(Misfit::CapsuleExists(id.clone())),
+            Entry::Vacant(slot) => {
+                slot.insert(CapsuleInfo {
                     id: id.clone(),
                     name: name.clone(),
                     spec: Arc::new(spec.clone()),
@@ -495,9 +525,12 @@ fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfi
                     created: key.hlc,
                     started: None,
                     finished: None,
-                },
-            );
-        }
+                });
+                if let Some(j) = tx.j.as_deref_mut() {
+                    j.push_back(Undo::Capsule(id.clone(), None));
+                }
+            }
+        },
         CapsuleEvent::Started { id, pid } => {
             let c = tx
                 .capsule_mut(id)
@@ -797,38 +830,12 @@ fn network(tx: &mut Tx<'_>, key: OrderKey, e: &NetworkEvent) -> Result<(), Misfi
             network,
             capsule,
             ip,
-        } => {
-            let n =
-                tx.s.networks
-                    .get(network.as_str())
-                    .ok_or_else(|| Misfit::UnknownNetwork(network.clone()))?;
-            if let Some(holder) = n.allocations.get(ip) {
-                return Err(Misfit::AddressHeld {
-                    network: network.clone(),
-                    ip: *ip,
-                    holder: holder.clone(),
-                });
-            }
-            tx.address(network, *ip, Some(capsule.clone()));
-        }
+        } => tx.allocate(network, *ip, capsule)?,
         NetworkEvent::AddressReleased {
             network,
             capsule,
             ip,
-        } => {
-            let n =
-                tx.s.networks
-                    .get(network.as_str())
-                    .ok_or_else(|| Misfit::UnknownNetwork(network.clone()))?;
-            if n.allocations.get(ip) != Some(capsule) {
-                return Err(Misfit::AddressNotHeld {
-                    network: network.clone(),
-                    ip: *ip,
-                    capsule: capsule.clone(),
-                });
-            }
-            tx.address(network, *ip, None);
-        }
+        } => tx.release(network, *ip, capsule)?,
     }
     Ok(())
 }

@@ -142,7 +142,12 @@ impl Replica {
         let event = &appended.event;
         let key = event.order_key();
         if key > self.state.last_key {
-            self.push(key, &event.payload, event.envelope.schema, &event.envelope.payload);
+            self.push(
+                key,
+                &event.payload,
+                event.envelope.schema,
+                &event.envelope.payload,
+            );
             self.trim();
         } else if key > self.floor {
             self.rewind(key, event);
@@ -242,7 +247,12 @@ impl Replica {
             self.stats.duplicates += 1;
         } else {
             self.stats.late += 1;
-            self.push(key, &event.payload, event.envelope.schema, &event.envelope.payload);
+            self.push(
+                key,
+                &event.payload,
+                event.envelope.schema,
+                &event.envelope.payload,
+            );
         }
         self.stats.refolded += undone.len() as u64;
         for f in undone.into_iter().rev() {

@@ -1,0 +1,404 @@
+//! Fold throughput: `apply` over 1M pre-decoded events, decode + fold from bytes, `Replica`
+//! ingest in order and with 1% late events, and the cost of a snapshot (encode, decode, hash).
+//!
+//! `cargo bench -p bolt-bench --bench fold` prints a markdown table. The events are a realistic
+//! mix from 5 nodes: node starts, networks, image pulls, and capsule lifecycles (create,
+//! allocate an address, start, exit, sometimes restart, release, remove). They are not signed
+//! (the fold never checks signatures; signing 1M events would take most of the run).
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bolt_events::payload::{
+    encode_payload, CapsuleEvent, CapsuleSpec, ImageEvent, NetworkEvent, NodeEvent,
+};
+use bolt_events::{Appended, Cursor, Envelope, Event, Hash, Hlc, NodeId, Payload, CURRENT_SCHEMA};
+use bolt_state::{apply, decode_state, encode_state, Replica, State, DEFAULT_WINDOW};
+
+const EVENTS: usize = 1_000_000;
+const NODES: usize = 5;
+/// Live capsules each node keeps around.
+const LIVE: usize = 200;
+
+/// xorshift64*: a small deterministic generator (the bench needs no crate for it).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Step {
+    Created,
+    Addressed,
+    Running,
+    Exited,
+    Released,
+}
+
+struct Live {
+    id: String,
+    ip: [u8; 4],
+    step: Step,
+}
+
+struct Node {
+    id: NodeId,
+    seq: u64,
+    live: Vec<Live>,
+    next_ip: u32,
+}
+
+fn spec(n: u64) -> CapsuleSpec {
+    CapsuleSpec {
+        image: "registry.local/app/web:1.4.2".into(),
+        image_digest: format!("sha256:{:064x}", n % 7),
+        command: vec!["/usr/bin/web".into(), "--port".into(), "8080".into()],
+        env: vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+            format!("REPLICA={n}"),
+        ],
+        workdir: Some("/srv".into()),
+        user: None,
+        hostname: None,
+        network: "bolt0".into(),
+        memory_bytes: Some(256 << 20),
+        cpu_millis: Some(500),
+        pids_limit: Some(512),
+        restart: "on-failure".into(),
+        ports: vec!["8080/tcp".into()],
+        mounts: vec![],
+        labels: BTreeMap::from([("stack".into(), "shop".into())]),
+    }
+}
+
+/// The payload of the next event of node `n`.
+fn next_payload(rng: &mut Rng, node: &mut Node, n: usize, counter: &mut u64) -> Payload {
+    let net = format!("bolt-{n}");
+    if node.seq == 0 {
+        return Payload::Node(NodeEvent::Started {
+            name: format!("node-{n}"),
+            version: "0.1.0".into(),
+            addr: Some(format!("10.0.0.{n}:7946")),
+            labels: BTreeMap::from([("zone".into(), format!("z{}", n % 2))]),
+        });
+    }
+    if node.seq == 1 {
+        return Payload::Network(NetworkEvent::Created {
+            name: net,
+            driver: "bridge".into(),
+            subnet: format!("10.{}.0.0/16", 100 + n),
+            gateway: [10, 100 + n as u8, 0, 1].into(),
+            mtu: 1500,
+        });
+    }
+    let r = rng.below(1000);
+    if r < 2 {
+        *counter += 1;
+        return Payload::Image(ImageEvent::Pulled {
+            reference: format!("registry.local/app/web:1.{}", *counter % 9),
+            digest: format!("sha256:{:064x}", *counter % 7),
+            config_digest: format!("sha256:{:064x}", *counter + 99),
+            layers: vec![format!("sha256:{:064x}", *counter % 3)],
+            size: 30 << 20,
+        });
+    }
+    if r == 2 {
+        return Payload::Node(NodeEvent::Started {
+            name: format!("node-{n}"),
+            version: "0.1.1".into(),
+            addr: Some(format!("10.0.0.{n}:7946")),
+            labels: BTreeMap::new(),
+        });
+    }
+    if node.live.len() < LIVE && rng.below(4) == 0 {
+        *counter += 1;
+        let id = format!("{:016x}{:016x}", rng.next(), *counter);
+        node.next_ip += 1;
+        let host = node.next_ip % 65_000 + 2;
+        let ip = [10, 100 + n as u8, (host >> 8) as u8, host as u8];
+        node.live.push(Live {
+            id: id.clone(),
+            ip,
+            step: Step::Created,
+        });
+        return Payload::Capsule(CapsuleEvent::Created {
+            name: format!("web-{}", *counter),
+            id,
+            spec: spec(*counter),
+        });
+    }
+    if node.live.is_empty() {
+        return Payload::Node(NodeEvent::Stopped {
+            reason: "idle".into(),
+        });
+    }
+    let i = rng.below(node.live.len() as u64) as usize;
+    let c = &mut node.live[i];
+    let (payload, next) = match c.step {
+        Step::Created => (
+            Payload::Network(NetworkEvent::AddressAllocated {
+                network: net,
+                capsule: c.id.clone(),
+                ip: c.ip.into(),
+            }),
+            Some(Step::Addressed),
+        ),
+        Step::Addressed => (
+            Payload::Capsule(CapsuleEvent::Started {
+                id: c.id.clone(),
+                pid: rng.below(1 << 22) as u32,
+            }),
+            Some(Step::Running),
+        ),
+        Step::Running => (
+            Payload::Capsule(CapsuleEvent::Exited {
+                id: c.id.clone(),
+                code: Some(0),
+                signal: None,
+                oom: false,
+            }),
+            Some(Step::Exited),
+        ),
+        Step::Exited if rng.below(5) == 0 => (
+            Payload::Capsule(CapsuleEvent::Started {
+                id: c.id.clone(),
+                pid: rng.below(1 << 22) as u32,
+            }),
+            Some(Step::Running),
+        ),
+        Step::Exited => (
+            Payload::Network(NetworkEvent::AddressReleased {
+                network: net,
+                capsule: c.id.clone(),
+                ip: c.ip.into(),
+            }),
+            Some(Step::Released),
+        ),
+        Step::Released => (
+            Payload::Capsule(CapsuleEvent::Removed { id: c.id.clone() }),
+            None,
+        ),
+    };
+    match next {
+        Some(s) => c.step = s,
+        None => {
+            node.live.swap_remove(i);
+        }
+    }
+    payload
+}
+
+/// Encoded events in total order (a global clock ticks once per event).
+fn generate() -> Vec<Vec<u8>> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut nodes: Vec<Node> = (0..NODES)
+        .map(|n| Node {
+            id: NodeId([n as u8 + 1; 32]),
+            seq: 0,
+            live: Vec::new(),
+            next_ip: 0,
+        })
+        .collect();
+    let mut counter = 0;
+    let start = Hlc::new(1_780_000_000_000, 0).0;
+    let mut out = Vec::with_capacity(EVENTS);
+    for t in 0..EVENTS as u64 {
+        let n = if t < 2 * NODES as u64 {
+            (t % NODES as u64) as usize
+        } else {
+            rng.below(NODES as u64) as usize
+        };
+        let node = &mut nodes[n];
+        let payload = next_payload(&mut rng, node, n, &mut counter);
+        node.seq += 1;
+        let env = Envelope {
+            format: bolt_events::envelope::FORMAT,
+            origin: node.id,
+            seq: node.seq,
+            hlc: Hlc(start + t),
+            schema: CURRENT_SCHEMA,
+            prev: Hash::ZERO,
+            payload: encode_payload(&payload),
+            sig: [0; 64],
+        };
+        out.push(env.to_bytes());
+    }
+    out
+}
+
+/// Best of `runs` timings of `f`.
+fn best<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
+    let mut best: Option<(Duration, T)> = None;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let out = f();
+        let d = t.elapsed();
+        if best.as_ref().is_none_or(|(b, _)| d < *b) {
+            best = Some((d, out));
+        }
+    }
+    match best {
+        Some(b) => b,
+        None => (Duration::ZERO, f()),
+    }
+}
+
+fn rate(n: usize, d: Duration) -> String {
+    let per_s = n as f64 / d.as_secs_f64().max(1e-9);
+    format!("{:.2} M/s", per_s / 1e6)
+}
+
+fn row(what: &str, n: usize, d: Duration) {
+    println!(
+        "| {what} | {n} | {:.1} ms | {} | {:.0} ns |",
+        d.as_secs_f64() * 1e3,
+        rate(n, d),
+        d.as_secs_f64() * 1e9 / n.max(1) as f64
+    );
+}
+
+fn main() {
+    let t = Instant::now();
+    let bytes = generate();
+    let gen = t.elapsed();
+    let events: Vec<Event> = bytes
+        .iter()
+        .filter_map(|b| Event::from_bytes(b).ok())
+        .collect();
+    assert_eq!(events.len(), EVENTS, "every generated event decodes");
+    eprintln!("generated {EVENTS} events in {gen:.1?}");
+
+    println!("| measure | events | time | rate | per event |");
+    println!("|---|---:|---:|---:|---:|");
+
+    // The floor: touching each event's key and kind, no state.
+    let (d, _) = best(3, || {
+        let mut x = 0u64;
+        for e in &events {
+            x = x.wrapping_add(e.order_key().seq ^ e.payload.kind().len() as u64);
+        }
+        black_box(x)
+    });
+    row("read key + kind only (floor)", EVENTS, d);
+
+    let (d, folded) = best(3, || {
+        let mut s = State::default();
+        for e in &events {
+            apply(&mut s, e);
+        }
+        s
+    });
+    row("apply (pre-decoded)", EVENTS, d);
+    if std::env::var_os("FOLD_BENCH_APPLY_ONLY").is_some() {
+        // For profiling the fold alone.
+        for _ in 0..5 {
+            let mut s = State::default();
+            for e in &events {
+                apply(&mut s, e);
+            }
+            black_box(s.applied);
+        }
+        return;
+    }
+
+    let (d, _) = best(2, || {
+        let mut s = State::default();
+        for b in &bytes {
+            if let Ok(e) = Event::from_bytes(b) {
+                apply(&mut s, &e);
+            }
+        }
+        black_box(s.applied)
+    });
+    row("decode + apply (from bytes)", EVENTS, d);
+
+    // Replica, arrival = total order.
+    let in_order: Vec<Appended> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Appended {
+            cursor: Cursor(i as u64 + 1),
+            event: e.clone(),
+        })
+        .collect();
+    drop(events);
+    let (d, r) = best(1, || {
+        let mut r = Replica::with_window(DEFAULT_WINDOW);
+        for a in &in_order {
+            r.ingest(a);
+        }
+        r
+    });
+    assert_eq!(r.state(), &folded);
+    row("Replica::ingest, in order", EVENTS, d);
+    drop(r);
+
+    // Replica, 1% of events arrive 1..=100 positions late (a remote event a little behind).
+    let mut rng = Rng(42);
+    let mut arrival: Vec<(u64, usize)> = (0..EVENTS)
+        .map(|i| {
+            let late = if rng.below(100) == 0 {
+                1 + rng.below(100)
+            } else {
+                0
+            };
+            ((i as u64 + late) * 2 + 1, i)
+        })
+        .collect();
+    arrival.sort_unstable();
+    let late: Vec<Appended> = arrival
+        .iter()
+        .enumerate()
+        .map(|(pos, &(_, i))| Appended {
+            cursor: Cursor(pos as u64 + 1),
+            event: in_order[i].event.clone(),
+        })
+        .collect();
+    drop(in_order);
+    let (d, r) = best(1, || {
+        let mut r = Replica::with_window(DEFAULT_WINDOW);
+        for a in &late {
+            r.ingest(a);
+        }
+        r
+    });
+    assert!(r.is_exact());
+    assert_eq!(r.state().hash(), folded.hash());
+    row("Replica::ingest, 1% late by 1..=100", EVENTS, d);
+    let stats = r.stats();
+    drop(r);
+    drop(late);
+
+    // Snapshot cost of the final state.
+    let (d_enc, snap) = best(3, || encode_state(&folded));
+    let (d_dec, back) = best(3, || decode_state(&snap));
+    assert!(back.is_ok_and(|s| s == folded));
+    let (d_hash, _) = best(3, || folded.hash());
+    println!();
+    println!(
+        "1% late: {} late events, {} refolded, {} rebuilds.",
+        stats.late, stats.refolded, stats.rebuilds
+    );
+    println!(
+        "State after {EVENTS} events: {} capsules, {} nodes, {} images; snapshot {:.1} MiB, \
+         encode {:.1} ms, decode {:.1} ms, State::hash {:.1} ms.",
+        folded.capsules.len(),
+        folded.nodes.len(),
+        folded.images.len(),
+        snap.len() as f64 / (1 << 20) as f64,
+        d_enc.as_secs_f64() * 1e3,
+        d_dec.as_secs_f64() * 1e3,
+        d_hash.as_secs_f64() * 1e3,
+    );
+}
