@@ -117,10 +117,16 @@ fn an_over_long_varint_is_refused_so_every_envelope_has_one_encoding() {
 
 #[test]
 fn empty_input_and_unknown_format_are_named() {
-    assert!(matches!(Envelope::from_bytes(&[]), Err(CodecError::Malformed(_))));
+    assert!(matches!(
+        Envelope::from_bytes(&[]),
+        Err(CodecError::Malformed(_))
+    ));
     let mut bytes = samples()[0].clone();
     bytes[0] = 9;
-    assert_eq!(Envelope::from_bytes(&bytes), Err(CodecError::UnknownFormat(9)));
+    assert_eq!(
+        Envelope::from_bytes(&bytes),
+        Err(CodecError::UnknownFormat(9))
+    );
     bytes[0] = 1;
     bytes.push(0);
     assert_eq!(Envelope::from_bytes(&bytes), Err(CodecError::Trailing(1)));

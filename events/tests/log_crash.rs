@@ -41,7 +41,7 @@ fn child_appender_for_the_crash_test() {
                 let mut i = 0u64;
                 while Instant::now() < deadline {
                     i += 1;
-                    if i % 5 == 0 {
+                    if i.is_multiple_of(5) {
                         let batch = (0..3)
                             .map(|j| payload(t * 1_000_000 + i * 10 + j))
                             .collect();

@@ -44,7 +44,7 @@ pub(crate) struct Tip {
 }
 
 impl Tip {
-    pub(crate) fn to_row(&self) -> (u64, &[u8; 32], u64) {
+    pub(crate) fn as_row(&self) -> (u64, &[u8; 32], u64) {
         (self.seq, &self.hash.0, self.hlc.0)
     }
 

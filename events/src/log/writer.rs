@@ -246,7 +246,7 @@ impl Writer {
             for origin in &dirty {
                 if let Some(tip) = work.tips.get(origin) {
                     heads
-                        .insert(&origin.0, tip.to_row())
+                        .insert(&origin.0, tip.as_row())
                         .map_err(storage("write heads"))?;
                 }
             }
