@@ -136,7 +136,7 @@ fn bolt_binary() -> PathBuf {
         .unwrap();
     assert!(
         status.success(),
-        "cargo build --release -p bolt-agent failed"
+        "cargo build --release -p bolt-agent failed (or set BOLT_BIN to a built bolt)"
     );
     let bin = target_dir().join("release").join("bolt");
     assert!(bin.is_file(), "no {}", bin.display());
