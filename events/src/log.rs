@@ -515,7 +515,8 @@ impl Log {
         Cursor(*guard)
     }
 
-    /// Call `f` with the new head after every commit (the agent bridges this to async).
+    /// Call `f` with the new head after every commit (the agent bridges this to async). A
+    /// group of requests that stored nothing is not committed and calls nothing.
     ///
     /// `f` runs on the writer thread before the appenders of that commit get their answer: keep
     /// it short and never append from it (that would wait on itself). A callback holding a clone

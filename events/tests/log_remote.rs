@@ -201,8 +201,14 @@ fn given_events_already_held_when_delivered_again_then_skipped_and_the_rest_appe
         out.iter().map(|a| a.event.seq()).collect::<Vec<_>>(),
         vec![4, 5]
     );
+    let commits = log.stats().commits;
     assert!(log.append_remote(envs.clone()).unwrap().is_empty());
     assert_eq!(log.head(), Cursor(5));
+    assert_eq!(
+        log.stats().commits,
+        commits,
+        "nothing new: no commit, no fsync"
+    );
     assert!(log.verify().unwrap().is_clean());
 }
 

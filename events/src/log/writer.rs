@@ -198,10 +198,12 @@ impl Writer {
             .requests
             .fetch_add(replies.len() as u64, std::sync::atomic::Ordering::SeqCst);
         match self.stage_and_commit(&mut work, jobs) {
-            Ok(outcomes) => {
-                self.state = work;
-                self.shared
-                    .publish(self.state.next_cursor.saturating_sub(1));
+            Ok((outcomes, committed)) => {
+                if committed {
+                    self.state = work;
+                    self.shared
+                        .publish(self.state.next_cursor.saturating_sub(1));
+                }
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
@@ -219,11 +221,12 @@ impl Writer {
         &self,
         work: &mut State,
         jobs: Vec<Job>,
-    ) -> Result<Vec<Result<Done, LogError>>, LogError> {
+    ) -> Result<(Vec<Result<Done, LogError>>, bool), LogError> {
         let mut txn = self.db.begin_write().map_err(storage("begin write"))?;
         txn.set_durability(Durability::Immediate)
             .map_err(storage("set durability"))?;
         let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut changed = false;
         {
             let mut t = Tables {
                 events: txn.open_table(EVENTS).map_err(storage("open events"))?,
@@ -239,6 +242,12 @@ impl Writer {
                     Job::Remote(items) => stage_remote(work, &mut t, &mut dirty, items)?,
                     Job::Snapshot(s) => stage_snapshot(work, &mut t, s)?,
                     Job::PruneSnapshots(keep) => prune_snapshots(&mut t, keep)?,
+                };
+                changed |= match &outcome {
+                    Ok(Done::Appended(v)) => !v.is_empty(),
+                    Ok(Done::Pruned(n)) => *n > 0,
+                    Ok(Done::Stored) => true,
+                    Err(_) => false,
                 };
                 outcomes.push(outcome);
             }
@@ -256,8 +265,13 @@ impl Writer {
                     .map_err(storage("write meta"))?;
             }
         }
+        if !changed {
+            // Everything was refused or already held: nothing to make durable, no fsync.
+            txn.abort().map_err(storage("abort"))?;
+            return Ok((outcomes, false));
+        }
         txn.commit().map_err(storage("commit"))?;
-        Ok(outcomes)
+        Ok((outcomes, true))
     }
 
     fn stage_local(
