@@ -351,3 +351,18 @@ fn given_appenders_queued_behind_a_commit_when_the_writer_is_free_then_they_shar
     assert_eq!(log.head(), Cursor(appenders + 1));
     assert!(log.verify().unwrap().is_clean());
 }
+
+#[test]
+fn given_a_payload_over_the_size_limit_when_appended_then_too_large_and_nothing_stored() {
+    let (_dir, _path, log) = temp_log(1);
+    log.append(payload(1)).unwrap();
+    let huge = bolt_events::Payload::Node(bolt_events::payload::NodeEvent::Stopped {
+        reason: "x".repeat(bolt_events::codec::MAX_ENCODED + 1),
+    });
+    match log.append_batch(vec![payload(2), huge]) {
+        Err(LogError::TooLarge { limit, .. }) => assert_eq!(limit, bolt_events::codec::MAX_ENCODED),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(log.head(), Cursor(1));
+    assert_eq!(log.append(payload(3)).unwrap().event.seq(), 2);
+}
