@@ -75,23 +75,59 @@ pub enum Misfit {
     },
 }
 
-/// One undo record: what a piece of state was before an event changed it.
+/// One undo record: what a piece of state was before an event changed it. Whole entries are
+/// boxed so that the record stays small: the frequent ones (counters, last seen, a capsule's
+/// run state, an address) are copied in and out of the journal on every event.
 #[derive(Debug, Clone)]
 pub(crate) enum Undo {
     Counters { applied: u64, last_key: OrderKey },
-    Ignored(u64, Option<Ignored>),
+    Ignored(u64, Option<Box<Ignored>>),
     Seen(NodeId, Hlc),
-    Node(NodeId, Option<NodeInfo>),
-    Image(String, Option<ImageInfo>),
-    ImageRef(String, Option<String>),
-    Capsule(String, Option<CapsuleInfo>),
-    Tombstone(u64, Option<String>),
-    Service(String, Option<ServiceInfo>),
-    Placement(String, Option<BTreeMap<u32, NodeId>>),
-    Migration(String, Option<MigrationInfo>),
-    Volume(String, Option<VolumeInfo>),
-    Network(String, Option<NetworkInfo>),
+    Node(NodeId, Option<Box<NodeInfo>>),
+    Image(String, Option<Box<ImageInfo>>),
+    ImageRef(String, Option<Box<String>>),
+    Capsule(String, Option<Box<CapsuleInfo>>),
+    CapsuleRun(String, CapsuleRun),
+    Tombstone(u64, Option<Box<String>>),
+    Service(String, Option<Box<ServiceInfo>>),
+    Placement(String, Option<Box<BTreeMap<u32, NodeId>>>),
+    Migration(String, Option<Box<MigrationInfo>>),
+    Volume(String, Option<Box<VolumeInfo>>),
+    Network(String, Option<Box<NetworkInfo>>),
     Address(String, Ipv4Addr, Option<String>),
+}
+
+/// The part of a capsule its lifecycle events (start, exit, removal) change.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CapsuleRun {
+    status: CapsuleStatus,
+    pid: Option<u32>,
+    exit: Option<ExitInfo>,
+    restarts: u32,
+    started: Option<Hlc>,
+    finished: Option<Hlc>,
+}
+
+impl CapsuleRun {
+    fn of(c: &CapsuleInfo) -> CapsuleRun {
+        CapsuleRun {
+            status: c.status,
+            pid: c.pid,
+            exit: c.exit,
+            restarts: c.restarts,
+            started: c.started,
+            finished: c.finished,
+        }
+    }
+
+    fn restore(self, c: &mut CapsuleInfo) {
+        c.status = self.status;
+        c.pid = self.pid;
+        c.exit = self.exit;
+        c.restarts = self.restarts;
+        c.started = self.started;
+        c.finished = self.finished;
+    }
 }
 
 /// Undo records in the order they were made (of one event or of many, back to back).
@@ -135,10 +171,10 @@ pub(crate) fn fold(
 
 /// Undo the last `n` records of the journal, newest first.
 pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize) {
-    fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, k: K, v: Option<V>) {
+    fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, k: K, v: Option<Box<V>>) {
         match v {
             Some(v) => {
-                map.insert(k, v);
+                map.insert(k, *v);
             }
             None => {
                 map.remove(&k);
@@ -156,7 +192,7 @@ pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize) {
             }
             Undo::Ignored(n, last) => {
                 s.ignored = n;
-                s.last_ignored = last;
+                s.last_ignored = last.map(|b| *b);
             }
             Undo::Seen(id, hlc) => {
                 if let Some(n) = s.nodes.get_mut(&id) {
@@ -167,6 +203,11 @@ pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize) {
             Undo::Image(k, v) => put(&mut s.images, k, v),
             Undo::ImageRef(k, v) => put(&mut s.image_refs, k, v),
             Undo::Capsule(k, v) => put(&mut s.capsules, k, v),
+            Undo::CapsuleRun(k, run) => {
+                if let Some(c) = s.capsules.get_mut(&k) {
+                    run.restore(c);
+                }
+            }
             Undo::Tombstone(k, v) => put(&mut s.tombstones, k, v),
             Undo::Service(k, v) => put(&mut s.services, k, v),
             Undo::Placement(k, v) => put(&mut s.placements, k, v),
@@ -175,7 +216,14 @@ pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize) {
             Undo::Network(k, v) => put(&mut s.networks, k, v),
             Undo::Address(net, ip, v) => {
                 if let Some(n) = s.networks.get_mut(&net) {
-                    put(&mut n.allocations, ip, v);
+                    match v {
+                        Some(holder) => {
+                            n.allocations.insert(ip, holder);
+                        }
+                        None => {
+                            n.allocations.remove(&ip);
+                        }
+                    }
                 }
             }
         }
@@ -194,7 +242,7 @@ macro_rules! journaled_map {
         fn $get(&mut self, k: &$Q) -> Option<&mut $V> {
             let v = self.s.$field.get_mut(k)?;
             if let Some(j) = self.j.as_deref_mut() {
-                j.push_back(Undo::$variant(k.to_owned(), Some(v.clone())));
+                j.push_back(Undo::$variant(k.to_owned(), Some(Box::new(v.clone()))));
             }
             Some(v)
         }
@@ -203,7 +251,7 @@ macro_rules! journaled_map {
             match self.j.as_deref_mut() {
                 Some(j) => {
                     let old = self.s.$field.insert(k.clone(), v);
-                    j.push_back(Undo::$variant(k, old));
+                    j.push_back(Undo::$variant(k, old.map(Box::new)));
                 }
                 None => {
                     self.s.$field.insert(k, v);
@@ -215,7 +263,7 @@ macro_rules! journaled_map {
             let old = self.s.$field.remove(k);
             let removed = old.is_some();
             if let (Some(j), Some(old)) = (self.j.as_deref_mut(), old) {
-                j.push_back(Undo::$variant(k.to_owned(), Some(old)));
+                j.push_back(Undo::$variant(k.to_owned(), Some(Box::new(old))));
             }
             removed
         }
@@ -316,6 +364,16 @@ impl Tx<'_> {
         Network
     );
 
+    /// A capsule whose lifecycle fields only (status, pid, exit, restarts, started, finished)
+    /// the caller changes: journals just those.
+    fn capsule_run_mut(&mut self, id: &str) -> Option<&mut CapsuleInfo> {
+        let c = self.s.capsules.get_mut(id)?;
+        if let Some(j) = self.j.as_deref_mut() {
+            j.push_back(Undo::CapsuleRun(id.to_owned(), CapsuleRun::of(c)));
+        }
+        Some(c)
+    }
+
     /// Note the latest event from a known node.
     fn seen(&mut self, origin: NodeId, hlc: Hlc) {
         if let Some(n) = self.s.nodes.get_mut(&origin) {
@@ -380,7 +438,7 @@ impl Tx<'_> {
         });
         let old = std::mem::replace(&mut self.s.last_ignored, last);
         if let Some(j) = self.j.as_deref_mut() {
-            j.push_back(Undo::Ignored(self.s.ignored, old));
+            j.push_back(Undo::Ignored(self.s.ignored, old.map(Box::new)));
         }
         self.s.ignored += 1;
     }
@@ -533,7 +591,7 @@ fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfi
         },
         CapsuleEvent::Started { id, pid } => {
             let c = tx
-                .capsule_mut(id)
+                .capsule_run_mut(id)
                 .ok_or_else(|| Misfit::UnknownCapsule(id.clone()))?;
             match c.status {
                 CapsuleStatus::Removed => return Err(Misfit::CapsuleRemoved(id.clone())),
@@ -552,7 +610,7 @@ fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfi
             oom,
         } => {
             let c = tx
-                .capsule_mut(id)
+                .capsule_run_mut(id)
                 .ok_or_else(|| Misfit::UnknownCapsule(id.clone()))?;
             match c.status {
                 CapsuleStatus::Removed => return Err(Misfit::CapsuleRemoved(id.clone())),
@@ -571,7 +629,7 @@ fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfi
         }
         CapsuleEvent::Removed { id } => {
             let c = tx
-                .capsule_mut(id)
+                .capsule_run_mut(id)
                 .ok_or_else(|| Misfit::UnknownCapsule(id.clone()))?;
             if c.status == CapsuleStatus::Removed {
                 return Err(Misfit::CapsuleRemoved(id.clone()));
