@@ -85,12 +85,12 @@ pub(crate) enum Undo {
     Seen(NodeId, Hlc),
     Node(NodeId, Option<Box<NodeInfo>>),
     Image(String, Option<Box<ImageInfo>>),
-    ImageRef(String, Option<Box<String>>),
+    ImageRef(String, Option<String>),
     Capsule(String, Option<Box<CapsuleInfo>>),
     CapsuleRun(String, CapsuleRun),
-    Tombstone(u64, Option<Box<String>>),
+    Tombstone(u64, Option<String>),
     Service(String, Option<Box<ServiceInfo>>),
-    Placement(String, Option<Box<BTreeMap<u32, NodeId>>>),
+    Placement(String, Option<BTreeMap<u32, NodeId>>),
     Migration(String, Option<Box<MigrationInfo>>),
     Volume(String, Option<Box<VolumeInfo>>),
     Network(String, Option<Box<NetworkInfo>>),
@@ -171,10 +171,10 @@ pub(crate) fn fold(
 
 /// Undo the last `n` records of the journal, newest first.
 pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize) {
-    fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, k: K, v: Option<Box<V>>) {
+    fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, k: K, v: Option<V>) {
         match v {
             Some(v) => {
-                map.insert(k, *v);
+                map.insert(k, v);
             }
             None => {
                 map.remove(&k);
@@ -199,21 +199,21 @@ pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize) {
                     n.last_seen = hlc;
                 }
             }
-            Undo::Node(k, v) => put(&mut s.nodes, k, v),
-            Undo::Image(k, v) => put(&mut s.images, k, v),
+            Undo::Node(k, v) => put(&mut s.nodes, k, v.map(|b| *b)),
+            Undo::Image(k, v) => put(&mut s.images, k, v.map(|b| *b)),
             Undo::ImageRef(k, v) => put(&mut s.image_refs, k, v),
-            Undo::Capsule(k, v) => put(&mut s.capsules, k, v),
+            Undo::Capsule(k, v) => put(&mut s.capsules, k, v.map(|b| *b)),
             Undo::CapsuleRun(k, run) => {
                 if let Some(c) = s.capsules.get_mut(&k) {
                     run.restore(c);
                 }
             }
             Undo::Tombstone(k, v) => put(&mut s.tombstones, k, v),
-            Undo::Service(k, v) => put(&mut s.services, k, v),
+            Undo::Service(k, v) => put(&mut s.services, k, v.map(|b| *b)),
             Undo::Placement(k, v) => put(&mut s.placements, k, v),
-            Undo::Migration(k, v) => put(&mut s.migrations, k, v),
-            Undo::Volume(k, v) => put(&mut s.volumes, k, v),
-            Undo::Network(k, v) => put(&mut s.networks, k, v),
+            Undo::Migration(k, v) => put(&mut s.migrations, k, v.map(|b| *b)),
+            Undo::Volume(k, v) => put(&mut s.volumes, k, v.map(|b| *b)),
+            Undo::Network(k, v) => put(&mut s.networks, k, v.map(|b| *b)),
             Undo::Address(net, ip, v) => {
                 if let Some(n) = s.networks.get_mut(&net) {
                     match v {
@@ -236,13 +236,18 @@ struct Tx<'a> {
     j: Option<&'a mut Journal>,
 }
 
+/// The identity, for undo records that hold a value as it is (not boxed).
+fn keep<V>(v: V) -> V {
+    v
+}
+
 /// `get_mut` / `insert` / `remove` on one top-level map, journaling the value replaced.
 macro_rules! journaled_map {
-    ($get:ident, $insert:ident, $remove:ident, $field:ident, $K:ty, $Q:ty, $V:ty, $variant:ident) => {
+    ($get:ident, $insert:ident, $remove:ident, $field:ident, $K:ty, $Q:ty, $V:ty, $variant:ident, $wrap:expr) => {
         fn $get(&mut self, k: &$Q) -> Option<&mut $V> {
             let v = self.s.$field.get_mut(k)?;
             if let Some(j) = self.j.as_deref_mut() {
-                j.push_back(Undo::$variant(k.to_owned(), Some(Box::new(v.clone()))));
+                j.push_back(Undo::$variant(k.to_owned(), Some($wrap(v.clone()))));
             }
             Some(v)
         }
@@ -251,7 +256,7 @@ macro_rules! journaled_map {
             match self.j.as_deref_mut() {
                 Some(j) => {
                     let old = self.s.$field.insert(k.clone(), v);
-                    j.push_back(Undo::$variant(k, old.map(Box::new)));
+                    j.push_back(Undo::$variant(k, old.map($wrap)));
                 }
                 None => {
                     self.s.$field.insert(k, v);
@@ -263,7 +268,7 @@ macro_rules! journaled_map {
             let old = self.s.$field.remove(k);
             let removed = old.is_some();
             if let (Some(j), Some(old)) = (self.j.as_deref_mut(), old) {
-                j.push_back(Undo::$variant(k.to_owned(), Some(Box::new(old))));
+                j.push_back(Undo::$variant(k.to_owned(), Some($wrap(old))));
             }
             removed
         }
@@ -280,7 +285,8 @@ impl Tx<'_> {
         NodeId,
         NodeId,
         NodeInfo,
-        Node
+        Node,
+        Box::new
     );
     journaled_map!(
         image_mut,
@@ -290,9 +296,12 @@ impl Tx<'_> {
         String,
         str,
         ImageInfo,
-        Image
+        Image,
+        Box::new
     );
-    journaled_map!(ref_mut, ref_insert, ref_remove, image_refs, String, str, String, ImageRef);
+    journaled_map!(
+        ref_mut, ref_insert, ref_remove, image_refs, String, str, String, ImageRef, keep
+    );
     journaled_map!(
         capsule_mut,
         capsule_insert,
@@ -301,7 +310,8 @@ impl Tx<'_> {
         String,
         str,
         CapsuleInfo,
-        Capsule
+        Capsule,
+        Box::new
     );
     journaled_map!(
         tombstone_mut,
@@ -311,7 +321,8 @@ impl Tx<'_> {
         u64,
         u64,
         String,
-        Tombstone
+        Tombstone,
+        keep
     );
     journaled_map!(
         service_mut,
@@ -321,7 +332,8 @@ impl Tx<'_> {
         String,
         str,
         ServiceInfo,
-        Service
+        Service,
+        Box::new
     );
     journaled_map!(
         placement_mut,
@@ -331,7 +343,8 @@ impl Tx<'_> {
         String,
         str,
         BTreeMap<u32, NodeId>,
-        Placement
+        Placement,
+        keep
     );
     journaled_map!(
         migration_mut,
@@ -341,7 +354,8 @@ impl Tx<'_> {
         String,
         str,
         MigrationInfo,
-        Migration
+        Migration,
+        Box::new
     );
     journaled_map!(
         volume_mut,
@@ -351,7 +365,8 @@ impl Tx<'_> {
         String,
         str,
         VolumeInfo,
-        Volume
+        Volume,
+        Box::new
     );
     journaled_map!(
         network_mut,
@@ -361,7 +376,8 @@ impl Tx<'_> {
         String,
         str,
         NetworkInfo,
-        Network
+        Network,
+        Box::new
     );
 
     /// A capsule whose lifecycle fields only (status, pid, exit, restarts, started, finished)
