@@ -109,6 +109,10 @@ pub trait Cgroup: std::fmt::Debug + Send + Sync {
     fn pids(&self) -> Result<Vec<i32>, CgroupError>;
     /// Current counters.
     fn stats(&self) -> Result<CgroupStats, CgroupError>;
+    /// Processes killed by the OOM killer in this group (one file read, for exit paths).
+    fn oom_kills(&self) -> Result<u64, CgroupError> {
+        Ok(self.stats()?.oom_kills)
+    }
     /// SIGKILLs every process in the group until it is empty (or `timeout` passes).
     fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError>;
     /// Kills what remains and removes the group's directories.
@@ -586,6 +590,16 @@ impl Cgroup for CgroupV1 {
         Ok(s)
     }
 
+    fn oom_kills(&self) -> Result<u64, CgroupError> {
+        match self.dir("memory") {
+            Some(d) => Ok(keyed(
+                &read_keyed(&d.join("memory.oom_control"))?,
+                "oom_kill",
+            )),
+            None => Ok(0),
+        }
+    }
+
     fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError> {
         if self.procs_dir().is_none() {
             return Ok(());
@@ -648,6 +662,13 @@ impl Cgroup for CgroupV2 {
             oom_kills: keyed(&events, "oom_kill"),
             memory_limit_hits: keyed(&events, "max"),
         })
+    }
+
+    fn oom_kills(&self) -> Result<u64, CgroupError> {
+        Ok(keyed(
+            &read_keyed(&self.dir.join("memory.events"))?,
+            "oom_kill",
+        ))
     }
 
     fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError> {

@@ -926,7 +926,7 @@ impl Capsule {
 
     fn with_oom(&self, mut s: ExitStatus) -> ExitStatus {
         if let Some(cg) = &self.cgroup {
-            s.oom_killed = cg.stats().is_ok_and(|st| st.oom_kills > 0);
+            s.oom_killed = cg.oom_kills().is_ok_and(|n| n > 0);
         }
         s
     }
