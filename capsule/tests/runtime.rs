@@ -391,7 +391,8 @@ fn cpu_quota_throttles() {
     let fx = Fixture::new("cpu");
     let script = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo $i";
     let mut spec = fx.spec(&["sh", "-c", script]);
-    spec.resources.cpu_millis = Some(100);
+    // 2 ms of CPU per 100 ms period: any busy loop longer than that is throttled.
+    spec.resources.cpu_millis = Some(20);
     spec.resources.cpu_weight = Some(50);
     let out = run(&runtime(), &spec).unwrap();
     assert_eq!(out.stdout.trim(), "20000", "stderr {}", out.stderr);
