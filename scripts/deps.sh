@@ -10,7 +10,7 @@ BOLT_APT_PACKAGES=(
     # storage and networking
     btrfs-progs nftables iproute2 dnsutils
     # tools used by tests, scripts and benchmarks
-    ca-certificates curl jq hyperfine
+    ca-certificates curl jq hyperfine crun
 )
 
 # Prints the packages of "$@" that are not installed, one a line.
