@@ -38,7 +38,7 @@ pub const PATH_OPENAPI: &str = "/v1/openapi.json";
 pub const PATH_METRICS: &str = "/metrics";
 
 /// Every route the router serves.
-pub const ROUTES: [&str; 8] = [
+pub const ROUTES: [&str; 16] = [
     PATH_INFO,
     PATH_EVENTS,
     PATH_VERIFY,
@@ -47,6 +47,14 @@ pub const ROUTES: [&str; 8] = [
     PATH_STATE_HASH,
     PATH_OPENAPI,
     PATH_METRICS,
+    crate::api_images::PATH_IMAGES,
+    crate::api_images::PATH_IMAGE,
+    crate::api_images::PATH_PULL,
+    crate::api_images::PATH_TAG,
+    crate::api_images::PATH_PUSH,
+    crate::api_images::PATH_PRUNE,
+    crate::api_images::PATH_IMPORT,
+    crate::api_images::PATH_EXPORT,
 ];
 
 /// Counter of HTTP requests, by method, route and status.
@@ -66,6 +74,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(PATH_STATE_HASH, get(state_hash))
         .route(PATH_OPENAPI, get(openapi))
         .route(PATH_METRICS, get(prometheus))
+        .merge(crate::api_images::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(count_requests))
@@ -301,6 +310,17 @@ async fn count_requests(req: Request, next: Next) -> Response {
 
 /// The OpenAPI 3 document of every route.
 pub fn openapi_document() -> serde_json::Value {
+    let mut doc = core_openapi_document();
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.extend(crate::api_images::openapi_paths());
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.extend(crate::api_images::openapi_schemas());
+    }
+    doc
+}
+
+fn core_openapi_document() -> serde_json::Value {
     let cursor = |name: &str, what: &str| {
         json!({"name": name, "in": "query", "required": false, "description": what,
                "schema": {"type": "integer", "format": "uint64", "minimum": 0}})
@@ -610,13 +630,22 @@ mod tests {
         routes.sort_unstable();
         assert_eq!(listed, routes);
         for (path, item) in paths {
-            assert!(item["get"]["responses"].is_object(), "{path} has no GET");
-            let (status, _) = call(&router, Method::GET, path).await;
-            assert_ne!(
-                status,
-                StatusCode::NOT_FOUND,
-                "{path} is listed but not served"
-            );
+            let ops = item.as_object().unwrap();
+            assert!(!ops.is_empty(), "{path} has no operation");
+            for (method, op) in ops {
+                assert!(
+                    op["responses"].is_object(),
+                    "{method} {path} has no responses"
+                );
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let uri = path.replace("{reference}", "x");
+                let (status, body) = call(&router, method.clone(), &uri).await;
+                let body = String::from_utf8_lossy(&body);
+                assert!(
+                    !body.contains("no route for") && status != StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} is listed but not served: {status} {body}"
+                );
+            }
         }
     }
 

@@ -58,6 +58,8 @@ pub enum Command {
         /// Store a state snapshot every this many events (0: never).
         #[arg(long, env = "BOLT_SNAPSHOT_EVERY", default_value_t = DEFAULT_SNAPSHOT_EVERY)]
         snapshot_every: u64,
+        #[command(flatten)]
+        registry: crate::cli_images::RegistryArgs,
     },
     /// Show the node, its log head and its state hash.
     Info {
@@ -79,6 +81,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Images: pull, images, rmi, tag, push, image ...
+    #[command(flatten)]
+    Images(crate::cli_images::ImageCommands),
 }
 
 /// `bolt events`.
@@ -126,6 +131,9 @@ pub enum CliError {
     Json(#[from] serde_json::Error),
     #[error("the event log has {0} fault(s)")]
     Faults(usize),
+    /// The agent's one-line reason an operation failed.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl CliError {
@@ -141,7 +149,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Agent {
             root,
             snapshot_every,
-        } => run_agent(root, cli.socket, snapshot_every),
+            registry,
+        } => run_agent(root, cli.socket, snapshot_every, registry),
         Command::Version => {
             println!("bolt {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -156,7 +165,12 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
 }
 
-fn run_agent(root: PathBuf, socket: PathBuf, snapshot_every: u64) -> Result<ExitCode, CliError> {
+fn run_agent(
+    root: PathBuf,
+    socket: PathBuf,
+    snapshot_every: u64,
+    registry: crate::cli_images::RegistryArgs,
+) -> Result<ExitCode, CliError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -179,7 +193,12 @@ fn run_agent(root: PathBuf, socket: PathBuf, snapshot_every: u64) -> Result<Exit
         let mut node = NodeOptions::for_this_host();
         node.snapshot_every = snapshot_every;
         node.metrics = Some(handle);
-        let config = daemon::Config { root, socket, node };
+        let config = daemon::Config {
+            root,
+            socket,
+            node,
+            images: registry.into(),
+        };
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => "SIGTERM".to_string(),
@@ -234,6 +253,7 @@ async fn run_client(client: Client, command: Command) -> Result<ExitCode, CliErr
             }
             None => list(&client, Cursor(args.since), args.format, &mut out).await?,
         },
+        Command::Images(cmd) => crate::cli_images::run(&client, cmd, &mut out).await?,
         Command::Agent { .. } | Command::Version => {}
     }
     out.flush()?;

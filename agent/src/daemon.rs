@@ -28,6 +28,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// What the node announces and how often it snapshots its state.
     pub node: NodeOptions,
+    /// Registry settings of the image store at `ROOT/images`.
+    pub images: crate::images::ImagesConfig,
 }
 
 impl Config {
@@ -85,6 +87,8 @@ pub enum DaemonError {
     Log(#[from] LogError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Images(#[from] crate::images::ImagesError),
     #[error("serve the API: {0}")]
     Serve(std::io::Error),
     #[error("background task failed: {0}")]
@@ -151,6 +155,17 @@ pub async fn run(
     {
         let node = Arc::clone(&node);
         blocking(move || node.start()).await??;
+    }
+    {
+        // The image store (interrupted pulls cleaned), and the events a stop between a store
+        // change and its event left out.
+        let (root, cfg) = (config.root.clone(), config.images.clone());
+        let images = blocking(move || crate::images::Images::open(&root, &cfg)).await??;
+        node.set_images(images);
+        let n = node.reconcile_images().await?;
+        if n > 0 {
+            tracing::info!("recorded {n} image event(s) the store had and the log lacked");
+        }
     }
 
     let listener = UnixListener::bind(&config.socket).map_err(|source| DaemonError::Bind {

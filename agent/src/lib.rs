@@ -11,10 +11,16 @@
 //! - [`wire`]: the JSON shapes shared by the server and the client.
 //! - [`client`]: hyper over the unix socket, and the WebSocket event stream.
 //! - [`cli`]: the clap command line and its table/JSON rendering.
+//! - [`images`], [`api_images`], [`client_images`], [`cli_images`]: the image store, its
+//!   routes, client calls and commands (`bolt pull`, `images`, `rmi`, `tag`, `push`, `image ...`).
 
 pub mod api;
+pub mod api_images;
 pub mod cli;
+pub mod cli_images;
 pub mod client;
+pub mod client_images;
 pub mod daemon;
+pub mod images;
 pub mod node;
 pub mod wire;

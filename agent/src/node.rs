@@ -93,6 +93,8 @@ pub struct Node {
     streams_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
     opts: NodeOptions,
     started: Instant,
+    /// The image service, set once at start by the daemon (see [`crate::images`]).
+    pub(crate) images: std::sync::OnceLock<crate::images::Images>,
 }
 
 impl std::fmt::Debug for Node {
@@ -135,6 +137,7 @@ impl Node {
             streams_done: tokio::sync::Mutex::new(streams_done),
             opts,
             started: Instant::now(),
+            images: std::sync::OnceLock::new(),
         });
         node.sync()?;
         Ok(node)
@@ -301,6 +304,14 @@ impl Node {
                 hash: state.hash(),
             })
         })
+    }
+
+    /// Run `f` on the live state, folded up to the head first. Keep `f` short: it holds the
+    /// replica lock. Blocking.
+    pub fn with_live_state<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, NodeError> {
+        self.sync()?;
+        let replica = lock(&self.replica);
+        Ok(f(replica.state()))
     }
 
     fn with_state<T>(

@@ -1,0 +1,1107 @@
+//! The node's images: the content-addressed store at `ROOT/images` (`bolt-capsule`) and the
+//! events that record every change to it.
+//!
+//! A change is made in the store first and recorded after it succeeded, decided on the live
+//! state (`bolt_state::decide`): a pull or an import appends `image.pulled`, a tag
+//! `image.tagged`, an `rmi` `image.removed`. A push, an export and a prune change nothing the
+//! state knows, so they append nothing.
+//!
+//! The store holds one record per reference; the state holds, per image digest, the nodes that
+//! hold it and the references that name it. To keep both saying the same thing:
+//! - a reference moved to another image (a re-pull or a tag over an existing name) also removes
+//!   the old image from this node when no other local reference names it;
+//! - an `rmi` of one name of an image this node still holds under other names appends
+//!   `image.removed` and then `image.pulled` for each remaining name (the fold drops a node's
+//!   hold on `image.removed`), appended directly without `decide`, whose in-use check does not
+//!   apply: the image stays on the node;
+//! - at start, [`Node::reconcile_images`] appends what an agent that stopped between a store
+//!   change and its event left out.
+//!
+//! **For the capsule runtime:** [`Node::image_store`] is the store handle, and
+//! [`Node::ensure_image`] pulls a reference that is not stored yet (recording the pull) and
+//! returns its [`ImageRecord`]; the unpacked layer of each `rec.layers[i]` is the directory
+//! `store.layer_path(&layer.diff_id)` (base first; overlayfs `lowerdir` lists them top first),
+//! or all at once `store.layer_dirs(reference)`. [`Node::prune_images`] refuses to collect an
+//! image that a live capsule of this node uses once no reference names it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bolt_capsule::image::auth::{self, AuthError};
+use bolt_capsule::image::{
+    Credentials, Digest, ExportFormat, GcReport, ImageError, ImageRecord, ImageRef, ImageStore,
+    ImportOptions, Phase, Platform, Progress, ProgressFn, PullOptions, Pulled, PushOptions, Pushed,
+    StoreConfig,
+};
+use bolt_events::{NodeId, Payload};
+use bolt_state::{decide, CapsuleStatus, Command, DecideError, State};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::node::{Node, NodeError};
+
+/// One step of an image operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    #[error("the image store is not open on this agent")]
+    NotOpen,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Store(#[from] ImageError),
+    #[error("the state refused it: {0}")]
+    Decide(DecideError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("invalid platform {0:?}: expected os/arch[/variant], e.g. linux/amd64")]
+    Platform(String),
+    #[error("invalid export format {0:?}: expected oci-dir or oci-tar")]
+    Format(String),
+    #[error("{path} must be an absolute path on the agent's host")]
+    RelativePath { path: PathBuf },
+    #[error("image {digest} is used by capsule {capsule} and no reference names it any more; remove the capsule first")]
+    InUse { digest: String, capsule: String },
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// Registry settings of the agent's image store.
+#[derive(Debug, Clone, Default)]
+pub struct ImagesConfig {
+    /// Registries (`host[:port]`) reached over plain HTTP although not on loopback.
+    pub insecure_registries: Vec<String>,
+    /// A docker-style `config.json` with registry credentials (None: `$DOCKER_CONFIG/config.json`
+    /// or `~/.docker/config.json`). A missing file means no credentials.
+    pub registry_auth: Option<PathBuf>,
+}
+
+/// The image service of a node: its store, and a lock that keeps a store change and the event
+/// recording it together.
+#[derive(Debug)]
+pub struct Images {
+    store: ImageStore,
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl Images {
+    /// Open (creating) the store at `ROOT/images`: take its lock, clean what an interrupted
+    /// pull left in its `tmp/`, and load the registry credentials. Blocking.
+    pub fn open(root: &Path, cfg: &ImagesConfig) -> Result<Images, ImagesError> {
+        let auth_path = cfg.registry_auth.clone().or_else(auth::default_config_path);
+        let credentials = match &auth_path {
+            Some(p) => Credentials::load(p)?,
+            None => Credentials::none(),
+        };
+        let mut store_cfg = StoreConfig::new(root.join("images"));
+        store_cfg.registry.credentials = credentials;
+        store_cfg.registry.insecure = cfg.insecure_registries.clone();
+        Ok(Images {
+            store: ImageStore::open(store_cfg)?,
+            changes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &ImageStore {
+        &self.store
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The JSON shapes of the image routes (server and client).
+
+/// One layer of a stored image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerView {
+    /// Compressed blob digest.
+    pub digest: String,
+    /// Uncompressed digest (names the unpacked directory).
+    pub diff_id: String,
+    /// Compressed size in bytes.
+    pub size: u64,
+    /// Media type.
+    pub media_type: String,
+}
+
+/// A stored image, as `GET /v1/images` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageView {
+    /// The normalized reference, e.g. `127.0.0.1:5000/team/app:v1`.
+    pub reference: String,
+    /// `registry/repository`.
+    pub repository: String,
+    /// The tag (None for a reference pinned by digest).
+    pub tag: Option<String>,
+    /// Manifest digest.
+    pub digest: String,
+    /// Config blob digest (the image id).
+    pub config_digest: String,
+    /// Digest of the index the manifest was picked from, if any.
+    pub index_digest: Option<String>,
+    /// Compressed size: config plus layers.
+    pub size: u64,
+    /// Operating system.
+    pub os: String,
+    /// Architecture.
+    pub architecture: String,
+    /// When the image was built (`created` of its config, RFC 3339), if it says.
+    pub created: Option<String>,
+    /// When this node stored the reference (ms since the epoch).
+    pub stored_at_ms: u64,
+    /// Layers, base first.
+    pub layers: Vec<LayerView>,
+}
+
+impl ImageView {
+    /// The view of a store record.
+    pub fn new(rec: &ImageRecord, created: Option<String>) -> ImageView {
+        let (repository, tag) = match ImageRef::parse(&rec.reference) {
+            Ok(r) => (r.name(), r.tag().map(str::to_string)),
+            Err(_) => (rec.reference.clone(), None),
+        };
+        ImageView {
+            reference: rec.reference.clone(),
+            repository,
+            tag,
+            digest: rec.manifest_digest.to_string(),
+            config_digest: rec.config_digest.to_string(),
+            index_digest: rec.index_digest.as_ref().map(Digest::to_string),
+            size: rec.size,
+            os: rec.os.clone(),
+            architecture: rec.architecture.clone(),
+            created,
+            stored_at_ms: rec.stored_at_ms,
+            layers: rec
+                .layers
+                .iter()
+                .map(|l| LayerView {
+                    digest: l.digest.to_string(),
+                    diff_id: l.diff_id.to_string(),
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The result of a pull or of one imported image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullView {
+    /// The stored image.
+    pub image: ImageView,
+    /// Blobs this operation fetched (from the registry or the archive).
+    pub fetched: Vec<String>,
+    /// Blobs that were in the store already.
+    pub reused: Vec<String>,
+    /// Layers this operation unpacked (diff_ids).
+    pub unpacked: Vec<String>,
+    /// Cursor of the last event recording it (None: the state knew it already).
+    pub cursor: Option<u64>,
+}
+
+impl PullView {
+    fn new(p: &Pulled, created: Option<String>, cursor: Option<u64>) -> PullView {
+        let strings = |v: &[Digest]| v.iter().map(Digest::to_string).collect();
+        PullView {
+            image: ImageView::new(&p.record, created),
+            fetched: strings(&p.fetched),
+            reused: strings(&p.reused),
+            unpacked: strings(&p.unpacked),
+            cursor,
+        }
+    }
+}
+
+/// A reference set or removed: the result of a tag or an `rmi`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefView {
+    /// The normalized reference.
+    pub reference: String,
+    /// The manifest digest it names (named, for a removal).
+    pub digest: String,
+    /// Cursor of the last event recording it (None: nothing to record).
+    pub cursor: Option<u64>,
+}
+
+/// The result of a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushView {
+    /// The reference pushed to.
+    pub reference: String,
+    /// The manifest digest.
+    pub digest: String,
+    /// Blobs uploaded.
+    pub uploaded: Vec<String>,
+    /// Blobs the repository had already.
+    pub skipped: Vec<String>,
+}
+
+impl From<Pushed> for PushView {
+    fn from(p: Pushed) -> PushView {
+        PushView {
+            reference: p.reference,
+            digest: p.digest.to_string(),
+            uploaded: p.uploaded.iter().map(Digest::to_string).collect(),
+            skipped: p.skipped.iter().map(Digest::to_string).collect(),
+        }
+    }
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneView {
+    /// Blobs removed.
+    pub blobs: Vec<String>,
+    /// Unpacked layers removed (diff_ids).
+    pub layers: Vec<String>,
+    /// Bytes of blobs freed.
+    pub blob_bytes: u64,
+}
+
+impl From<GcReport> for PruneView {
+    fn from(r: GcReport) -> PruneView {
+        PruneView {
+            blobs: r.blobs.iter().map(Digest::to_string).collect(),
+            layers: r.layers.iter().map(Digest::to_string).collect(),
+            blob_bytes: r.blob_bytes,
+        }
+    }
+}
+
+/// The result of an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportView {
+    /// Where the layout was written.
+    pub path: PathBuf,
+    /// `oci-dir` or `oci-tar`.
+    pub format: String,
+    /// The references exported.
+    pub references: Vec<String>,
+}
+
+/// One progress report of a streamed operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressView {
+    /// The blob (for layers: the compressed digest).
+    pub digest: String,
+    /// `fetching`, `fetched`, `reused`, `unpacking`, `unpacked`, `pushing` or `pushed`.
+    pub phase: String,
+    /// Bytes done.
+    pub done: u64,
+    /// Bytes expected, when known.
+    pub total: Option<u64>,
+}
+
+/// The name of a progress phase on the wire.
+pub fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Fetching => "fetching",
+        Phase::Fetched => "fetched",
+        Phase::Reused => "reused",
+        Phase::Unpacking => "unpacking",
+        Phase::Unpacked => "unpacked",
+        Phase::Pushing => "pushing",
+        Phase::Pushed => "pushed",
+    }
+}
+
+impl From<&Progress> for ProgressView {
+    fn from(p: &Progress) -> ProgressView {
+        ProgressView {
+            digest: p.digest.to_string(),
+            phase: phase_name(p.phase).to_string(),
+            done: p.done,
+            total: p.total,
+        }
+    }
+}
+
+/// One line of a streamed answer (`application/x-ndjson`): progress lines, then exactly one
+/// `result` or `error` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamLine<T> {
+    /// `{"progress": {...}}`.
+    Progress(ProgressView),
+    /// `{"result": ...}`: the operation succeeded.
+    Result(T),
+    /// `{"error": "one line"}`: the operation failed.
+    Error(String),
+}
+
+/// `POST /v1/images/pull`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequest {
+    /// What to pull, e.g. `127.0.0.1:5000/app:v1`.
+    pub reference: String,
+    /// `os/arch[/variant]` to pick from an index (default linux/amd64).
+    #[serde(default)]
+    pub platform: Option<String>,
+}
+
+/// `POST /v1/images/tag`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRequest {
+    /// A stored reference.
+    pub source: String,
+    /// The new name.
+    pub target: String,
+}
+
+/// `POST /v1/images/push`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// A stored reference; pushed to the registry and repository it names.
+    pub reference: String,
+}
+
+/// `POST /v1/images/import`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportRequest {
+    /// An OCI image layout directory or tar, or a docker-archive tar, on the agent's host.
+    pub path: PathBuf,
+    /// Name for the imported image (needed when the archive names none).
+    #[serde(default)]
+    pub reference: Option<String>,
+}
+
+/// `POST /v1/images/export`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportRequest {
+    /// Stored references to export.
+    pub references: Vec<String>,
+    /// Where to write, on the agent's host; must not exist.
+    pub path: PathBuf,
+    /// `oci-tar` (default) or `oci-dir`.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// Parse `oci-dir` / `oci-tar` (default `oci-tar`).
+pub fn parse_format(s: Option<&str>) -> Result<ExportFormat, ImagesError> {
+    match s {
+        None | Some("oci-tar") => Ok(ExportFormat::OciTar),
+        Some("oci-dir") => Ok(ExportFormat::OciDir),
+        Some(other) => Err(ImagesError::Format(other.to_string())),
+    }
+}
+
+/// The wire name of an export format.
+pub fn format_name(f: ExportFormat) -> &'static str {
+    match f {
+        ExportFormat::OciDir => "oci-dir",
+        ExportFormat::OciTar => "oci-tar",
+    }
+}
+
+/// Parse `os/arch[/variant]`.
+pub fn parse_platform(s: &str) -> Result<Platform, ImagesError> {
+    s.parse().map_err(|_| ImagesError::Platform(s.to_string()))
+}
+
+/// A progress callback that sends reports into a channel, thinned out: every phase change, and
+/// within a phase a step of at least 1% (or 256 KiB) and the last byte. Nothing is dropped
+/// that changes what a progress bar would show at the end.
+pub fn progress_channel() -> (ProgressFn, mpsc::UnboundedReceiver<ProgressView>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (ProgressFn::new(thinned(tx)), rx)
+}
+
+fn thinned(tx: mpsc::UnboundedSender<ProgressView>) -> impl Fn(&Progress) + Send + Sync {
+    let last: Mutex<HashMap<Digest, (Phase, u64)>> = Mutex::default();
+    move |p: &Progress| {
+        let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+        let step = p.total.map_or(256 << 10, |t| (t / 100).max(256 << 10));
+        let send = match last.get(&p.digest) {
+            None => true,
+            Some((phase, done)) => {
+                *phase != p.phase
+                    || (p.done != *done
+                        && (p.done.saturating_sub(*done) >= step || Some(p.done) == p.total))
+            }
+        };
+        if send {
+            last.insert(p.digest.clone(), (p.phase, p.done));
+            let _ = tx.send(ProgressView::from(p));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deciding which events record a change.
+
+fn pull_command(rec: &ImageRecord) -> Command {
+    Command::PullImage {
+        reference: rec.reference.clone(),
+        digest: rec.manifest_digest.to_string(),
+        config_digest: rec.config_digest.to_string(),
+        layers: rec.layers.iter().map(|l| l.digest.to_string()).collect(),
+        size: rec.size,
+    }
+}
+
+/// Payloads recording that `rec.reference` names `rec` on node `me`, where it named `old`
+/// before. `old_still_held`: another local reference names the old image. `tagged`: a tag of an
+/// image already held (`image.tagged` when the state knows it), else a pull or import.
+fn naming_payloads(
+    s: &State,
+    me: NodeId,
+    rec: &ImageRecord,
+    old: Option<(&str, bool)>,
+    tagged: bool,
+) -> Result<Vec<Payload>, ImagesError> {
+    let digest = rec.manifest_digest.to_string();
+    let mut out = Vec::new();
+    if let Some((old_digest, old_still_held)) = old {
+        if old_digest != digest && !old_still_held {
+            // The name moved and nothing else names the old image here: this node lets it go.
+            // Refused (kept) while a capsule of this node uses it or when the state does not
+            // know it.
+            if let Ok(p) = decide(
+                s,
+                Command::RemoveImage {
+                    node: me,
+                    reference: rec.reference.clone(),
+                    digest: old_digest.to_string(),
+                },
+            ) {
+                out.extend(p);
+            }
+        }
+    }
+    let held = s.images.get(&digest).is_some_and(|i| i.nodes.contains(&me));
+    let main = if tagged && held {
+        decide(
+            s,
+            Command::TagImage {
+                reference: rec.reference.clone(),
+                digest,
+            },
+        )
+    } else {
+        decide(s, pull_command(rec))
+    };
+    out.extend(main.map_err(ImagesError::Decide)?);
+    Ok(out)
+}
+
+/// Payloads recording that node `me` dropped `removed`, while `remaining` (other local
+/// references to the same image) stay. Errs when the state refuses (an image in use).
+fn removal_payloads(
+    s: &State,
+    me: NodeId,
+    removed: &ImageRecord,
+    remaining: &[ImageRecord],
+) -> Result<Vec<Payload>, ImagesError> {
+    let reference = removed.reference.clone();
+    let digest = removed.manifest_digest.to_string();
+    if remaining.is_empty() {
+        return match decide(
+            s,
+            Command::RemoveImage {
+                node: me,
+                reference,
+                digest,
+            },
+        ) {
+            Ok(p) => Ok(p),
+            // The state never knew this node held it: nothing to record.
+            Err(DecideError::UnknownImage(_) | DecideError::ImageNotHeld { .. }) => Ok(Vec::new()),
+            Err(e) => Err(ImagesError::Decide(e)),
+        };
+    }
+    // Still held under other names: untag this one, then hold the image again under each
+    // remaining name (the fold drops the node's hold on any `image.removed`).
+    let mut out = Vec::new();
+    if s.images.contains_key(&digest) {
+        out.push(Payload::Image(bolt_events::payload::ImageEvent::Removed {
+            reference,
+            digest,
+        }));
+    }
+    for r in remaining {
+        out.extend(decide(s, pull_command(r)).map_err(ImagesError::Decide)?);
+    }
+    Ok(out)
+}
+
+/// Payloads that make the state say what the store holds on node `me`: `image.pulled` for every
+/// record the state lacks, `image.removed` for every image the state says this node holds
+/// without a record naming it.
+fn reconcile_payloads(s: &State, me: NodeId, records: &[ImageRecord]) -> Vec<Payload> {
+    let mut out = Vec::new();
+    for rec in records {
+        let digest = rec.manifest_digest.to_string();
+        let known = s.images.get(&digest).is_some_and(|i| i.nodes.contains(&me))
+            && s.image_refs.get(&rec.reference) == Some(&digest);
+        if !known {
+            if let Ok(p) = decide(s, pull_command(rec)) {
+                out.extend(p);
+            }
+        }
+    }
+    for (digest, img) in &s.images {
+        if !img.nodes.contains(&me)
+            || records
+                .iter()
+                .any(|r| r.manifest_digest.to_string() == *digest)
+        {
+            continue;
+        }
+        let reference = img
+            .references
+            .iter()
+            .find(|r| !records.iter().any(|rec| &rec.reference == *r))
+            .cloned()
+            .unwrap_or_default();
+        out.push(Payload::Image(bolt_events::payload::ImageEvent::Removed {
+            reference,
+            digest: digest.clone(),
+        }));
+    }
+    out
+}
+
+/// Decide on the live state with `f`, then append what it returns. Returns the cursor of the
+/// last event appended (None when there was nothing to append).
+async fn record(
+    node: &Arc<Node>,
+    f: impl FnOnce(&State, NodeId) -> Result<Vec<Payload>, ImagesError> + Send + 'static,
+) -> Result<Option<u64>, ImagesError> {
+    let node = Arc::clone(node);
+    blocking(move || {
+        let me = node.node_id();
+        let payloads = node.with_live_state(|s| f(s, me))??;
+        if payloads.is_empty() {
+            return Ok(None);
+        }
+        let appended = node.append(payloads)?;
+        Ok(appended.last().map(|a| a.cursor.0))
+    })
+    .await
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ImagesError> + Send + 'static,
+) -> Result<T, ImagesError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ImagesError::Task(e.to_string()))?
+}
+
+/// `created` from a stored image's config, if it has one.
+async fn created_of(store: &ImageStore, reference: &str) -> Option<String> {
+    store
+        .image_config(reference)
+        .await
+        .ok()
+        .and_then(|c| c.created().clone())
+}
+
+/// Store references to check a pull or import against: reference → the digest it named.
+async fn names(store: &ImageStore) -> Result<HashMap<String, String>, ImagesError> {
+    Ok(store
+        .list()
+        .await?
+        .into_iter()
+        .map(|r| (r.reference, r.manifest_digest.to_string()))
+        .collect())
+}
+
+/// Record that each of `pulled` is stored, given what the references named before.
+async fn record_stored(
+    node: &Arc<Node>,
+    store: &ImageStore,
+    pulled: &[Pulled],
+    before: &HashMap<String, String>,
+) -> Result<Option<u64>, ImagesError> {
+    let now = store.list().await?;
+    let mut items = Vec::new();
+    for p in pulled {
+        let old = before.get(&p.record.reference).map(|d| {
+            let held = now.iter().any(|r| r.manifest_digest.to_string() == *d);
+            (d.clone(), held)
+        });
+        items.push((p.record.clone(), old));
+    }
+    record(node, move |s, me| {
+        let mut out = Vec::new();
+        for (rec, old) in &items {
+            let old = old.as_ref().map(|(d, h)| (d.as_str(), *h));
+            out.extend(naming_payloads(s, me, rec, old, false)?);
+        }
+        Ok(out)
+    })
+    .await
+}
+
+fn absolute(path: &Path) -> Result<(), ImagesError> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(ImagesError::RelativePath {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The node's image operations.
+
+impl Node {
+    /// Give the node its image service (the daemon does this once at start). Returns false when
+    /// it had one already.
+    pub fn set_images(&self, images: Images) -> bool {
+        self.images.set(images).is_ok()
+    }
+
+    /// The image service, once the daemon opened it.
+    pub fn images(&self) -> Result<&Images, ImagesError> {
+        self.images.get().ok_or(ImagesError::NotOpen)
+    }
+
+    /// The image store handle (cheap to clone). For the capsule runtime: layer directories are
+    /// `store.layer_path(&layer.diff_id)` for each layer of an [`ImageRecord`].
+    pub fn image_store(&self) -> Result<ImageStore, ImagesError> {
+        Ok(self.images()?.store.clone())
+    }
+
+    /// The stored image `reference` names, pulled first (and the pull recorded as
+    /// `image.pulled`) when it is not stored or a layer directory is missing. Its layers are
+    /// unpacked under `store.layer_path(&layer.diff_id)`.
+    pub async fn ensure_image(
+        self: &Arc<Self>,
+        reference: &str,
+    ) -> Result<ImageRecord, ImagesError> {
+        let store = self.image_store()?;
+        if let Some(rec) = store.get(reference).await? {
+            if store.layer_dirs(reference).await.is_ok() {
+                return Ok(rec);
+            }
+        }
+        let (pulled, _) = self.pull_image(reference, None, None).await?;
+        Ok(pulled.record)
+    }
+
+    /// Pull `reference` into the store and record it (`image.pulled`, after an `image.removed`
+    /// of the image the reference named before when nothing else names it here). Returns what
+    /// the pull did and the cursor of its last event.
+    pub async fn pull_image(
+        self: &Arc<Self>,
+        reference: &str,
+        platform: Option<Platform>,
+        progress: Option<ProgressFn>,
+    ) -> Result<(Pulled, Option<u64>), ImagesError> {
+        let store = self.image_store()?;
+        let before = names(&store).await?;
+        let opts = PullOptions { platform, progress };
+        let pulled = store.pull(reference, &opts).await?;
+        let _g = self.images()?.changes.lock().await;
+        let cursor = record_stored(self, &store, std::slice::from_ref(&pulled), &before).await?;
+        Ok((pulled, cursor))
+    }
+
+    /// [`Node::pull_image`] as the API answers it.
+    pub async fn pull_image_view(
+        self: &Arc<Self>,
+        reference: &str,
+        platform: Option<Platform>,
+        progress: Option<ProgressFn>,
+    ) -> Result<PullView, ImagesError> {
+        let (pulled, cursor) = self.pull_image(reference, platform, progress).await?;
+        let store = self.image_store()?;
+        let created = created_of(&store, &pulled.record.reference).await;
+        Ok(PullView::new(&pulled, created, cursor))
+    }
+
+    /// Every stored image, sorted by reference.
+    pub async fn list_images(&self) -> Result<Vec<ImageView>, ImagesError> {
+        let store = self.image_store()?;
+        let mut out = Vec::new();
+        for rec in store.list().await? {
+            let created = created_of(&store, &rec.reference).await;
+            out.push(ImageView::new(&rec, created));
+        }
+        Ok(out)
+    }
+
+    /// Point `target` at the image `source` names, and record it (`image.tagged`).
+    pub async fn tag_image(
+        self: &Arc<Self>,
+        source: &str,
+        target: &str,
+    ) -> Result<RefView, ImagesError> {
+        let store = self.image_store()?;
+        let _g = self.images()?.changes.lock().await;
+        let old = store.get(target).await?;
+        let tagged = store.tag(source, target).await?;
+        let rec = store.require(&tagged.reference).await?;
+        let now = store.list().await?;
+        let old = old.map(|o| {
+            let held = now.iter().any(|r| r.manifest_digest == o.manifest_digest);
+            (o.manifest_digest.to_string(), held)
+        });
+        let cursor = {
+            let rec = rec.clone();
+            record(self, move |s, me| {
+                let old = old.as_ref().map(|(d, h)| (d.as_str(), *h));
+                naming_payloads(s, me, &rec, old, true)
+            })
+            .await?
+        };
+        Ok(RefView {
+            reference: tagged.reference,
+            digest: tagged.digest.to_string(),
+            cursor,
+        })
+    }
+
+    /// Forget `reference` (its blobs stay until [`Node::prune_images`]) and record it
+    /// (`image.removed`). Refused, before anything changes, while a capsule of this node uses
+    /// the image and no other reference names it here.
+    pub async fn remove_image(self: &Arc<Self>, reference: &str) -> Result<RefView, ImagesError> {
+        let store = self.image_store()?;
+        let _g = self.images()?.changes.lock().await;
+        let rec = store.require(reference).await?;
+        let remaining: Vec<ImageRecord> = store
+            .list()
+            .await?
+            .into_iter()
+            .filter(|r| r.manifest_digest == rec.manifest_digest && r.reference != rec.reference)
+            .collect();
+        let payloads = {
+            let node = Arc::clone(self);
+            let rec = rec.clone();
+            blocking(move || {
+                let me = node.node_id();
+                node.with_live_state(|s| removal_payloads(s, me, &rec, &remaining))?
+            })
+            .await?
+        };
+        let removed = store.remove(&rec.reference).await?;
+        let cursor = if payloads.is_empty() {
+            None
+        } else {
+            let node = Arc::clone(self);
+            blocking(move || Ok(node.append(payloads)?.last().map(|a| a.cursor.0))).await?
+        };
+        Ok(RefView {
+            reference: removed.reference,
+            digest: removed.digest.to_string(),
+            cursor,
+        })
+    }
+
+    /// Remove every blob and unpacked layer no stored reference uses. Refused when a live
+    /// capsule of this node uses an image no reference names any more.
+    pub async fn prune_images(self: &Arc<Self>) -> Result<PruneView, ImagesError> {
+        let store = self.image_store()?;
+        let _g = self.images()?.changes.lock().await;
+        let in_use: Vec<(String, String)> = {
+            let node = Arc::clone(self);
+            blocking(move || {
+                let me = node.node_id();
+                Ok(node.with_live_state(|s| {
+                    s.capsules
+                        .values()
+                        .filter(|c| c.node == me && c.status != CapsuleStatus::Removed)
+                        .map(|c| (c.id.clone(), c.spec.image_digest.clone()))
+                        .collect()
+                })?)
+            })
+            .await?
+        };
+        let records = store.list().await?;
+        for (capsule, digest) in in_use {
+            if !digest.is_empty()
+                && !records
+                    .iter()
+                    .any(|r| r.manifest_digest.to_string() == digest)
+            {
+                return Err(ImagesError::InUse { digest, capsule });
+            }
+        }
+        Ok(store.gc().await?.into())
+    }
+
+    /// Push a stored image to the registry its reference names (nothing is recorded: the node
+    /// did not change).
+    pub async fn push_image(
+        &self,
+        reference: &str,
+        progress: Option<ProgressFn>,
+    ) -> Result<PushView, ImagesError> {
+        let store = self.image_store()?;
+        Ok(store
+            .push(reference, &PushOptions { progress })
+            .await?
+            .into())
+    }
+
+    /// Import the images of an archive or layout at `path` (on this host) and record each
+    /// (`image.pulled`).
+    pub async fn import_images(
+        self: &Arc<Self>,
+        path: &Path,
+        reference: Option<String>,
+        progress: Option<ProgressFn>,
+    ) -> Result<Vec<PullView>, ImagesError> {
+        absolute(path)?;
+        let store = self.image_store()?;
+        let before = names(&store).await?;
+        let opts = ImportOptions {
+            reference,
+            progress,
+        };
+        let pulled = store.import(path, &opts).await?;
+        let _g = self.images()?.changes.lock().await;
+        let cursor = record_stored(self, &store, &pulled, &before).await?;
+        let mut out = Vec::new();
+        for p in &pulled {
+            let created = created_of(&store, &p.record.reference).await;
+            out.push(PullView::new(p, created, cursor));
+        }
+        Ok(out)
+    }
+
+    /// Export stored images as an OCI layout (directory or tar) at `path` (on this host; it
+    /// must not exist).
+    pub async fn export_images(
+        &self,
+        references: &[String],
+        path: &Path,
+        format: ExportFormat,
+    ) -> Result<ExportView, ImagesError> {
+        absolute(path)?;
+        let store = self.image_store()?;
+        store.export(references, path, format).await?;
+        let mut refs = Vec::new();
+        for r in references {
+            refs.push(store.require(r).await?.reference);
+        }
+        Ok(ExportView {
+            path: path.to_path_buf(),
+            format: format_name(format).to_string(),
+            references: refs,
+        })
+    }
+
+    /// Make the state say what the store holds (what an agent that stopped between a store
+    /// change and its event left out). Called by the daemon at start. Returns the events
+    /// appended.
+    pub async fn reconcile_images(self: &Arc<Self>) -> Result<usize, ImagesError> {
+        let store = self.image_store()?;
+        let _g = self.images()?.changes.lock().await;
+        let records = store.list().await?;
+        let node = Arc::clone(self);
+        blocking(move || {
+            let me = node.node_id();
+            let payloads = node.with_live_state(|s| reconcile_payloads(s, me, &records))?;
+            let n = payloads.len();
+            if n > 0 {
+                node.append(payloads)?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use bolt_capsule::image::LayerRecord;
+    use bolt_events::payload::ImageEvent;
+    use bolt_state::ImageInfo;
+
+    use super::*;
+
+    fn digest(b: u8) -> Digest {
+        Digest::of(&[b])
+    }
+
+    fn rec(reference: &str, b: u8) -> ImageRecord {
+        ImageRecord {
+            reference: reference.to_string(),
+            manifest_digest: digest(b),
+            manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            index_digest: None,
+            config_digest: digest(b.wrapping_add(100)),
+            layers: vec![LayerRecord {
+                digest: digest(b.wrapping_add(200)),
+                diff_id: digest(b.wrapping_add(50)),
+                size: 10,
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            }],
+            size: 20,
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            stored_at_ms: 0,
+        }
+    }
+
+    const ME_SEED: [u8; 32] = [1; 32];
+    const OTHER: NodeId = NodeId([2; 32]);
+
+    fn me() -> NodeId {
+        bolt_events::NodeKey::from_seed(ME_SEED).id()
+    }
+
+    fn state_holding(holders: &[(&ImageRecord, &[NodeId])]) -> State {
+        let mut s = State::default();
+        for (r, nodes) in holders {
+            let d = r.manifest_digest.to_string();
+            let img = s.images.entry(d.clone()).or_insert_with(|| ImageInfo {
+                digest: d.clone(),
+                ..ImageInfo::default()
+            });
+            img.references.insert(r.reference.clone());
+            img.nodes.extend(nodes.iter().copied());
+            s.image_refs.insert(r.reference.clone(), d);
+        }
+        s
+    }
+
+    fn kinds(p: &[Payload]) -> Vec<&'static str> {
+        p.iter().map(Payload::kind).collect()
+    }
+
+    #[test]
+    fn a_first_pull_is_one_pulled_event_with_the_digests() {
+        let r = rec("h/a:1", 1);
+        let p = naming_payloads(&State::default(), me(), &r, None, false).unwrap();
+        assert_eq!(kinds(&p), ["image.pulled"]);
+        let Payload::Image(ImageEvent::Pulled {
+            reference,
+            digest,
+            config_digest,
+            layers,
+            size,
+        }) = &p[0]
+        else {
+            panic!("{p:?}")
+        };
+        assert_eq!(reference, "h/a:1");
+        assert_eq!(digest, &r.manifest_digest.to_string());
+        assert_eq!(config_digest, &r.config_digest.to_string());
+        assert_eq!(layers, &vec![r.layers[0].digest.to_string()]);
+        assert_eq!(*size, 20);
+    }
+
+    #[test]
+    fn a_name_moved_off_an_image_nothing_else_names_lets_the_old_image_go() {
+        let old = rec("h/a:1", 1);
+        let new = rec("h/a:1", 2);
+        let s = state_holding(&[(&old, &[me()])]);
+        let old_d = old.manifest_digest.to_string();
+        let p = naming_payloads(&s, me(), &new, Some((&old_d, false)), false).unwrap();
+        assert_eq!(kinds(&p), ["image.removed", "image.pulled"]);
+        // Another local name still holds the old image: only the pull.
+        let p = naming_payloads(&s, me(), &new, Some((&old_d, true)), false).unwrap();
+        assert_eq!(kinds(&p), ["image.pulled"]);
+        // Same image again: only the pull.
+        let p = naming_payloads(&s, me(), &old, Some((&old_d, false)), false).unwrap();
+        assert_eq!(kinds(&p), ["image.pulled"]);
+    }
+
+    #[test]
+    fn a_tag_is_tagged_when_the_state_knows_the_node_holds_it_else_pulled() {
+        let src = rec("h/a:1", 1);
+        let dst = rec("h/b:2", 1);
+        let s = state_holding(&[(&src, &[me()])]);
+        assert_eq!(
+            kinds(&naming_payloads(&s, me(), &dst, None, true).unwrap()),
+            ["image.tagged"]
+        );
+        let s = state_holding(&[(&src, &[OTHER])]);
+        assert_eq!(
+            kinds(&naming_payloads(&s, me(), &dst, None, true).unwrap()),
+            ["image.pulled"]
+        );
+    }
+
+    #[test]
+    fn removing_the_last_name_is_removed_and_other_names_keep_the_hold() {
+        let a = rec("h/a:1", 1);
+        let b = rec("h/b:1", 1);
+        let s = state_holding(&[(&a, &[me()]), (&b, &[me()])]);
+        assert_eq!(
+            kinds(&removal_payloads(&s, me(), &a, &[]).unwrap()),
+            ["image.removed"]
+        );
+        let p = removal_payloads(&s, me(), &a, std::slice::from_ref(&b)).unwrap();
+        assert_eq!(kinds(&p), ["image.removed", "image.pulled"]);
+        // Folded in order, the node still holds the image under b only.
+        let mut folded = s.clone();
+        for (i, payload) in p.iter().enumerate() {
+            let ev = test_event(payload.clone(), i as u64 + 1);
+            bolt_state::apply(&mut folded, &ev);
+        }
+        let img = &folded.images[&a.manifest_digest.to_string()];
+        assert!(img.nodes.contains(&me()));
+        assert_eq!(img.references, BTreeSet::from(["h/b:1".to_string()]));
+        assert!(!folded.image_refs.contains_key("h/a:1"));
+        // The state never knew: nothing to record.
+        assert!(removal_payloads(&State::default(), me(), &a, &[])
+            .unwrap()
+            .is_empty());
+    }
+
+    /// A signed event of node `me()` (chain links do not matter to the fold).
+    fn test_event(payload: Payload, seq: u64) -> bolt_events::Event {
+        let key = bolt_events::NodeKey::from_seed(ME_SEED);
+        let env = key.seal(
+            seq,
+            bolt_events::Hlc::new(1_000 + seq, 0),
+            bolt_events::Hash::ZERO,
+            &payload,
+        );
+        bolt_events::Event::from_bytes(&env.to_bytes()).unwrap()
+    }
+
+    #[test]
+    fn reconcile_adds_what_the_store_has_and_drops_what_it_lost() {
+        let kept = rec("h/a:1", 1);
+        let lost = rec("h/gone:1", 3);
+        let s = state_holding(&[(&lost, &[me()])]);
+        let p = reconcile_payloads(&s, me(), std::slice::from_ref(&kept));
+        assert_eq!(kinds(&p), ["image.pulled", "image.removed"]);
+        let s = state_holding(&[(&kept, &[me()])]);
+        assert!(reconcile_payloads(&s, me(), std::slice::from_ref(&kept)).is_empty());
+    }
+
+    #[test]
+    fn progress_is_thinned_but_keeps_every_phase_and_the_last_byte() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let f = thinned(tx);
+        let d = digest(9);
+        let total = 100 << 20;
+        let report = |phase, done| {
+            f(&Progress {
+                digest: d.clone(),
+                phase,
+                done,
+                total: Some(total),
+            })
+        };
+        for done in (0..=total).step_by(64 << 10) {
+            report(Phase::Fetching, done);
+        }
+        report(Phase::Fetched, total);
+        report(Phase::Unpacked, total);
+        drop(f);
+        let mut got = Vec::new();
+        while let Ok(p) = rx.try_recv() {
+            got.push(p);
+        }
+        assert!(got.len() < 110, "{} reports", got.len());
+        assert_eq!(got.last().unwrap().phase, "unpacked");
+        let fetching: Vec<&ProgressView> = got.iter().filter(|p| p.phase == "fetching").collect();
+        assert_eq!(fetching.last().unwrap().done, total);
+        assert!(got.iter().any(|p| p.phase == "fetched"));
+    }
+}
