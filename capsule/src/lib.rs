@@ -4,5 +4,6 @@
 //! It may depend on `bolt-events` only. It must never depend on `bolt-state`, `bolt-fabric` or
 //! `bolt-dns`. All `unsafe` and raw syscalls live in one module, behind a trait.
 pub mod image;
+pub mod net;
 pub mod runtime;
 mod sys;
