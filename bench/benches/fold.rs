@@ -200,7 +200,7 @@ fn next_payload(rng: &mut Rng, node: &mut Node, n: usize, counter: &mut u64) -> 
 }
 
 /// Encoded events in total order (a global clock ticks once per event).
-fn generate() -> Vec<Vec<u8>> {
+fn generate(events: usize) -> Vec<Vec<u8>> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut nodes: Vec<Node> = (0..NODES)
         .map(|n| Node {
@@ -212,8 +212,8 @@ fn generate() -> Vec<Vec<u8>> {
         .collect();
     let mut counter = 0;
     let start = Hlc::new(1_780_000_000_000, 0).0;
-    let mut out = Vec::with_capacity(EVENTS);
-    for t in 0..EVENTS as u64 {
+    let mut out = Vec::with_capacity(events);
+    for t in 0..events as u64 {
         let n = if t < 2 * NODES as u64 {
             (t % NODES as u64) as usize
         } else {
@@ -268,85 +268,55 @@ fn row(what: &str, n: usize, d: Duration) {
     );
 }
 
-fn main() {
-    let t = Instant::now();
-    let bytes = generate();
-    let gen = t.elapsed();
-    let events: Vec<Event> = bytes
-        .iter()
-        .filter_map(|b| Event::from_bytes(b).ok())
-        .collect();
-    assert_eq!(events.len(), EVENTS, "every generated event decodes");
-    eprintln!("generated {EVENTS} events in {gen:.1?}");
+// The measured phases are functions of their own (never inlined) so that a profiler can count
+// exactly one of them: `valgrind --tool=callgrind --toggle-collect='fold::phase_apply' ...`.
 
-    println!("| measure | events | time | rate | per event |");
-    println!("|---|---:|---:|---:|---:|");
-
-    // The floor: touching each event's key and kind, no state.
-    let (d, _) = best(3, || {
-        let mut x = 0u64;
-        for e in &events {
-            x = x.wrapping_add(e.order_key().seq ^ e.payload.kind().len() as u64);
-        }
-        black_box(x)
-    });
-    row("read key + kind only (floor)", EVENTS, d);
-
-    let (d, folded) = best(3, || {
-        let mut s = State::default();
-        for e in &events {
-            apply(&mut s, e);
-        }
-        s
-    });
-    row("apply (pre-decoded)", EVENTS, d);
-    if std::env::var_os("FOLD_BENCH_APPLY_ONLY").is_some() {
-        // For profiling the fold alone.
-        for _ in 0..5 {
-            let mut s = State::default();
-            for e in &events {
-                apply(&mut s, e);
-            }
-            black_box(s.applied);
-        }
-        return;
+/// Touch each event's key and kind, no state: the floor of any fold.
+#[inline(never)]
+fn phase_floor(events: &[Event]) -> u64 {
+    let mut x = 0u64;
+    for e in events {
+        x = x.wrapping_add(e.order_key().seq ^ e.payload.kind().len() as u64);
     }
+    black_box(x)
+}
 
-    let (d, _) = best(2, || {
-        let mut s = State::default();
-        for b in &bytes {
-            if let Ok(e) = Event::from_bytes(b) {
-                apply(&mut s, &e);
-            }
+/// `apply` over pre-decoded events.
+#[inline(never)]
+fn phase_apply(events: &[Event]) -> State {
+    let mut s = State::default();
+    for e in events {
+        apply(&mut s, e);
+    }
+    s
+}
+
+/// Decode each event from its bytes, then `apply` it.
+#[inline(never)]
+fn phase_decode(bytes: &[Vec<u8>]) -> u64 {
+    let mut s = State::default();
+    for b in bytes {
+        if let Ok(e) = Event::from_bytes(b) {
+            apply(&mut s, &e);
         }
-        black_box(s.applied)
-    });
-    row("decode + apply (from bytes)", EVENTS, d);
+    }
+    black_box(s.applied)
+}
 
-    // Replica, arrival = total order.
-    let in_order: Vec<Appended> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| Appended {
-            cursor: Cursor(i as u64 + 1),
-            event: e.clone(),
-        })
-        .collect();
-    drop(events);
-    let (d, r) = best(1, || {
-        let mut r = Replica::with_window(DEFAULT_WINDOW);
-        for a in &in_order {
-            r.ingest(a);
-        }
-        r
-    });
-    assert_eq!(r.state(), &folded);
-    row("Replica::ingest, in order", EVENTS, d);
-    drop(r);
+/// `Replica::ingest` in arrival order, with the window of a replica restored from a log.
+#[inline(never)]
+fn phase_ingest(arrivals: &[Appended]) -> Replica {
+    let mut r = Replica::with_window(DEFAULT_WINDOW);
+    for a in arrivals {
+        r.ingest(a);
+    }
+    r
+}
 
-    // Replica, 1% of events arrive 1..=100 positions late (a remote event a little behind).
+/// Arrival order with 1% of events 1..=100 positions late (a remote event a little behind).
+fn late_arrivals(in_order: &[Appended]) -> Vec<Appended> {
     let mut rng = Rng(42);
-    let mut arrival: Vec<(u64, usize)> = (0..EVENTS)
+    let mut arrival: Vec<(u64, usize)> = (0..in_order.len())
         .map(|i| {
             let late = if rng.below(100) == 0 {
                 1 + rng.below(100)
@@ -357,25 +327,93 @@ fn main() {
         })
         .collect();
     arrival.sort_unstable();
-    let late: Vec<Appended> = arrival
+    arrival
         .iter()
         .enumerate()
         .map(|(pos, &(_, i))| Appended {
             cursor: Cursor(pos as u64 + 1),
             event: in_order[i].event.clone(),
         })
+        .collect()
+}
+
+fn main() {
+    // FOLD_BENCH_EVENTS: how many events (default 1M). FOLD_BENCH_ONLY=apply|decode|ingest|late:
+    // run that phase once and print nothing, for a profiler (instruction counts under callgrind
+    // are exact where wall-clock time on a loaded machine is not).
+    let n: usize = std::env::var("FOLD_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(EVENTS);
+    let only = std::env::var("FOLD_BENCH_ONLY").ok();
+
+    let t = Instant::now();
+    let bytes = generate(n);
+    let gen = t.elapsed();
+    let events: Vec<Event> = bytes
+        .iter()
+        .filter_map(|b| Event::from_bytes(b).ok())
         .collect();
-    drop(in_order);
-    let (d, r) = best(1, || {
-        let mut r = Replica::with_window(DEFAULT_WINDOW);
-        for a in &late {
-            r.ingest(a);
+    assert_eq!(events.len(), n, "every generated event decodes");
+    let in_order = |events: &[Event]| -> Vec<Appended> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Appended {
+                cursor: Cursor(i as u64 + 1),
+                event: e.clone(),
+            })
+            .collect()
+    };
+    match only.as_deref() {
+        Some("apply") => {
+            black_box(phase_apply(&events).applied);
+            return;
         }
-        r
-    });
+        Some("decode") => {
+            black_box(phase_decode(&bytes));
+            return;
+        }
+        Some("ingest") => {
+            let arrivals = in_order(&events);
+            black_box(phase_ingest(&arrivals).state().applied);
+            return;
+        }
+        Some("late") => {
+            let arrivals = late_arrivals(&in_order(&events));
+            black_box(phase_ingest(&arrivals).state().applied);
+            return;
+        }
+        _ => {}
+    }
+    eprintln!("generated {n} events in {gen:.1?}");
+
+    println!("| measure | events | time | rate | per event |");
+    println!("|---|---:|---:|---:|---:|");
+
+    let (d, _) = best(3, || phase_floor(&events));
+    row("read key + kind only (floor)", n, d);
+
+    let (d, folded) = best(3, || phase_apply(&events));
+    row("apply (pre-decoded)", n, d);
+
+    let (d, _) = best(2, || phase_decode(&bytes));
+    row("decode + apply (from bytes)", n, d);
+
+    // Replica, arrival = total order.
+    let in_order = in_order(&events);
+    drop(events);
+    let (d, r) = best(1, || phase_ingest(&in_order));
+    assert_eq!(r.state(), &folded);
+    row("Replica::ingest, in order", n, d);
+    drop(r);
+
+    let late = late_arrivals(&in_order);
+    drop(in_order);
+    let (d, r) = best(1, || phase_ingest(&late));
     assert!(r.is_exact());
     assert_eq!(r.state().hash(), folded.hash());
-    row("Replica::ingest, 1% late by 1..=100", EVENTS, d);
+    row("Replica::ingest, 1% late by 1..=100", n, d);
     let stats = r.stats();
     drop(r);
     drop(late);
@@ -391,7 +429,7 @@ fn main() {
         stats.late, stats.refolded, stats.rebuilds
     );
     println!(
-        "State after {EVENTS} events: {} capsules, {} nodes, {} images; snapshot {:.1} MiB, \
+        "State after {n} events: {} capsules, {} nodes, {} images; snapshot {:.1} MiB, \
          encode {:.1} ms, decode {:.1} ms, State::hash {:.1} ms.",
         folded.capsules.len(),
         folded.nodes.len(),
