@@ -202,7 +202,14 @@ pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize) {
             Undo::Node(k, v) => put(&mut s.nodes, k, v.map(|b| *b)),
             Undo::Image(k, v) => put(&mut s.images, k, v.map(|b| *b)),
             Undo::ImageRef(k, v) => put(&mut s.image_refs, k, v),
-            Undo::Capsule(k, v) => put(&mut s.capsules, k, v.map(|b| *b)),
+            Undo::Capsule(k, v) => match v {
+                Some(c) => {
+                    s.capsules.insert(k, *c);
+                }
+                None => {
+                    s.capsules.remove(&k);
+                }
+            },
             Undo::CapsuleRun(k, run) => {
                 if let Some(c) = s.capsules.get_mut(&k) {
                     run.restore(c);
@@ -584,10 +591,13 @@ fn image(tx: &mut Tx<'_>, key: OrderKey, e: &ImageEvent) -> Result<(), Misfit> {
 
 fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfit> {
     match e {
-        CapsuleEvent::Created { id, name, spec } => match tx.s.capsules.entry(id.clone()) {
-            Entry::Occupied(_) => return Err(Misfit::CapsuleExists(id.clone())),
-            Entry::Vacant(slot) => {
-                slot.insert(CapsuleInfo {
+        CapsuleEvent::Created { id, name, spec } => {
+            if tx.s.capsules.contains_key(id) {
+                return Err(Misfit::CapsuleExists(id.clone()));
+            }
+            tx.s.capsules.insert(
+                id.clone(),
+                CapsuleInfo {
                     id: id.clone(),
                     name: name.clone(),
                     spec: Arc::new(spec.clone()),
@@ -599,12 +609,12 @@ fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfi
                     created: key.hlc,
                     started: None,
                     finished: None,
-                });
-                if let Some(j) = tx.j.as_deref_mut() {
-                    j.push_back(Undo::Capsule(id.clone(), None));
-                }
+                },
+            );
+            if let Some(j) = tx.j.as_deref_mut() {
+                j.push_back(Undo::Capsule(id.clone(), None));
             }
-        },
+        }
         CapsuleEvent::Started { id, pid } => {
             let c = tx
                 .capsule_run_mut(id)

@@ -9,11 +9,13 @@
 
 mod apply;
 mod decide;
+mod idmap;
 mod model;
 mod replica;
 mod snapshot;
 
 pub use apply::{apply, Misfit};
+pub use idmap::IdMap;
 pub use decide::{decide, spec_hash, Command, DecideError, Subnet, DEFAULT_MTU};
 pub use model::{
     CapsuleInfo, CapsuleStatus, ExitInfo, Ignored, ImageInfo, MigrationInfo, MigrationStatus,

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 use bolt_events::payload::{CapsuleSpec, ServiceSpec};
 use bolt_events::{Hash, Hlc, NodeId, OrderKey};
+
+use crate::idmap::IdMap;
 use serde::{Deserialize, Serialize};
 
 /// How many removed capsules the state keeps (status `removed`) before it forgets the oldest.
@@ -34,8 +36,9 @@ pub struct State {
     /// Image references (`repo:tag`) to the digest they point at.
     pub image_refs: BTreeMap<String, String>,
     /// Capsules by id: every capsule not removed, and the [`REMOVED_RETAINED`] most recently
-    /// removed ones (status `removed`).
-    pub capsules: BTreeMap<String, CapsuleInfo>,
+    /// removed ones (status `removed`). Hashed for the fold's lookups, sorted by id whenever read
+    /// whole (see [`IdMap`]).
+    pub capsules: IdMap<CapsuleInfo>,
     /// The removed capsules still kept in `capsules`, by the value of `applied` when their
     /// removal was folded (oldest first): the oldest is dropped past [`REMOVED_RETAINED`].
     pub tombstones: BTreeMap<u64, String>,
@@ -61,7 +64,7 @@ impl Default for State {
             nodes: BTreeMap::new(),
             images: BTreeMap::new(),
             image_refs: BTreeMap::new(),
-            capsules: BTreeMap::new(),
+            capsules: IdMap::new(),
             tombstones: BTreeMap::new(),
             services: BTreeMap::new(),
             placements: BTreeMap::new(),
