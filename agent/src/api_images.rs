@@ -171,10 +171,11 @@ where
     let (progress, rx) = progress_channel();
     let (done_tx, done_rx) = oneshot::channel();
     let fut = op(progress);
+    let what_task = what.clone();
     tokio::spawn(async move {
         let res = fut.await;
         if let Err(e) = &res {
-            tracing::warn!("{what}: {e}");
+            tracing::warn!("{what_task}: {e}");
         }
         let _ = done_tx.send(res);
     });
@@ -196,26 +197,29 @@ where
             rx,
             done: Some(done_rx),
         },
-        move |mut pump| async move {
-            let done = pump.done.as_mut()?;
-            tokio::select! {
-                biased;
-                Some(p) = pump.rx.recv() => {
-                    Some((Ok::<_, std::convert::Infallible>(line(&StreamLine::Progress(p))), pump))
-                }
-                res = done => {
-                    pump.done = None;
-                    let mut out = Vec::new();
-                    while let Ok(p) = pump.rx.try_recv() {
-                        out.extend_from_slice(&line(&StreamLine::Progress(p)));
+        move |mut pump| {
+            let what = what.clone();
+            async move {
+                let done = pump.done.as_mut()?;
+                tokio::select! {
+                    biased;
+                    Some(p) = pump.rx.recv() => {
+                        Some((Ok::<_, std::convert::Infallible>(line(&StreamLine::Progress(p))), pump))
                     }
-                    let last = match res {
-                        Ok(Ok(v)) => StreamLine::Result(v),
-                        Ok(Err(e)) => StreamLine::Error(one_line(&e)),
-                        Err(_) => StreamLine::Error("the operation was dropped".to_string()),
-                    };
-                    out.extend_from_slice(&line(&last));
-                    Some((Ok(Bytes::from(out)), pump))
+                    res = done => {
+                        pump.done = None;
+                        let mut out = Vec::new();
+                        while let Ok(p) = pump.rx.try_recv() {
+                            out.extend_from_slice(&line(&StreamLine::Progress(p)));
+                        }
+                        let last = match res {
+                            Ok(Ok(v)) => StreamLine::Result(v),
+                            Ok(Err(e)) => StreamLine::Error(format!("{what}: {}", one_line(&e))),
+                            Err(_) => StreamLine::Error(format!("{what}: the operation was dropped")),
+                        };
+                        out.extend_from_slice(&line(&last));
+                        Some((Ok(Bytes::from(out)), pump))
+                    }
                 }
             }
         },

@@ -36,6 +36,9 @@ pub struct RegistryArgs {
         value_name = "PATH"
     )]
     pub registry_auth: Option<PathBuf>,
+    /// Refuse a layer that unpacks to more than this many bytes (a decompression bomb).
+    #[arg(long, env = "BOLT_MAX_LAYER_BYTES", value_name = "BYTES")]
+    pub max_layer_bytes: Option<u64>,
 }
 
 impl From<RegistryArgs> for crate::images::ImagesConfig {
@@ -43,6 +46,7 @@ impl From<RegistryArgs> for crate::images::ImagesConfig {
         crate::images::ImagesConfig {
             insecure_registries: a.insecure_registries,
             registry_auth: a.registry_auth,
+            max_layer_bytes: a.max_layer_bytes,
         }
     }
 }

@@ -74,6 +74,9 @@ pub struct ImagesConfig {
     /// A docker-style `config.json` with registry credentials (None: `$DOCKER_CONFIG/config.json`
     /// or `~/.docker/config.json`). A missing file means no credentials.
     pub registry_auth: Option<PathBuf>,
+    /// Cap on the uncompressed bytes of one layer (None: the store's default); a layer past it
+    /// is refused as a decompression bomb.
+    pub max_layer_bytes: Option<u64>,
 }
 
 /// The image service of a node: its store, and a lock that keeps a store change and the event
@@ -96,6 +99,9 @@ impl Images {
         let mut store_cfg = StoreConfig::new(root.join("images"));
         store_cfg.registry.credentials = credentials;
         store_cfg.registry.insecure = cfg.insecure_registries.clone();
+        if let Some(max) = cfg.max_layer_bytes {
+            store_cfg.unpack.max_bytes = max;
+        }
         Ok(Images {
             store: ImageStore::open(store_cfg)?,
             changes: tokio::sync::Mutex::new(()),
