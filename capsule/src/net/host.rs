@@ -324,7 +324,9 @@ impl Host {
         check_overlap(
             &net.name,
             net.subnet(),
-            self.networks.values().map(|n| (n.name.as_str(), n.subnet())),
+            self.networks
+                .values()
+                .map(|n| (n.name.as_str(), n.subnet())),
         )?;
         if !self.ip_forward()? {
             return Err(HostError::IpForwardingOff);
@@ -584,7 +586,8 @@ impl Host {
         &self,
         known: impl IntoIterator<Item = &'a str>,
     ) -> Result<Vec<String>, HostError> {
-        let mut keep: BTreeSet<String> = self.attachments.values().map(|a| a.veth.clone()).collect();
+        let mut keep: BTreeSet<String> =
+            self.attachments.values().map(|a| a.veth.clone()).collect();
         for id in known {
             if let Ok(v) = veth_name(id) {
                 keep.insert(v);
@@ -632,8 +635,16 @@ impl Host {
         self.nat = NatTable::new();
         let veths: Vec<String> = self.attachments.values().map(|a| a.veth.clone()).collect();
         let bridges: Vec<String> = self.networks.values().map(|n| n.bridge.clone()).collect();
-        note(link::remove_all(&self.ns, &veths).map(drop).map_err(HostError::from));
-        note(link::remove_all(&self.ns, &bridges).map(drop).map_err(HostError::from));
+        note(
+            link::remove_all(&self.ns, &veths)
+                .map(drop)
+                .map_err(HostError::from),
+        );
+        note(
+            link::remove_all(&self.ns, &bridges)
+                .map(drop)
+                .map_err(HostError::from),
+        );
         self.attachments.clear();
         self.networks.clear();
         first.map_or(Ok(()), Err)
@@ -677,7 +688,10 @@ mod tests {
         assert_eq!(veth_name("0123456789abcdef0123").unwrap(), "bv0123456789ab");
         assert_eq!(veth_name("abc").unwrap(), "bvabc");
         for bad in ["", "a b", "a/b", "é"] {
-            assert!(matches!(veth_name(bad), Err(HostError::CapsuleId(_))), "{bad:?}");
+            assert!(
+                matches!(veth_name(bad), Err(HostError::CapsuleId(_))),
+                "{bad:?}"
+            );
         }
     }
 

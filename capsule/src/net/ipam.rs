@@ -323,19 +323,35 @@ mod tests {
         assert_eq!(s.first_host(), ip("10.88.0.1"));
         assert_eq!(s.host_count(), 65534);
         assert_eq!(s.to_string(), "10.88.0.0/16");
-        assert_eq!("0.0.0.0/0".parse::<Subnet>().unwrap().broadcast(), Ipv4Addr::BROADCAST);
+        assert_eq!(
+            "0.0.0.0/0".parse::<Subnet>().unwrap().broadcast(),
+            Ipv4Addr::BROADCAST
+        );
     }
 
     #[test]
     fn refuses_bad_subnets_with_the_reason() {
-        for bad in ["", "10.88.0.0", "10.88.0/16", "10.88.0.0/", "foo/8", "10.0.0.0/16/1"] {
+        for bad in [
+            "",
+            "10.88.0.0",
+            "10.88.0/16",
+            "10.88.0.0/",
+            "foo/8",
+            "10.0.0.0/16/1",
+        ] {
             let e = bad.parse::<Subnet>().unwrap_err();
             assert!(
                 matches!(e, IpamError::SubnetSyntax(_) | IpamError::PrefixLength(_)),
                 "{bad}: {e}"
             );
         }
-        for bad in ["10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/x", "10.0.0.0/+8", "10.0.0.0/008"] {
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0/-1",
+            "10.0.0.0/x",
+            "10.0.0.0/+8",
+            "10.0.0.0/008",
+        ] {
             assert!(
                 matches!(bad.parse::<Subnet>(), Err(IpamError::PrefixLength(_))),
                 "{bad}"
@@ -383,7 +399,10 @@ mod tests {
             used.insert(a);
             got.push(a.to_string());
         }
-        assert_eq!(got, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]);
+        assert_eq!(
+            got,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+        );
         assert_eq!(
             pool.next_free(&used),
             Err(IpamError::Exhausted("10.0.0.0/29".parse().unwrap()))
@@ -400,7 +419,10 @@ mod tests {
         let pool = Pool::new("10.0.0.0/30".parse().unwrap(), Some(ip("10.0.0.2"))).unwrap();
         assert_eq!(pool.next_free(&BTreeSet::new()).unwrap(), ip("10.0.0.1"));
         let used = BTreeSet::from([ip("10.0.0.1")]);
-        assert!(matches!(pool.next_free(&used), Err(IpamError::Exhausted(_))));
+        assert!(matches!(
+            pool.next_free(&used),
+            Err(IpamError::Exhausted(_))
+        ));
     }
 
     #[test]
@@ -447,7 +469,10 @@ mod tests {
         );
         // The same network again is not an overlap with itself.
         assert_eq!(check_overlap("default", a, existing), Ok(()));
-        assert_eq!(check_overlap("new", "10.90.0.0/16".parse().unwrap(), existing), Ok(()));
+        assert_eq!(
+            check_overlap("new", "10.90.0.0/16".parse().unwrap(), existing),
+            Ok(())
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ use rtnetlink::packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use super::netns::{Netns, NetnsError};
 
@@ -342,14 +344,10 @@ pub fn connect(host: &Netns, capsule: &Netns, spec: &VethSpec) -> Result<(), Lin
             .controller(br.index)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
-        h.link()
-            .add(pair)
-            .execute()
-            .await
-            .map_err(request(format!(
-                "create veth {} (peer {} in the capsule's namespace)",
-                spec.host_name, spec.ifname
-            )))?;
+        h.link().add(pair).execute().await.map_err(request(format!(
+            "create veth {} (peer {} in the capsule's namespace)",
+            spec.host_name, spec.ifname
+        )))?;
         let finish = async {
             let veth = must_get(&h, &spec.host_name).await?;
             let hairpin = LinkUnspec::new_with_index(veth.index)
@@ -400,7 +398,10 @@ fn configure_inside(capsule: &Netns, spec: &VethSpec) -> Result<(), LinkError> {
             )
             .execute()
             .await
-            .map_err(request(format!("add the default route via {}", spec.gateway)))
+            .map_err(request(format!(
+                "add the default route via {}",
+                spec.gateway
+            )))
     })
 }
 

@@ -236,7 +236,9 @@ impl NatTable {
 
     /// The nft script that removes the table (a no-op when it does not exist).
     pub fn render_delete() -> String {
-        format!("table {TABLE_FAMILY} {TABLE_NAME} {{}}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n")
+        format!(
+            "table {TABLE_FAMILY} {TABLE_NAME} {{}}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n"
+        )
     }
 }
 
@@ -259,7 +261,8 @@ mod tests {
 
     fn table() -> NatTable {
         let mut t = NatTable::new();
-        t.add_network("bolt0", "10.88.0.0/16".parse().unwrap()).unwrap();
+        t.add_network("bolt0", "10.88.0.0/16".parse().unwrap())
+            .unwrap();
         t
     }
 
@@ -274,7 +277,10 @@ mod tests {
         )
         .unwrap();
         let s = t.render();
-        assert!(s.starts_with("table ip bolt {}\ndelete table ip bolt\ntable ip bolt {\n"), "{s}");
+        assert!(
+            s.starts_with("table ip bolt {}\ndelete table ip bolt\ntable ip bolt {\n"),
+            "{s}"
+        );
         for line in [
             "type nat hook prerouting priority -100; policy accept;",
             "type nat hook output priority -100; policy accept;",
@@ -299,7 +305,12 @@ mod tests {
         t.publish("a", "bolt0", ip, &[spec("8080:80")]).unwrap();
         let before = t.clone();
         let e = t
-            .publish("b", "bolt0", "10.88.0.3".parse().unwrap(), &[spec("9090:90"), spec("127.0.0.1:8080:80")])
+            .publish(
+                "b",
+                "bolt0",
+                "10.88.0.3".parse().unwrap(),
+                &[spec("9090:90"), spec("127.0.0.1:8080:80")],
+            )
             .unwrap_err();
         assert_eq!(
             e,
@@ -330,7 +341,8 @@ mod tests {
     #[test]
     fn unpublish_and_remove_network() {
         let mut t = table();
-        t.add_network("bolt1", "10.89.0.0/16".parse().unwrap()).unwrap();
+        t.add_network("bolt1", "10.89.0.0/16".parse().unwrap())
+            .unwrap();
         t.publish("a", "bolt0", "10.88.0.2".parse().unwrap(), &[spec("1:1")])
             .unwrap();
         t.publish("b", "bolt1", "10.89.0.2".parse().unwrap(), &[spec("2:2")])
@@ -349,7 +361,10 @@ mod tests {
     fn names_and_comments_cannot_inject() {
         let mut t = NatTable::new();
         for bad in ["", "a\"b", "bolt 0", "x;y", "0123456789abcdef"] {
-            assert!(t.add_network(bad, "10.0.0.0/8".parse().unwrap()).is_err(), "{bad}");
+            assert!(
+                t.add_network(bad, "10.0.0.0/8".parse().unwrap()).is_err(),
+                "{bad}"
+            );
         }
         assert_eq!(comment("ab\"; drop\n"), "abdrop");
     }

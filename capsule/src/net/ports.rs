@@ -12,7 +12,9 @@ pub const PORT_SPEC_FORM: &str = "[IP:]HOST:CONTAINER[/tcp|udp]";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortSpecError {
     /// The spec does not have the form `[IP:]HOST:CONTAINER[/proto]`.
-    #[error("bad port spec {0:?}: expected {PORT_SPEC_FORM}, such as 8080:80 or 127.0.0.1:8080:80/tcp")]
+    #[error(
+        "bad port spec {0:?}: expected {PORT_SPEC_FORM}, such as 8080:80 or 127.0.0.1:8080:80/tcp"
+    )]
     Form(String),
     /// The host address is not an IPv4 address.
     #[error("bad port spec {spec:?}: {addr:?} is not an IPv4 address")]
@@ -184,7 +186,11 @@ impl fmt::Display for PortSpec {
         if let Some(ip) = self.host_ip {
             write!(f, "{ip}:")?;
         }
-        write!(f, "{}:{}/{}", self.host_port, self.container_port, self.proto)
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port, self.container_port, self.proto
+        )
     }
 }
 
@@ -251,7 +257,10 @@ mod tests {
         ];
         for (spec, want) in cases {
             let e = spec.parse::<PortSpec>().unwrap_err();
-            assert!(e.to_string().contains(want), "{spec:?}: {e} (wanted {want:?})");
+            assert!(
+                e.to_string().contains(want),
+                "{spec:?}: {e} (wanted {want:?})"
+            );
         }
     }
 

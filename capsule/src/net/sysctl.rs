@@ -89,7 +89,14 @@ mod tests {
 
     #[test]
     fn keys_stay_under_proc_sys() {
-        for bad in ["", "/etc/passwd", "net/../../etc", "net//x", "net/a b", "./x"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "net/../../etc",
+            "net//x",
+            "net/a b",
+            "./x",
+        ] {
             assert!(check_key(bad).is_err(), "{bad}");
         }
         assert!(check_key(IP_FORWARD).is_ok());
