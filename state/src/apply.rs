@@ -78,6 +78,10 @@ pub enum Misfit {
 /// One undo record: what a piece of state was before an event changed it. Whole entries are
 /// boxed so that the record stays small: the frequent ones (counters, last seen, a capsule's
 /// run state, an address) are copied in and out of the journal on every event.
+///
+/// The frequent records about the event's own capsule or network (`Created`, `Run`,
+/// `Address`) do not copy its id (an allocation per event): [`revert`] is given the event again
+/// and reads the id from it ([`capsule_of`], [`network_of`]).
 #[derive(Debug, Clone)]
 pub(crate) enum Undo {
     Counters { applied: u64, last_key: OrderKey },
@@ -87,14 +91,48 @@ pub(crate) enum Undo {
     Image(String, Option<Box<ImageInfo>>),
     ImageRef(String, Option<String>),
     Capsule(String, Option<Box<CapsuleInfo>>),
-    CapsuleRun(String, CapsuleRun),
+    /// The event's capsule did not exist.
+    Created,
+    /// The run state of the event's capsule.
+    Run(CapsuleRun),
+    /// The oldest removed capsule was forgotten: its tombstone and its entry, if it had one.
+    Forgot {
+        at: u64,
+        id: String,
+        capsule: Option<Box<CapsuleInfo>>,
+    },
     Tombstone(u64, Option<String>),
     Service(String, Option<Box<ServiceInfo>>),
     Placement(String, Option<BTreeMap<u32, NodeId>>),
     Migration(String, Option<Box<MigrationInfo>>),
     Volume(String, Option<Box<VolumeInfo>>),
     Network(String, Option<Box<NetworkInfo>>),
-    Address(String, Ipv4Addr, Option<String>),
+    /// The holder of an address on the event's network.
+    Address(Ipv4Addr, Option<String>),
+}
+
+/// The capsule a capsule event is about.
+fn capsule_of(p: &Payload) -> Option<&str> {
+    match p {
+        Payload::Capsule(
+            CapsuleEvent::Created { id, .. }
+            | CapsuleEvent::Started { id, .. }
+            | CapsuleEvent::Exited { id, .. }
+            | CapsuleEvent::Removed { id },
+        ) => Some(id),
+        _ => None,
+    }
+}
+
+/// The network an address event is about.
+fn network_of(p: &Payload) -> Option<&str> {
+    match p {
+        Payload::Network(
+            NetworkEvent::AddressAllocated { network, .. }
+            | NetworkEvent::AddressReleased { network, .. },
+        ) => Some(network),
+        _ => None,
+    }
 }
 
 /// The part of a capsule its lifecycle events (start, exit, removal) change.
@@ -153,6 +191,7 @@ pub(crate) fn fold(
 ) {
     let mut tx = Tx {
         s: state,
+        p: payload,
         j: journal,
     };
     if let Some(j) = tx.j.as_deref_mut() {
@@ -169,8 +208,11 @@ pub(crate) fn fold(
     tx.s.last_key = key;
 }
 
-/// Undo the last `n` records of the journal, newest first.
-pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize) {
+/// Undo the last `n` records of the journal, newest first: the records of the fold of
+/// `payload` (or of several folds, back to back, all of the same event: a caller reverts event
+/// by event).
+/// Without the event (`None`), records about its own capsule or network are skipped.
+pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize, payload: Option<&Payload>) {
     fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, k: K, v: Option<V>) {
         match v {
             Some(v) => {
@@ -210,10 +252,24 @@ pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize) {
                     s.capsules.remove(&k);
                 }
             },
-            Undo::CapsuleRun(k, run) => {
-                if let Some(c) = s.capsules.get_mut(&k) {
+            Undo::Created => {
+                if let Some(id) = payload.and_then(capsule_of) {
+                    s.capsules.remove(id);
+                }
+            }
+            Undo::Run(run) => {
+                if let Some(c) = payload
+                    .and_then(capsule_of)
+                    .and_then(|id| s.capsules.get_mut(id))
+                {
                     run.restore(c);
                 }
+            }
+            Undo::Forgot { at, id, capsule } => {
+                if let Some(c) = capsule {
+                    s.capsules.insert(id.clone(), *c);
+                }
+                s.tombstones.insert(at, id);
             }
             Undo::Tombstone(k, v) => put(&mut s.tombstones, k, v),
             Undo::Service(k, v) => put(&mut s.services, k, v.map(|b| *b)),
@@ -221,8 +277,11 @@ pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize) {
             Undo::Migration(k, v) => put(&mut s.migrations, k, v.map(|b| *b)),
             Undo::Volume(k, v) => put(&mut s.volumes, k, v.map(|b| *b)),
             Undo::Network(k, v) => put(&mut s.networks, k, v.map(|b| *b)),
-            Undo::Address(net, ip, v) => {
-                if let Some(n) = s.networks.get_mut(&net) {
+            Undo::Address(ip, v) => {
+                if let Some(n) = payload
+                    .and_then(network_of)
+                    .and_then(|net| s.networks.get_mut(net))
+                {
                     match v {
                         Some(holder) => {
                             n.allocations.insert(ip, holder);
@@ -237,9 +296,11 @@ pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize) {
     }
 }
 
-/// The state being changed, and the journal (if any) that records each change.
+/// The state being changed, the event changing it, and the journal (if any) that records each
+/// change.
 struct Tx<'a> {
     s: &'a mut State,
+    p: &'a Payload,
     j: Option<&'a mut Journal>,
 }
 
@@ -387,14 +448,51 @@ impl Tx<'_> {
         Box::new
     );
 
-    /// A capsule whose lifecycle fields only (status, pid, exit, restarts, started, finished)
-    /// the caller changes: journals just those.
-    fn capsule_run_mut(&mut self, id: &str) -> Option<&mut CapsuleInfo> {
-        let c = self.s.capsules.get_mut(id)?;
-        if let Some(j) = self.j.as_deref_mut() {
-            j.push_back(Undo::CapsuleRun(id.to_owned(), CapsuleRun::of(c)));
+    /// Create the event's capsule, unless its id exists.
+    fn create_capsule(&mut self, info: impl FnOnce() -> CapsuleInfo) -> Result<(), Misfit> {
+        let Some(id) = capsule_of(self.p) else {
+            return Ok(());
+        };
+        if self.s.capsules.contains_key(id) {
+            return Err(Misfit::CapsuleExists(id.to_owned()));
         }
-        Some(c)
+        self.s.capsules.insert(id.to_owned(), info());
+        if let Some(j) = self.j.as_deref_mut() {
+            j.push_back(Undo::Created);
+        }
+        Ok(())
+    }
+
+    /// The event's capsule, whose lifecycle fields only (status, pid, exit, restarts, started,
+    /// finished) the caller changes: journals just those.
+    fn run_mut(&mut self) -> Result<&mut CapsuleInfo, Misfit> {
+        let Some(id) = capsule_of(self.p) else {
+            return Err(Misfit::UnknownCapsule(String::new()));
+        };
+        let c = self
+            .s
+            .capsules
+            .get_mut(id)
+            .ok_or_else(|| Misfit::UnknownCapsule(id.to_owned()))?;
+        if let Some(j) = self.j.as_deref_mut() {
+            j.push_back(Undo::Run(CapsuleRun::of(c)));
+        }
+        Ok(c)
+    }
+
+    /// Forget the oldest removed capsule (its tombstone and its entry).
+    fn forget_oldest(&mut self) {
+        let Some((at, id)) = self.s.tombstones.pop_first() else {
+            return;
+        };
+        let capsule = self.s.capsules.remove(&id);
+        if let Some(j) = self.j.as_deref_mut() {
+            j.push_back(Undo::Forgot {
+                at,
+                id,
+                capsule: capsule.map(Box::new),
+            });
+        }
     }
 
     /// Note the latest event from a known node.
@@ -407,8 +505,11 @@ impl Tx<'_> {
         }
     }
 
-    /// Give `ip` on `network` to `capsule`, unless someone holds it.
-    fn allocate(&mut self, network: &str, ip: Ipv4Addr, capsule: &str) -> Result<(), Misfit> {
+    /// Give `ip` on the event's network to `capsule`, unless someone holds it.
+    fn allocate(&mut self, ip: Ipv4Addr, capsule: &str) -> Result<(), Misfit> {
+        let Some(network) = network_of(self.p) else {
+            return Err(Misfit::UnknownNetwork(String::new()));
+        };
         let n = self
             .s
             .networks
@@ -423,15 +524,18 @@ impl Tx<'_> {
             Entry::Vacant(free) => {
                 free.insert(capsule.to_owned());
                 if let Some(j) = self.j.as_deref_mut() {
-                    j.push_back(Undo::Address(network.to_owned(), ip, None));
+                    j.push_back(Undo::Address(ip, None));
                 }
                 Ok(())
             }
         }
     }
 
-    /// Free `ip` on `network` if `capsule` holds it.
-    fn release(&mut self, network: &str, ip: Ipv4Addr, capsule: &str) -> Result<(), Misfit> {
+    /// Free `ip` on the event's network if `capsule` holds it.
+    fn release(&mut self, ip: Ipv4Addr, capsule: &str) -> Result<(), Misfit> {
+        let Some(network) = network_of(self.p) else {
+            return Err(Misfit::UnknownNetwork(String::new()));
+        };
         let n = self
             .s
             .networks
@@ -441,7 +545,7 @@ impl Tx<'_> {
             Entry::Occupied(held) if held.get() == capsule => {
                 let old = held.remove();
                 if let Some(j) = self.j.as_deref_mut() {
-                    j.push_back(Undo::Address(network.to_owned(), ip, Some(old)));
+                    j.push_back(Undo::Address(ip, Some(old)));
                 }
                 Ok(())
             }
@@ -591,34 +695,21 @@ fn image(tx: &mut Tx<'_>, key: OrderKey, e: &ImageEvent) -> Result<(), Misfit> {
 
 fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfit> {
     match e {
-        CapsuleEvent::Created { id, name, spec } => {
-            if tx.s.capsules.contains_key(id) {
-                return Err(Misfit::CapsuleExists(id.clone()));
-            }
-            tx.s.capsules.insert(
-                id.clone(),
-                CapsuleInfo {
-                    id: id.clone(),
-                    name: name.clone(),
-                    spec: Arc::new(spec.clone()),
-                    node: key.origin,
-                    status: CapsuleStatus::Created,
-                    pid: None,
-                    exit: None,
-                    restarts: 0,
-                    created: key.hlc,
-                    started: None,
-                    finished: None,
-                },
-            );
-            if let Some(j) = tx.j.as_deref_mut() {
-                j.push_back(Undo::Capsule(id.clone(), None));
-            }
-        }
+        CapsuleEvent::Created { id, name, spec } => tx.create_capsule(|| CapsuleInfo {
+            id: id.clone(),
+            name: name.clone(),
+            spec: Arc::new(spec.clone()),
+            node: key.origin,
+            status: CapsuleStatus::Created,
+            pid: None,
+            exit: None,
+            restarts: 0,
+            created: key.hlc,
+            started: None,
+            finished: None,
+        })?,
         CapsuleEvent::Started { id, pid } => {
-            let c = tx
-                .capsule_run_mut(id)
-                .ok_or_else(|| Misfit::UnknownCapsule(id.clone()))?;
+            let c = tx.run_mut()?;
             match c.status {
                 CapsuleStatus::Removed => return Err(Misfit::CapsuleRemoved(id.clone())),
                 CapsuleStatus::Running => return Err(Misfit::AlreadyRunning(id.clone())),
@@ -635,9 +726,7 @@ fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfi
             signal,
             oom,
         } => {
-            let c = tx
-                .capsule_run_mut(id)
-                .ok_or_else(|| Misfit::UnknownCapsule(id.clone()))?;
+            let c = tx.run_mut()?;
             match c.status {
                 CapsuleStatus::Removed => return Err(Misfit::CapsuleRemoved(id.clone())),
                 CapsuleStatus::Exited => return Err(Misfit::NotRunning(id.clone())),
@@ -654,9 +743,7 @@ fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfi
             c.finished = Some(key.hlc);
         }
         CapsuleEvent::Removed { id } => {
-            let c = tx
-                .capsule_run_mut(id)
-                .ok_or_else(|| Misfit::UnknownCapsule(id.clone()))?;
+            let c = tx.run_mut()?;
             if c.status == CapsuleStatus::Removed {
                 return Err(Misfit::CapsuleRemoved(id.clone()));
             }
@@ -665,11 +752,7 @@ fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfi
             let at = tx.s.applied;
             tx.tombstone_insert(at, id.clone());
             if tx.s.tombstones.len() > REMOVED_RETAINED {
-                if let Some((&oldest, old_id)) = tx.s.tombstones.first_key_value() {
-                    let old_id = old_id.clone();
-                    tx.tombstone_remove(&oldest);
-                    tx.capsule_remove(&old_id);
-                }
+                tx.forget_oldest();
             }
         }
     }
@@ -910,16 +993,8 @@ fn network(tx: &mut Tx<'_>, key: OrderKey, e: &NetworkEvent) -> Result<(), Misfi
                 return Err(Misfit::UnknownNetwork(name.clone()));
             }
         }
-        NetworkEvent::AddressAllocated {
-            network,
-            capsule,
-            ip,
-        } => tx.allocate(network, *ip, capsule)?,
-        NetworkEvent::AddressReleased {
-            network,
-            capsule,
-            ip,
-        } => tx.release(network, *ip, capsule)?,
+        NetworkEvent::AddressAllocated { capsule, ip, .. } => tx.allocate(*ip, capsule)?,
+        NetworkEvent::AddressReleased { capsule, ip, .. } => tx.release(*ip, capsule)?,
     }
     Ok(())
 }

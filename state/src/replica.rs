@@ -51,15 +51,52 @@ pub struct ReplicaStats {
     pub restored_from: Option<Cursor>,
 }
 
-/// One folded event kept for rewinding: its key, its payload as the bytes it came in (one
-/// copy instead of a deep clone; decoded again only when it is folded again), and how many
-/// undo records its fold left at the back of the shared journal.
+/// One folded event kept for rewinding: its key, the length of its payload bytes (kept as they
+/// came in, back to back in [`Replica`]'s byte buffer: one copy instead of a deep clone, and no
+/// allocation per event; decoded again only when it is reverted), and how many undo records
+/// its fold left at the back of the shared journal.
 #[derive(Debug)]
 struct Folded {
     key: OrderKey,
     schema: u16,
-    bytes: Vec<u8>,
+    len: usize,
     undo: usize,
+}
+
+/// The payload bytes of the events in the history, back to back in the same order: the live
+/// ones are `buf[head..]`. Dropping the oldest only moves `head`; the buffer is compacted once
+/// the dead front outgrows the live part, so each byte is moved at most about once.
+#[derive(Debug, Default)]
+struct Bytes {
+    buf: Vec<u8>,
+    head: usize,
+}
+
+impl Bytes {
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn drop_front(&mut self, len: usize) {
+        self.head = (self.head + len).min(self.buf.len());
+        if self.head >= 1 << 16 && self.head * 2 >= self.buf.len() {
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
+    }
+
+    /// Take the last `len` bytes out.
+    fn pop_back(&mut self, len: usize) -> Vec<u8> {
+        let start = self.buf.len().saturating_sub(len).max(self.head);
+        let out = self.buf[start..].to_vec();
+        self.buf.truncate(start);
+        out
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.head = 0;
+    }
 }
 
 /// A node's live state: folds events in total order, re-deriving when one arrives late.
@@ -69,6 +106,8 @@ pub struct Replica {
     cursor: Cursor,
     /// The most recent folded events in key order.
     history: VecDeque<Folded>,
+    /// Their payload bytes.
+    bytes: Bytes,
     /// Their undo records, back to back in the same order.
     journal: Journal,
     /// Every folded event with a key above `floor` is in `history`.
@@ -102,6 +141,7 @@ impl Replica {
             state: State::default(),
             cursor: Cursor(0),
             history: VecDeque::new(),
+            bytes: Bytes::default(),
             journal: Journal::new(),
             floor: OrderKey::MIN,
             window,
@@ -212,10 +252,11 @@ impl Replica {
         }
         let before = self.journal.len();
         fold(&mut self.state, key, payload, Some(&mut self.journal));
+        self.bytes.push(bytes);
         self.history.push_back(Folded {
             key,
             schema,
-            bytes: bytes.to_vec(),
+            len: bytes.len(),
             undo: self.journal.len() - before,
         });
     }
@@ -224,6 +265,7 @@ impl Replica {
         while self.history.len() > self.window {
             if let Some(f) = self.history.pop_front() {
                 self.journal.drain(..f.undo.min(self.journal.len()));
+                self.bytes.drop_front(f.len);
                 self.floor = f.key;
             }
         }
@@ -232,14 +274,22 @@ impl Replica {
     /// Fold a late event whose key is above the floor: take back every event that sorts after
     /// it, fold it, fold them again.
     fn rewind(&mut self, key: OrderKey, event: &Event) {
-        let mut undone: Vec<Folded> = Vec::new();
+        // (key, schema, payload bytes, payload) of the events taken back, newest first.
+        let mut undone = Vec::new();
         while let Some(back) = self.history.back() {
             if back.key <= key {
                 break;
             }
             if let Some(f) = self.history.pop_back() {
-                revert(&mut self.state, &mut self.journal, f.undo);
-                undone.push(f);
+                let bytes = self.bytes.pop_back(f.len);
+                let payload = decode_payload(f.schema, &bytes);
+                revert(
+                    &mut self.state,
+                    &mut self.journal,
+                    f.undo,
+                    payload.as_ref().ok(),
+                );
+                undone.push((f.key, f.schema, bytes, payload));
             }
         }
         let duplicate = self.history.back().is_some_and(|b| b.key == key);
@@ -255,16 +305,16 @@ impl Replica {
             );
         }
         self.stats.refolded += undone.len() as u64;
-        for f in undone.into_iter().rev() {
-            match decode_payload(f.schema, &f.bytes) {
-                Ok(payload) => self.push(f.key, &payload, f.schema, &f.bytes),
+        for (key, schema, bytes, payload) in undone.into_iter().rev() {
+            match payload {
+                Ok(payload) => self.push(key, &payload, schema, &bytes),
                 Err(e) => {
                     // It decoded when it arrived, so this cannot happen; never panic anyway.
                     self.exact = false;
                     self.warnings.push(format!(
                         "event {}#{} no longer decodes and was dropped: {e}",
-                        f.key.origin.short(),
-                        f.key.seq
+                        key.origin.short(),
+                        key.seq
                     ));
                 }
             }
@@ -303,6 +353,7 @@ impl Replica {
         // the event in arrival position and keep last_key the highest key folded.
         self.history.clear();
         self.journal.clear();
+        self.bytes.clear();
         let last = self.state.last_key;
         fold(&mut self.state, key, payload, None);
         self.state.last_key = last;
@@ -325,6 +376,7 @@ impl Replica {
         self.floor = floor;
         self.history.clear();
         self.journal.clear();
+        self.bytes.clear();
         self.since_snapshot = tail.len() as u64;
         let keep_from = tail.len().saturating_sub(self.window);
         for (i, a) in tail.into_iter().enumerate() {
