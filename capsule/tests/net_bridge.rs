@@ -709,6 +709,7 @@ fn restart_adopts_known_capsules_and_cleans_up_leftovers() {
 
     // "The agent restarts": a new Host over the same namespace, rebuilt from what the agent
     // knows (the network, the one capsule still alive) without touching links.
+    let rules_before = nft::list(lab.ns()).unwrap().unwrap();
     let keep_ports: Vec<PortSpec> = vec!["8080:80".parse().unwrap()];
     let mut again = Host::new(lab.ns().try_clone().unwrap());
     again.add_network(net).unwrap();
@@ -718,6 +719,10 @@ fn restart_adopts_known_capsules_and_cleans_up_leftovers() {
     assert!(link::find(&gone_ns, "eth0").unwrap().is_none());
     let removed = again.remove_stale_bridges().unwrap();
     assert_eq!(removed, vec![stray.to_string()]);
+    // One full replace: exactly the rules of before (the gone capsule published nothing), no
+    // duplicates from re-adding the network.
+    again.sync_rules().unwrap();
+    assert_eq!(nft::list(lab.ns()).unwrap().unwrap(), rules_before);
     // The kept capsule still works through its published port, restored by the new Host.
     let echo = tcp_echo(&keep_ns, 80);
     assert_eq!(

@@ -4,7 +4,8 @@
 //!
 //! The `Host` holds an in-memory picture (networks, attachments, the NAT model) that the agent
 //! rebuilds from its state after a restart with [`Host::add_network`] (idempotent on existing
-//! bridges) and [`Host::adopt`], then calls [`Host::cleanup_leftovers`].
+//! bridges) and [`Host::adopt`], then calls [`Host::cleanup_leftovers`],
+//! [`Host::remove_stale_bridges`] and [`Host::sync_rules`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -344,7 +345,12 @@ impl Host {
         let rest = (|| -> Result<(), HostError> {
             sysctl::write(&self.ns, &sysctl::route_localnet(&net.bridge), "1")?;
             nat.add_network(&net.bridge, net.subnet())?;
-            nft::apply(&self.ns, &nat)?;
+            // Appending is the fast path and leaves the rules of an earlier run in place until
+            // `sync_rules` (no gap in published ports while the agent restarts); without a
+            // table (the first network) the whole table is made.
+            if nft::run(&self.ns, &["-f", "-"], &nat.render_add_network(&net.bridge)).is_err() {
+                nft::apply(&self.ns, &nat)?;
+            }
             Ok(())
         })();
         if let Err(e) = rest {
@@ -470,8 +476,9 @@ impl Host {
     }
 
     /// Records a capsule that is already attached (its veth made by an earlier run of the
-    /// agent) and puts its published ports back into Bolt's table. No link is touched and the
-    /// host ports are not probed (the rules being restored are what holds them).
+    /// agent) and its published ports, in the model only: no link, no rule and no host port is
+    /// touched (the rules of the earlier run keep forwarding meanwhile). Call
+    /// [`Host::sync_rules`] once every network and capsule is back.
     pub fn adopt(
         &mut self,
         network: &str,
@@ -485,7 +492,9 @@ impl Host {
             .get(network)
             .map(|n| n.bridge.clone())
             .ok_or_else(|| HostError::UnknownNetwork(network.to_string()))?;
-        self.publish(&att, &bridge)?;
+        if !att.ports.is_empty() {
+            self.nat.publish(capsule, &bridge, ip, ports)?;
+        }
         Ok(self.attachments.entry(capsule.to_string()).or_insert(att))
     }
 
@@ -557,8 +566,23 @@ impl Host {
         }
         let mut nat = self.nat.clone();
         nat.publish(&att.capsule, bridge, att.ip, &att.ports)?;
-        nft::apply(&self.ns, &nat)?;
+        // Appending rules is the fast path; when it fails (the table is not what the model
+        // says, removed behind Bolt's back say) the whole table is replaced instead.
+        if nft::run(&self.ns, &["-f", "-"], &nat.render_add(&att.capsule)).is_err() {
+            nft::apply(&self.ns, &nat)?;
+        }
         self.nat = nat;
+        Ok(())
+    }
+
+    /// Replaces Bolt's table with the model (the one source of truth), undoing any drift; the
+    /// agent may call it after a restart once every network and capsule is back.
+    pub fn sync_rules(&self) -> Result<(), HostError> {
+        if self.nat.networks().is_empty() {
+            nft::delete(&self.ns)?;
+        } else {
+            nft::apply(&self.ns, &self.nat)?;
+        }
         Ok(())
     }
 

@@ -203,19 +203,7 @@ impl NatTable {
         s.push_str("\tchain published {\n");
         for (capsule, pubs) in &self.published {
             for p in pubs {
-                s.push_str("\t\t");
-                if let Some(ip) = p.spec.host_ip {
-                    let _ = write!(s, "ip daddr {ip} ");
-                }
-                let _ = writeln!(
-                    s,
-                    "{proto} dport {hp} dnat to {ip}:{cp} comment \"{c}\"",
-                    proto = p.spec.proto,
-                    hp = p.spec.host_port,
-                    ip = p.capsule_ip,
-                    cp = p.spec.container_port,
-                    c = comment(capsule),
-                );
+                let _ = writeln!(s, "\t\t{}", rule(capsule, p));
             }
         }
         s.push_str("\t}\n");
@@ -223,14 +211,39 @@ impl NatTable {
             "\tchain postrouting {\n\t\ttype nat hook postrouting priority 100; policy accept;\n",
         );
         for (bridge, subnet) in &self.networks {
-            let _ = writeln!(
-                s,
-                "\t\tip saddr {subnet} oifname != \"{bridge}\" masquerade\n\
-                 \t\toifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade\n\
-                 \t\toifname \"{bridge}\" ip saddr {subnet} ct status dnat masquerade"
-            );
+            for r in network_rules(bridge, *subnet) {
+                let _ = writeln!(s, "\t\t{r}");
+            }
         }
         s.push_str("\t}\n}\n");
+        s
+    }
+
+    /// The nft script that appends the DNAT rules of `capsule` to the `published` chain of a
+    /// table made by [`NatTable::render`]: the fast path of publishing (adding rules does not
+    /// wait for the kernel to retire old ones, as replacing the table does). Empty when the
+    /// capsule publishes nothing.
+    pub fn render_add(&self, capsule: &str) -> String {
+        let mut s = String::new();
+        for p in self.published.get(capsule).into_iter().flatten() {
+            let _ = writeln!(
+                s,
+                "add rule {TABLE_FAMILY} {TABLE_NAME} published {}",
+                rule(capsule, p)
+            );
+        }
+        s
+    }
+
+    /// The nft script that appends the NAT rules of the network on `bridge` to the
+    /// `postrouting` chain of a table made by [`NatTable::render`]. Empty for an unknown bridge.
+    pub fn render_add_network(&self, bridge: &str) -> String {
+        let mut s = String::new();
+        if let Some(subnet) = self.networks.get(bridge) {
+            for r in network_rules(bridge, *subnet) {
+                let _ = writeln!(s, "add rule {TABLE_FAMILY} {TABLE_NAME} postrouting {r}");
+            }
+        }
         s
     }
 
@@ -240,6 +253,32 @@ impl NatTable {
             "table {TABLE_FAMILY} {TABLE_NAME} {{}}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n"
         )
     }
+}
+
+/// The NAT rules of one network: outbound masquerade, 127.0.0.1 to a capsule, hairpin.
+fn network_rules(bridge: &str, subnet: Subnet) -> [String; 3] {
+    [
+        format!("ip saddr {subnet} oifname != \"{bridge}\" masquerade"),
+        format!("oifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade"),
+        format!("oifname \"{bridge}\" ip saddr {subnet} ct status dnat masquerade"),
+    ]
+}
+
+/// The DNAT rule of one published port, commented with the capsule's id.
+fn rule(capsule: &str, p: &Publication) -> String {
+    let daddr = p
+        .spec
+        .host_ip
+        .map(|ip| format!("ip daddr {ip} "))
+        .unwrap_or_default();
+    format!(
+        "{daddr}{proto} dport {hp} dnat to {ip}:{cp} comment \"{c}\"",
+        proto = p.spec.proto,
+        hp = p.spec.host_port,
+        ip = p.capsule_ip,
+        cp = p.spec.container_port,
+        c = comment(capsule),
+    )
 }
 
 /// A capsule id as an nft comment: only characters that cannot end the string.
@@ -367,6 +406,32 @@ mod tests {
             );
         }
         assert_eq!(comment("ab\"; drop\n"), "abdrop");
+    }
+
+    #[test]
+    fn render_add_appends_one_capsules_rules() {
+        let mut t = table();
+        let ip = "10.88.0.2".parse().unwrap();
+        t.publish("a", "bolt0", ip, &[spec("1:2"), spec("127.0.0.1:3:4/udp")])
+            .unwrap();
+        assert_eq!(
+            t.render_add("a"),
+            "add rule ip bolt published tcp dport 1 dnat to 10.88.0.2:2 comment \"a\"\n\
+             add rule ip bolt published ip daddr 127.0.0.1 udp dport 3 dnat to 10.88.0.2:4 comment \"a\"\n"
+        );
+        assert_eq!(t.render_add("b"), "");
+        assert_eq!(
+            t.render_add_network("bolt0"),
+            "add rule ip bolt postrouting ip saddr 10.88.0.0/16 oifname != \"bolt0\" masquerade\n\
+             add rule ip bolt postrouting oifname \"bolt0\" ip saddr 127.0.0.0/8 masquerade\n\
+             add rule ip bolt postrouting oifname \"bolt0\" ip saddr 10.88.0.0/16 ct status dnat masquerade\n"
+        );
+        assert_eq!(t.render_add_network("bolt9"), "");
+        // The same rules as in the full table.
+        for line in t.render_add("a").lines() {
+            let r = line.trim_start_matches("add rule ip bolt published ");
+            assert!(t.render().contains(&format!("\t\t{r}\n")), "{r}");
+        }
     }
 
     #[test]
