@@ -11,7 +11,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -205,6 +205,13 @@ impl Netns {
                 source,
             }),
         }
+    }
+
+    /// `/proc/self/fd/N` for this handle: a path that opens the namespace from this process
+    /// while the handle lives, for `NetworkMode::Join` with an unnamed namespace (the capsule
+    /// then keeps it alive by itself, and it ends with the capsule: nothing to clean up).
+    pub fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
 
     /// Another handle on the same namespace.
