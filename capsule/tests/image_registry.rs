@@ -13,6 +13,8 @@ use bolt_capsule::image::store::ImageError;
 use bolt_capsule::image::{Digest, ImageStore, Phase, Platform, ProgressFn, PullOptions};
 use bolt_events::payload::ImageEvent;
 
+type Seen = (Digest, Phase, u64, Option<u64>);
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -353,7 +355,7 @@ fn progress_reports_bytes_per_blob() {
     };
     let dir = tempfile::tempdir().unwrap();
     let store = common::store(dir.path());
-    let seen: Arc<Mutex<Vec<(Digest, Phase, u64, Option<u64>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let s2 = seen.clone();
     let opts = PullOptions {
         progress: Some(ProgressFn::new(move |p| {

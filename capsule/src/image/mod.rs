@@ -6,6 +6,7 @@ pub mod layout;
 pub mod manifest;
 pub mod progress;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod store;
@@ -13,9 +14,11 @@ pub mod unpack;
 
 pub use auth::{Credential, Credentials};
 pub use digest::Digest;
+pub use layout::{ExportFormat, ImportOptions};
 pub use manifest::Platform;
 pub use progress::{Phase, Progress, ProgressFn};
 pub use pull::PullOptions;
+pub use push::{PushOptions, Pushed};
 pub use reference::ImageRef;
 pub use registry::RegistryConfig;
 pub use store::{

@@ -73,7 +73,7 @@ struct OpReader<R> {
 impl<R: Read> Read for OpReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+            return Err(io::Error::other("cancelled"));
         }
         let n = self.inner.read(buf)?;
         self.done += n as u64;

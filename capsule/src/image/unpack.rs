@@ -451,11 +451,13 @@ impl Unpacker<'_> {
             source,
         };
         let h = entry.header();
-        let mode = h.mode().map_err(hdr_err)? & 0o7777;
-        let mut uid = h.uid().map_err(hdr_err)?;
-        let mut gid = h.gid().map_err(hdr_err)?;
+        let old = h.as_old();
+        // An all-NUL (or blank) numeric field reads as 0, as Go's archive/tar and GNU tar do.
+        let mode = numeric(h.mode().map(u64::from), &old.mode).map_err(hdr_err)? as u32 & 0o7777;
+        let mut uid = numeric(h.uid(), &old.uid).map_err(hdr_err)?;
+        let mut gid = numeric(h.gid(), &old.gid).map_err(hdr_err)?;
         let mut mtime = ts(
-            i64::try_from(h.mtime().map_err(hdr_err)?).unwrap_or(i64::MAX),
+            i64::try_from(numeric(h.mtime(), &old.mtime).map_err(hdr_err)?).unwrap_or(i64::MAX),
             0,
         );
         let mut xattrs = Vec::new();
@@ -1104,6 +1106,14 @@ pub(crate) fn remove_at<Fd: AsFd>(dir: Fd, leaf: &[u8]) -> Result<(), Errno> {
             rustix::fs::unlinkat(dir, leaf, AtFlags::REMOVEDIR)
         }
         Some(_) => rustix::fs::unlinkat(dir, leaf, AtFlags::empty()),
+    }
+}
+
+fn numeric(parsed: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
+    match parsed {
+        Ok(v) => Ok(v),
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        Err(e) => Err(e),
     }
 }
 
