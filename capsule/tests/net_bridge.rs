@@ -777,3 +777,69 @@ fn named_namespaces_are_joinable_by_path_and_leave_nothing() {
     Netns::remove_named(&path).unwrap();
     assert!(!path.exists() && !mounted(&path));
 }
+
+#[test]
+fn fifty_attach_detach_cycles_keep_addresses_unique() {
+    if !require_root("fifty_attach_detach_cycles_keep_addresses_unique") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let name = net_name("cycle");
+    lab.add_network(BridgeNetwork::new(&name, "10.98.0.0/28", None, 0).unwrap())
+        .unwrap();
+    let mut live: std::collections::VecDeque<(String, Ipv4Addr, Netns)> = Default::default();
+    let mut handed_out = BTreeSet::new();
+    for i in 0..50u32 {
+        let id = capsule_id("cyc", i);
+        let ns = Netns::new_unnamed().unwrap();
+        let ip = lab.attach(&name, &id, &[], &ns).unwrap();
+        assert!(
+            live.iter().all(|(_, other, _)| *other != ip),
+            "{ip} handed out twice"
+        );
+        handed_out.insert(ip);
+        // The capsule side carries the address it was given.
+        let eth0 = link::find(&ns, "eth0").unwrap().unwrap();
+        assert!(link::addresses(&ns)
+            .unwrap()
+            .iter()
+            .any(|a| a.index == eth0.index && a.ip == ip));
+        live.push_back((id, ip, ns));
+        if live.len() > 4 {
+            let (old, _, old_ns) = live.pop_front().unwrap();
+            // Every other time the capsule's namespace ends first (the capsule exited): the
+            // kernel removes the pair by itself and detach still succeeds.
+            if i % 2 == 0 {
+                drop(old_ns);
+            }
+            assert!(lab.host.detach(&old).unwrap().is_some());
+        }
+        // The kernel holds exactly the live capsules' veths.
+        let want: BTreeSet<String> = live
+            .iter()
+            .map(|(id, _, _)| veth_name(id).unwrap())
+            .collect();
+        let mut tries = 0;
+        loop {
+            let have: BTreeSet<String> = lab
+                .bolt_links()
+                .into_iter()
+                .filter(|n| n.starts_with("bv"))
+                .collect();
+            if have == want {
+                break;
+            }
+            // A pair whose namespace just ended goes away asynchronously.
+            tries += 1;
+            assert!(tries < 500, "veths {have:?}, expected {want:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // A /28 has 13 assignable addresses; released ones were reused.
+    assert!(handed_out.len() <= 13, "{handed_out:?}");
+    for (id, _, _) in live.drain(..) {
+        lab.host.detach(&id).unwrap();
+    }
+    lab.host.remove_network(&name).unwrap();
+    lab.assert_clean();
+}
