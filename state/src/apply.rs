@@ -8,7 +8,6 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
 use bolt_events::payload::{
     CapsuleEvent, ImageEvent, MigrationEvent, NetworkEvent, NodeEvent, PlacementEvent,
@@ -21,6 +20,7 @@ use crate::model::{
     NetworkInfo, NodeInfo, RevisionInfo, RollbackInfo, ServiceInfo, State, VolumeInfo,
     REMOVED_RETAINED,
 };
+use crate::spare;
 
 /// Why an event did not fit the state it was folded into. The event still counts as applied
 /// (so every node agrees on `applied`), changes nothing else, and is recorded in
@@ -84,7 +84,10 @@ pub enum Misfit {
 /// and reads the id from it ([`capsule_of`], [`network_of`]).
 #[derive(Debug, Clone)]
 pub(crate) enum Undo {
-    Counters { applied: u64, last_key: OrderKey },
+    Counters {
+        applied: u64,
+        last_key: OrderKey,
+    },
     Ignored(u64, Option<Box<Ignored>>),
     Seen(NodeId, Hlc),
     Node(NodeId, Option<Box<NodeInfo>>),
@@ -171,6 +174,20 @@ impl CapsuleRun {
 /// Undo records in the order they were made (of one event or of many, back to back).
 pub(crate) type Journal = VecDeque<Undo>;
 
+/// Drop the oldest `n` records of the journal (their events left the rewind window), keeping
+/// the specs of the capsules they forgot as spares.
+pub(crate) fn discard(journal: &mut Journal, n: usize) {
+    for _ in 0..n {
+        match journal.pop_front() {
+            Some(Undo::Forgot {
+                capsule: Some(c), ..
+            }) => spare::forget(*c),
+            Some(_) => {}
+            None => return,
+        }
+    }
+}
+
 /// Fold one event into state, in total order. Pure, total and deterministic: the state after
 /// folding a set of events sorted by [`OrderKey`] depends on that set only.
 ///
@@ -253,8 +270,11 @@ pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize, payload: Op
                 }
             },
             Undo::Created => {
-                if let Some(id) = payload.and_then(capsule_of) {
-                    s.capsules.remove(id);
+                if let Some(c) = payload
+                    .and_then(capsule_of)
+                    .and_then(|id| s.capsules.remove(id))
+                {
+                    spare::forget(c);
                 }
             }
             Undo::Run(run) => {
@@ -486,12 +506,17 @@ impl Tx<'_> {
             return;
         };
         let capsule = self.s.capsules.remove(&id);
-        if let Some(j) = self.j.as_deref_mut() {
-            j.push_back(Undo::Forgot {
+        match self.j.as_deref_mut() {
+            Some(j) => j.push_back(Undo::Forgot {
                 at,
                 id,
                 capsule: capsule.map(Box::new),
-            });
+            }),
+            None => {
+                if let Some(c) = capsule {
+                    spare::forget(c);
+                }
+            }
         }
     }
 
@@ -698,7 +723,7 @@ fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfi
         CapsuleEvent::Created { id, name, spec } => tx.create_capsule(|| CapsuleInfo {
             id: id.clone(),
             name: name.clone(),
-            spec: Arc::new(spec.clone()),
+            spec: spare::spec(spec),
             node: key.origin,
             status: CapsuleStatus::Created,
             pid: None,

@@ -13,10 +13,11 @@ mod idmap;
 mod model;
 mod replica;
 mod snapshot;
+mod spare;
 
 pub use apply::{apply, Misfit};
-pub use idmap::IdMap;
 pub use decide::{decide, spec_hash, Command, DecideError, Subnet, DEFAULT_MTU};
+pub use idmap::IdMap;
 pub use model::{
     CapsuleInfo, CapsuleStatus, ExitInfo, Ignored, ImageInfo, MigrationInfo, MigrationStatus,
     NetworkInfo, NodeInfo, RevisionInfo, RollbackInfo, ServiceInfo, State, VolumeInfo,

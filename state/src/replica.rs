@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use bolt_events::payload::decode_payload;
 use bolt_events::{Appended, Cursor, Event, Log, LogError, OrderKey, Payload, StoredSnapshot};
 
-use crate::apply::{fold, revert, Journal};
+use crate::apply::{discard, fold, revert, Journal};
 use crate::model::State;
 use crate::snapshot::{decode_state, encode_state};
 
@@ -264,7 +264,7 @@ impl Replica {
     fn trim(&mut self) {
         while self.history.len() > self.window {
             if let Some(f) = self.history.pop_front() {
-                self.journal.drain(..f.undo.min(self.journal.len()));
+                discard(&mut self.journal, f.undo);
                 self.bytes.drop_front(f.len);
                 self.floor = f.key;
             }
