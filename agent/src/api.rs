@@ -38,7 +38,7 @@ pub const PATH_OPENAPI: &str = "/v1/openapi.json";
 pub const PATH_METRICS: &str = "/metrics";
 
 /// Every route the router serves.
-pub const ROUTES: [&str; 16] = [
+pub const ROUTES: [&str; 24] = [
     PATH_INFO,
     PATH_EVENTS,
     PATH_VERIFY,
@@ -55,6 +55,14 @@ pub const ROUTES: [&str; 16] = [
     crate::api_images::PATH_PRUNE,
     crate::api_images::PATH_IMPORT,
     crate::api_images::PATH_EXPORT,
+    crate::api_capsules::PATH_CAPSULES,
+    crate::api_capsules::PATH_CAPSULE,
+    crate::api_capsules::PATH_STOP,
+    crate::api_capsules::PATH_KILL,
+    crate::api_capsules::PATH_LOGS,
+    crate::api_capsules::PATH_ATTACH,
+    crate::api_capsules::PATH_EXEC,
+    crate::api_capsules::PATH_TOP,
 ];
 
 /// Counter of HTTP requests, by method, route and status.
@@ -75,6 +83,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(PATH_OPENAPI, get(openapi))
         .route(PATH_METRICS, get(prometheus))
         .merge(crate::api_images::routes())
+        .merge(crate::api_capsules::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(count_requests))
@@ -317,6 +326,7 @@ pub fn openapi_document() -> serde_json::Value {
     if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
         schemas.extend(crate::api_images::openapi_schemas());
     }
+    crate::api_capsules::merge_openapi(&mut doc);
     doc
 }
 
@@ -638,7 +648,7 @@ mod tests {
                     "{method} {path} has no responses"
                 );
                 let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-                let uri = path.replace("{reference}", "x");
+                let uri = path.replace("{reference}", "x").replace("{id}", "x");
                 let (status, body) = call(&router, method.clone(), &uri).await;
                 let body = String::from_utf8_lossy(&body);
                 assert!(

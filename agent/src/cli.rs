@@ -84,6 +84,9 @@ pub enum Command {
     /// Images: pull, images, rmi, tag, push, image ...
     #[command(flatten)]
     Images(crate::cli_images::ImageCommands),
+    /// Capsules: run, ps, logs, exec, attach, top, stop, kill, rm, inspect.
+    #[command(flatten)]
+    Capsule(crate::cli_capsules::CapsuleCommand),
 }
 
 /// `bolt events`.
@@ -134,6 +137,8 @@ pub enum CliError {
     /// The agent's one-line reason an operation failed.
     #[error("{0}")]
     Failed(String),
+    #[error(transparent)]
+    Capsule(#[from] crate::cli_capsules::CapsuleCliError),
 }
 
 impl CliError {
@@ -155,6 +160,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             println!("bolt {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Capsule(c) => crate::cli_capsules::run(cli.socket, c),
         command => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -254,7 +260,7 @@ async fn run_client(client: Client, command: Command) -> Result<ExitCode, CliErr
             None => list(&client, Cursor(args.since), args.format, &mut out).await?,
         },
         Command::Images(cmd) => crate::cli_images::run(&client, cmd, &mut out).await?,
-        Command::Agent { .. } | Command::Version => {}
+        Command::Agent { .. } | Command::Version | Command::Capsule(_) => {}
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

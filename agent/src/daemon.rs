@@ -93,6 +93,8 @@ pub enum DaemonError {
     Serve(std::io::Error),
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("capsules: {0}")]
+    Capsules(#[from] crate::capsules::CapsuleError),
 }
 
 /// Run the agent until `shutdown` resolves (with the reason recorded in `node.stopped`).
@@ -166,6 +168,12 @@ pub async fn run(
         if n > 0 {
             tracing::info!("recorded {n} image event(s) the store had and the log lacked");
         }
+    }
+    // Capsules: re-adopt the running ones, record the exits no agent saw.
+    let capsules = crate::capsules::Capsules::new(Arc::clone(&node), &config.root)?;
+    let _ = node.capsules.set(Arc::clone(&capsules));
+    if let Err(e) = capsules.recover().await {
+        tracing::warn!("re-adopt capsules: {e}");
     }
 
     let listener = UnixListener::bind(&config.socket).map_err(|source| DaemonError::Bind {

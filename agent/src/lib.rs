@@ -13,14 +13,20 @@
 //! - [`cli`]: the clap command line and its table/JSON rendering.
 //! - [`images`], [`api_images`], [`client_images`], [`cli_images`]: the image store, its
 //!   routes, client calls and commands (`bolt pull`, `images`, `rmi`, `tag`, `push`, `image ...`).
+//! - [`capsules`], [`supervisor`], [`api_capsules`], [`cli_capsules`]: capsules (create,
+//!   supervise, events, restart policies, re-adoption), their routes and commands.
 
 pub mod api;
+pub mod api_capsules;
 pub mod api_images;
+pub mod capsules;
 pub mod cli;
+pub mod cli_capsules;
 pub mod cli_images;
 pub mod client;
 pub mod client_images;
 pub mod daemon;
 pub mod images;
 pub mod node;
+pub mod supervisor;
 pub mod wire;

@@ -95,6 +95,8 @@ pub struct Node {
     started: Instant,
     /// The image service, set once at start by the daemon (see [`crate::images`]).
     pub(crate) images: std::sync::OnceLock<crate::images::Images>,
+    /// The capsule manager, set once at start by the daemon (see [`crate::capsules`]).
+    pub(crate) capsules: std::sync::OnceLock<Arc<crate::capsules::Capsules>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -138,6 +140,7 @@ impl Node {
             opts,
             started: Instant::now(),
             images: std::sync::OnceLock::new(),
+            capsules: std::sync::OnceLock::new(),
         });
         node.sync()?;
         Ok(node)

@@ -256,6 +256,34 @@ impl Node {
         })
     }
 
+    /// Run `bolt --socket SOCKET <args>` with `input` on its stdin and wait for it.
+    pub fn bolt_with_input(&self, args: &[&str], input: &[u8]) -> Result<Output, HarnessError> {
+        use std::io::Write;
+        let spawn_err = |source| HarnessError::Spawn {
+            what: format!("bolt {}", args.join(" ")),
+            source,
+        };
+        let mut child = bolt_command(&self.bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A command that does not read its stdin may close it first: not an error here.
+            let _ = stdin.write_all(input);
+        }
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        Ok(Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
     /// Spawn `bolt --socket SOCKET <args>` with stdout piped, without waiting.
     pub fn spawn_bolt(&self, args: &[&str]) -> Result<Child, HarnessError> {
         bolt_command(&self.bin)
@@ -291,4 +319,28 @@ pub fn wait_for_exit(child: &mut Child, patience: Duration) -> Option<ExitStatus
             _ => return None,
         }
     }
+}
+
+/// The test registry (`BOLT_TEST_REGISTRY`, `127.0.0.1:PORT` with the fixtures of
+/// `tests/fixtures/build-images.sh` pushed) when this process runs as root; otherwise `None`
+/// after a `SKIPPED` message, or a panic when `BOLT_REQUIRE_ROOT_TESTS=1` (CI).
+pub fn root_and_registry(test: &str) -> Option<String> {
+    let required = std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1");
+    let why = if !nix::unistd::geteuid().is_root() {
+        Some("needs root".to_string())
+    } else {
+        match std::env::var("BOLT_TEST_REGISTRY") {
+            Ok(r) if !r.is_empty() => return Some(r),
+            _ => Some(
+                "BOLT_TEST_REGISTRY is not set (scripts/registry.sh start; eval \"$(scripts/registry.sh env)\"; tests/fixtures/build-images.sh all)"
+                    .to_string(),
+            ),
+        }
+    };
+    let why = why.unwrap_or_default();
+    if required {
+        panic!("{test}: {why}, and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    None
 }

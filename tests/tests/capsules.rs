@@ -1,0 +1,653 @@
+//! End to end: capsules through the real `bolt` binary — `run` (foreground and `-d`), `ps`,
+//! `logs`, `exec`, `attach`, `top`, `stop`, `kill`, `rm`, `inspect`, restart policies, and an
+//! agent SIGKILLed while a capsule runs.
+//!
+//! Needs root and the loopback test registry with the fixtures pushed (`BOLT_TEST_REGISTRY`,
+//! image `bolt-test/busybox:latest`; see docs/fixtures.md). Skipped with a message otherwise;
+//! failed instead when `BOLT_REQUIRE_ROOT_TESTS=1` (CI).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use bolt_tests::{root_and_registry, Node, Output, PATIENCE};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+/// Tests that check "no new cgroup" take this exclusively; the others share it.
+static CGROUPS: RwLock<()> = RwLock::new(());
+
+enum Guard {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
+struct Env {
+    node: Node,
+    image: String,
+    _guard: Guard,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(test: &str, exclusive: bool) -> Option<Env> {
+    let registry = root_and_registry(test)?;
+    let guard = if exclusive {
+        Guard::Exclusive(CGROUPS.write().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        Guard::Shared(CGROUPS.read().unwrap_or_else(|e| e.into_inner()))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // No registry credentials from this machine's docker config.
+    let auth = dir.path().join("no-auth.json");
+    let mut node = Node::new(dir.path(), "n")
+        .unwrap()
+        .with_agent_args(&["--registry-auth", auth.to_str().unwrap()]);
+    node.start().unwrap();
+    Some(Env {
+        node,
+        image: format!("{registry}/bolt-test/busybox:latest"),
+        _guard: guard,
+        _dir: dir,
+    })
+}
+
+impl Env {
+    fn bolt(&self, args: &[&str]) -> Output {
+        self.node.bolt(args).unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> Output {
+        let out = self.bolt(args);
+        assert!(out.ok(), "bolt {args:?} failed: {out:?}");
+        out
+    }
+
+    /// `bolt run ARGS... IMAGE CMD...`.
+    fn run(&self, flags: &[&str], cmd: &[&str]) -> Output {
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.push(&self.image);
+        args.extend_from_slice(cmd);
+        self.bolt(&args)
+    }
+
+    fn ps_all(&self) -> Vec<Value> {
+        self.ok(&["ps", "-a", "--format", "json"])
+            .lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn inspect(&self, name: &str) -> Value {
+        let out = self.ok(&["inspect", "--format", "json", name]);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        v[0].clone()
+    }
+
+    fn capsule_events(&self) -> Vec<Value> {
+        self.ok(&["events", "--format", "json"])
+            .lines()
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["kind"].as_str().unwrap().starts_with("capsule."))
+            .collect()
+    }
+
+    fn events_of(&self, id: &str) -> Vec<(String, Value)> {
+        self.capsule_events()
+            .into_iter()
+            .filter_map(|e| {
+                let kind = e["kind"].as_str().unwrap().to_string();
+                let variant = kind.trim_start_matches("capsule.").to_string();
+                let fields = e["payload"]["capsule"][&variant].clone();
+                (fields["id"] == id).then_some((kind, fields))
+            })
+            .collect()
+    }
+
+    fn capsules_dir(&self) -> PathBuf {
+        self.node.root().join("capsules")
+    }
+
+    fn capsule_dirs(&self) -> BTreeSet<String> {
+        std::fs::read_dir(self.capsules_dir())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Nothing of capsule `id` is left: directory, cgroup, mounts.
+    fn assert_gone(&self, id: &str) {
+        assert!(
+            !self.capsules_dir().join(id).exists(),
+            "the directory of {id} is left"
+        );
+        assert!(!bolt_cgroups().contains(id), "a cgroup of {id} is left");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mountinfo.contains(id), "a mount of {id} is left");
+    }
+}
+
+/// Ids of every cgroup under Bolt's subtree, in every hierarchy.
+fn bolt_cgroups() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut parents = vec![PathBuf::from("/sys/fs/cgroup/bolt")];
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            parents.push(e.path().join("bolt"));
+        }
+    }
+    for p in parents {
+        if let Ok(rd) = std::fs::read_dir(&p) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.insert(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Polls `f` until it is true; panics with `what` after [`PATIENCE`] (a hang guard, not a
+/// timing assertion).
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !f() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn one_error_line(out: &Output) -> String {
+    assert!(!out.ok(), "expected a failure: {out:?}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {:?}", out.stderr);
+    assert!(lines[0].starts_with("bolt: "), "{:?}", lines[0]);
+    lines[0].to_string()
+}
+
+fn status_of(v: &Value) -> &str {
+    v["status"].as_str().unwrap()
+}
+
+#[test]
+fn foreground_run_streams_output_and_exits_with_the_capsules_code() {
+    let Some(env) = setup(
+        "foreground_run_streams_output_and_exits_with_the_capsules_code",
+        false,
+    ) else {
+        return;
+    };
+    let out = env.run(
+        &["--rm", "--name", "fg"],
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+    );
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert_eq!(out.stdout, "out\n");
+    assert_eq!(out.stderr, "err\n");
+    // --rm: gone from the state once run returns, every transition an event.
+    assert!(env.ps_all().is_empty());
+    let kinds: Vec<String> = env
+        .capsule_events()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "capsule.created",
+            "capsule.started",
+            "capsule.exited",
+            "capsule.removed"
+        ]
+    );
+    let exited = &env.capsule_events()[2]["payload"]["capsule"]["exited"];
+    assert_eq!(exited["code"], 3);
+    assert_eq!(exited["oom"], false);
+    let id = exited["id"].as_str().unwrap().to_string();
+    env.assert_gone(&id);
+
+    // Without --rm it stays, exited, with its output in the logs.
+    let out = env.run(&["--name", "kept"], &["sh", "-c", "echo kept; exit 0"]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "kept\n"));
+    let kept = env.inspect("kept");
+    assert_eq!(status_of(&kept), "exited");
+    assert_eq!(kept["exit"]["exit_code"], 0);
+    assert_eq!(env.ok(&["logs", "kept"]).stdout, "kept\n");
+}
+
+#[test]
+fn capsule_is_pid_1_with_its_own_hostname_and_only_lo() {
+    let Some(env) = setup("capsule_is_pid_1_with_its_own_hostname_and_only_lo", false) else {
+        return;
+    };
+    let out = env.run(
+        &["--rm", "--hostname", "box1"],
+        &[
+            "sh",
+            "-c",
+            "echo $$; hostname; ls /sys/class/net; for p in /proc/[0-9]*; do echo $p; done",
+        ],
+    );
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(out.stdout, "1\nbox1\nlo\n/proc/1\n");
+    // The default hostname is the short id, as docker.
+    let out = env.run(&["-d", "--name", "h"], &["hostname"]);
+    let id = out.stdout.trim().to_string();
+    assert_eq!(id.len(), 64, "{out:?}");
+    wait_until("h exits", || status_of(&env.inspect("h")) == "exited");
+    assert_eq!(env.ok(&["logs", "h"]).stdout.trim(), &id[..12]);
+    // Environment, workdir and user from flags.
+    let out = env.run(
+        &[
+            "--rm",
+            "-e",
+            "GREETING=hi",
+            "-w",
+            "/tmp/work",
+            "-u",
+            "65534:65534",
+        ],
+        &["sh", "-c", "echo $GREETING; pwd; id -u; id -g"],
+    );
+    assert_eq!(out.stdout, "hi\n/tmp/work\n65534\n65534\n", "{out:?}");
+}
+
+#[test]
+fn memory_limit_kills_with_137_and_records_the_oom() {
+    let Some(env) = setup("memory_limit_kills_with_137_and_records_the_oom", false) else {
+        return;
+    };
+    let out = env.run(
+        &["--name", "hog", "--memory", "16m"],
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+    );
+    assert_eq!(out.code, Some(137), "{out:?}");
+    let v = env.inspect("hog");
+    assert_eq!(v["exit"]["oom"], true, "{v}");
+    assert_eq!(v["exit"]["signal"], 9);
+    let id = v["id"].as_str().unwrap().to_string();
+    let exited: Vec<Value> = env
+        .events_of(&id)
+        .into_iter()
+        .filter(|(k, _)| k == "capsule.exited")
+        .map(|(_, f)| f)
+        .collect();
+    assert_eq!(exited.len(), 1);
+    assert_eq!(exited[0]["oom"], true);
+    assert_eq!(exited[0]["signal"], 9);
+    let text = env.ok(&["ps", "-a"]).stdout;
+    assert!(text.contains("Exited (137, OOM)"), "{text}");
+}
+
+#[test]
+fn pids_limit_makes_fork_fail() {
+    let Some(env) = setup("pids_limit_makes_fork_fail", false) else {
+        return;
+    };
+    let out = env.run(
+        &["--rm", "--pids-limit", "4"],
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8; do sleep 30 & done; echo all",
+        ],
+    );
+    assert!(out.stderr.contains("fork"), "{out:?}");
+    assert!(!out.stdout.contains("all"));
+}
+
+#[test]
+fn detached_capsule_lists_logs_execs_tops_stops_and_is_removed() {
+    let Some(env) = setup(
+        "detached_capsule_lists_logs_execs_tops_stops_and_is_removed",
+        false,
+    ) else {
+        return;
+    };
+    let out = env.run(
+        &["-d", "--name", "web"],
+        &[
+            "sh",
+            "-c",
+            "echo started; echo warm >&2; while true; do sleep 0.1; done",
+        ],
+    );
+    assert!(out.ok(), "{out:?}");
+    let id = out.stdout.trim().to_string();
+    assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    // ps is a projection of the state.
+    let ps = env.ps_all();
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0]["id"], id.as_str());
+    assert_eq!(ps[0]["name"], "web");
+    assert_eq!(status_of(&ps[0]), "running");
+    let table = env.ok(&["ps"]).stdout;
+    assert!(
+        table.contains(&id[..12]) && table.contains("Up "),
+        "{table}"
+    );
+
+    wait_until("the logs show the first lines", || {
+        let o = env.ok(&["logs", "web"]);
+        o.stdout == "started\n" && o.stderr == "warm\n"
+    });
+    let last = env.ok(&["logs", "--tail", "1", "web"]);
+    assert_eq!(
+        last.stdout.lines().count() + last.stderr.lines().count(),
+        1,
+        "{last:?}"
+    );
+    let ts = env.ok(&["logs", "-t", "web"]).stdout;
+    assert!(ts.starts_with("20") && ts.contains("Z started"), "{ts}");
+
+    // exec: same namespaces (hostname, pid 1 is the capsule's), exit codes, 127.
+    let out = env.ok(&[
+        "exec",
+        "web",
+        "sh",
+        "-c",
+        "hostname; cat /proc/1/cmdline | tr '\\0' ' '",
+    ]);
+    assert_eq!(
+        out.stdout,
+        format!(
+            "{}\nsh -c echo started; echo warm >&2; while true; do sleep 0.1; done ",
+            &id[..12]
+        )
+    );
+    assert_eq!(
+        env.bolt(&["exec", "web", "sh", "-c", "exit 7"]).code,
+        Some(7)
+    );
+    let missing = env.bolt(&["exec", "web", "no-such-command"]);
+    assert_eq!(missing.code, Some(127));
+    one_error_line(&missing);
+    let out = env
+        .node
+        .bolt_with_input(&["exec", "-i", "web", "cat"], b"through stdin\n")
+        .unwrap();
+    assert_eq!(out.stdout, "through stdin\n", "{out:?}");
+
+    // top: the capsule's processes, with host pids.
+    let top = env.ok(&["top", "web"]).stdout;
+    let pid = env.inspect("web")["pid"].as_u64().unwrap();
+    assert!(top.lines().next().unwrap().contains("PID"));
+    assert!(
+        top.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(&pid.to_string())),
+        "{top}"
+    );
+    assert!(top.contains("sh -c echo started"), "{top}");
+
+    // rm of a running capsule is refused; stop (pid 1 ignores SIGTERM: SIGKILL after 1 s).
+    let refused = env.bolt(&["rm", "web"]);
+    assert!(one_error_line(&refused).contains("running"));
+    env.ok(&["stop", "-t", "1", "web"]);
+    let v = env.inspect("web");
+    assert_eq!(status_of(&v), "exited");
+    assert_eq!(v["exit"]["exit_code"], 137);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists() || {
+            // The pid may be reused by now; it is not our capsule then.
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+                != "sh\0-c\0echo started; echo warm >&2; while true; do sleep 0.1; done\0"
+        }
+    );
+    assert!(
+        !bolt_cgroups().contains(&id),
+        "the cgroup goes when it exits"
+    );
+    env.ok(&["rm", "web"]);
+    assert!(env.ps_all().is_empty());
+    env.assert_gone(&id);
+    let kinds: Vec<String> = env.events_of(&id).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        [
+            "capsule.created",
+            "capsule.started",
+            "capsule.exited",
+            "capsule.removed"
+        ]
+    );
+}
+
+#[test]
+fn kill_and_forced_rm_of_running_capsules() {
+    let Some(env) = setup("kill_and_forced_rm_of_running_capsules", false) else {
+        return;
+    };
+    assert!(env.run(&["-d", "--name", "k"], &["sleep", "1000"]).ok());
+    assert!(env.run(&["-d", "--name", "f"], &["sleep", "1000"]).ok());
+    env.ok(&["kill", "-s", "KILL", "k"]);
+    let v = env.inspect("k");
+    assert_eq!(status_of(&v), "exited");
+    assert_eq!(v["exit"]["signal"], 9);
+    let id = env.inspect("f")["id"].as_str().unwrap().to_string();
+    env.ok(&["rm", "-f", "f"]);
+    env.assert_gone(&id);
+    assert_eq!(env.ps_all().len(), 1);
+}
+
+#[test]
+fn logs_follow_ends_when_the_capsule_exits_and_attach_carries_stdin() {
+    let Some(env) = setup(
+        "logs_follow_ends_when_the_capsule_exits_and_attach_carries_stdin",
+        false,
+    ) else {
+        return;
+    };
+    assert!(env
+        .run(
+            &["-d", "--name", "lf"],
+            &["sh", "-c", "echo a; sleep 1; echo b; exit 2"]
+        )
+        .ok());
+    let out = env.ok(&["logs", "-f", "lf"]);
+    assert_eq!(out.stdout, "a\nb\n");
+    assert_eq!(status_of(&env.inspect("lf")), "exited");
+
+    // A capsule with stdin open: attach sends our input, its output comes back, and attach
+    // exits with the capsule's code once stdin's end made it exit.
+    assert!(env
+        .run(&["-d", "-i", "--name", "cat"], &["sh", "-c", "cat; exit 4"])
+        .ok());
+    let out = env
+        .node
+        .bolt_with_input(&["attach", "cat"], b"hello\nworld\n")
+        .unwrap();
+    assert_eq!(out.code, Some(4), "{out:?}");
+    assert_eq!(out.stdout, "hello\nworld\n");
+    // Foreground -i: the same through run.
+    let out = env
+        .node
+        .bolt_with_input(&["run", "--rm", "-i", &env.image, "wc", "-l"], b"1\n2\n3\n")
+        .unwrap();
+    assert_eq!(out.stdout.trim(), "3", "{out:?}");
+}
+
+#[test]
+fn restart_policy_on_failure_2_restarts_twice() {
+    let Some(env) = setup("restart_policy_on_failure_2_restarts_twice", false) else {
+        return;
+    };
+    assert!(env
+        .run(
+            &["-d", "--name", "rp", "--restart", "on-failure:2"],
+            &["sh", "-c", "echo run; exit 1"],
+        )
+        .ok());
+    let id = env.inspect("rp")["id"].as_str().unwrap().to_string();
+    wait_until("two restarts and a final exit", || {
+        let v = env.inspect("rp");
+        v["restarts"] == 2 && status_of(&v) == "exited"
+    });
+    // Settled: no third restart follows.
+    let kinds: Vec<String> = env.events_of(&id).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        [
+            "capsule.created",
+            "capsule.started",
+            "capsule.exited",
+            "capsule.started",
+            "capsule.exited",
+            "capsule.started",
+            "capsule.exited"
+        ]
+    );
+    assert_eq!(env.ok(&["logs", "rp"]).stdout, "run\nrun\nrun\n");
+    assert_eq!(env.inspect("rp")["restart"], "on-failure:2");
+
+    // A success is not restarted by on-failure; `always` restarts until stopped by a person.
+    assert!(env
+        .run(
+            &["-d", "--name", "ok", "--restart", "on-failure"],
+            &["true"]
+        )
+        .ok());
+    wait_until("ok exits", || status_of(&env.inspect("ok")) == "exited");
+    assert_eq!(env.inspect("ok")["restarts"], 0);
+    assert!(env
+        .run(
+            &["-d", "--name", "al", "--restart", "always"],
+            &["sh", "-c", "sleep 0.2"]
+        )
+        .ok());
+    wait_until("always restarts", || {
+        env.inspect("al")["restarts"].as_u64().unwrap() >= 2
+    });
+    env.ok(&["stop", "-t", "1", "al"]);
+    let stopped = env.inspect("al");
+    assert_eq!(status_of(&stopped), "exited");
+    let restarts = stopped["restarts"].clone();
+    // Give a (wrong) restart every chance to happen before checking that none did.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(env.inspect("al")["restarts"], restarts);
+    assert_eq!(status_of(&env.inspect("al")), "exited");
+}
+
+#[test]
+fn a_sigkilled_agent_leaves_capsules_running_and_readopts_them() {
+    let Some(mut env) = setup(
+        "a_sigkilled_agent_leaves_capsules_running_and_readopts_them",
+        false,
+    ) else {
+        return;
+    };
+    let wait_go = "while [ ! -e /tmp/go ]; do sleep 0.1; done; echo done; exit 4";
+    assert!(env
+        .run(&["-d", "--name", "keep"], &["sh", "-c", wait_go])
+        .ok());
+    assert!(env.run(&["-d", "--name", "dies"], &["sleep", "1000"]).ok());
+    let keep_pid = env.inspect("keep")["pid"].as_u64().unwrap() as i32;
+    let dies_pid = env.inspect("dies")["pid"].as_u64().unwrap() as i32;
+
+    env.node.stop_with(Signal::SIGKILL).unwrap();
+    // The capsules outlive the agent; one of them ends while no agent watches.
+    let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    assert!(alive(keep_pid) && alive(dies_pid));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(dies_pid), Signal::SIGKILL).unwrap();
+
+    env.node.start().unwrap();
+    let keep = env.inspect("keep");
+    assert_eq!(status_of(&keep), "running", "{keep}");
+    assert_eq!(keep["pid"], keep_pid);
+    wait_until("the exit that happened meanwhile is recorded", || {
+        status_of(&env.inspect("dies")) == "exited"
+    });
+    assert_eq!(env.inspect("dies")["exit"]["signal"], 9);
+
+    // The re-adopted capsule is still managed: exec into it, and its exit is recorded.
+    env.ok(&["exec", "keep", "touch", "/tmp/go"]);
+    wait_until("keep's exit is recorded", || {
+        status_of(&env.inspect("keep")) == "exited"
+    });
+    let v = env.inspect("keep");
+    assert_eq!(v["exit"]["code"], 4);
+    assert_eq!(env.ok(&["logs", "keep"]).stdout, "done\n");
+    let id = v["id"].as_str().unwrap().to_string();
+    let exited = env
+        .events_of(&id)
+        .into_iter()
+        .filter(|(k, _)| k == "capsule.exited")
+        .count();
+    assert_eq!(exited, 1, "the exit is recorded once");
+    env.ok(&["rm", "keep", "dies"]);
+    env.assert_gone(&id);
+}
+
+#[test]
+fn bad_input_is_one_line_and_leaves_nothing() {
+    let Some(env) = setup("bad_input_is_one_line_and_leaves_nothing", true) else {
+        return;
+    };
+    let cgroups = bolt_cgroups();
+    let registry = env.image.split('/').next().unwrap().to_string();
+    let nothing_left = |what: &str| {
+        assert!(
+            env.capsule_dirs().is_empty(),
+            "{what}: {:?}",
+            env.capsule_dirs()
+        );
+        assert_eq!(bolt_cgroups(), cgroups, "{what}: a cgroup is left");
+        assert!(env.ps_all().is_empty(), "{what}");
+        assert!(env.capsule_events().is_empty(), "{what}: events recorded");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = env.node.root().to_string_lossy().into_owned();
+        assert!(!mountinfo.contains(&root), "{what}: a mount is left");
+    };
+
+    let unknown = format!("{registry}/bolt-test/no-such-image:latest");
+    let out = env.bolt(&["run", "--rm", &unknown, "true"]);
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(one_error_line(&out).contains("no-such-image"));
+    nothing_left("unknown image");
+
+    let out = env.run(&["--rm"], &["no-such-command"]);
+    assert_eq!(out.code, Some(127), "{out:?}");
+    assert!(one_error_line(&out).contains("no-such-command"));
+    nothing_left("missing command");
+
+    let out = env.run(&[], &["/etc/passwd"]);
+    assert_eq!(out.code, Some(126), "{out:?}");
+    one_error_line(&out);
+    nothing_left("not executable");
+
+    let out = env.run(&["--memory", "12qq"], &["true"]);
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(one_error_line(&out).contains("12qq"));
+    nothing_left("bad memory size");
+
+    let out = env.run(&["--network", "bogus"], &["true"]);
+    assert_eq!(out.code, Some(125), "{out:?}");
+    one_error_line(&out);
+    nothing_left("bad network");
+
+    // A duplicate name: refused; the first capsule is untouched.
+    assert!(env.run(&["-d", "--name", "dup"], &["sleep", "1000"]).ok());
+    let dirs = env.capsule_dirs();
+    let out = env.run(&["--name", "dup"], &["true"]);
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(one_error_line(&out).contains("dup"));
+    assert_eq!(env.capsule_dirs(), dirs);
+    assert_eq!(env.ps_all().len(), 1);
+    assert_eq!(status_of(&env.inspect("dup")), "running");
+    env.ok(&["rm", "-f", "dup"]);
+    nothing_left_after_removal(&env, &cgroups);
+}
+
+fn nothing_left_after_removal(env: &Env, cgroups: &BTreeSet<String>) {
+    assert!(env.capsule_dirs().is_empty());
+    assert_eq!(&bolt_cgroups(), cgroups);
+    assert!(env.ps_all().is_empty());
+}
