@@ -5,7 +5,6 @@
 //! each mutator first records the value it replaces; [`revert`] plays those records backwards.
 //! The plain [`apply`] passes no journal and pays one branch per change.
 
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 
@@ -15,6 +14,7 @@ use bolt_events::payload::{
 };
 use bolt_events::{Event, Hlc, NodeId, OrderKey, Payload};
 
+use crate::keymap::KeyMap;
 use crate::model::{
     CapsuleInfo, CapsuleStatus, ExitInfo, Ignored, ImageInfo, MigrationInfo, MigrationStatus,
     NetworkInfo, NodeInfo, RevisionInfo, RollbackInfo, ServiceInfo, State, VolumeInfo,
@@ -225,21 +225,25 @@ pub(crate) fn fold(
     tx.s.last_key = key;
 }
 
+/// Set (`Some`) or remove (`None`) the value of a key in a map.
+macro_rules! put {
+    ($map:expr, $k:expr, $v:expr) => {
+        match $v {
+            Some(v) => {
+                $map.insert($k, v);
+            }
+            None => {
+                $map.remove(&$k);
+            }
+        }
+    };
+}
+
 /// Undo the last `n` records of the journal, newest first: the records of the fold of
 /// `payload` (or of several folds, back to back, all of the same event: a caller reverts event
 /// by event).
 /// Without the event (`None`), records about its own capsule or network are skipped.
 pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize, payload: Option<&Payload>) {
-    fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, k: K, v: Option<V>) {
-        match v {
-            Some(v) => {
-                map.insert(k, v);
-            }
-            None => {
-                map.remove(&k);
-            }
-        }
-    }
     for _ in 0..n {
         let Some(undo) = journal.pop_back() else {
             return;
@@ -258,9 +262,9 @@ pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize, payload: Op
                     n.last_seen = hlc;
                 }
             }
-            Undo::Node(k, v) => put(&mut s.nodes, k, v.map(|b| *b)),
-            Undo::Image(k, v) => put(&mut s.images, k, v.map(|b| *b)),
-            Undo::ImageRef(k, v) => put(&mut s.image_refs, k, v),
+            Undo::Node(k, v) => put!(s.nodes, k, v.map(|b| *b)),
+            Undo::Image(k, v) => put!(s.images, k, v.map(|b| *b)),
+            Undo::ImageRef(k, v) => put!(s.image_refs, k, v),
             Undo::Capsule(k, v) => match v {
                 Some(c) => {
                     s.capsules.insert(k, *c);
@@ -289,14 +293,14 @@ pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize, payload: Op
                 if let Some(c) = capsule {
                     s.capsules.insert(id.clone(), *c);
                 }
-                s.tombstones.insert(at, id);
+                s.tombstones.push_first(at, id);
             }
-            Undo::Tombstone(k, v) => put(&mut s.tombstones, k, v),
-            Undo::Service(k, v) => put(&mut s.services, k, v.map(|b| *b)),
-            Undo::Placement(k, v) => put(&mut s.placements, k, v),
-            Undo::Migration(k, v) => put(&mut s.migrations, k, v.map(|b| *b)),
-            Undo::Volume(k, v) => put(&mut s.volumes, k, v.map(|b| *b)),
-            Undo::Network(k, v) => put(&mut s.networks, k, v.map(|b| *b)),
+            Undo::Tombstone(k, v) => put!(s.tombstones, k, v),
+            Undo::Service(k, v) => put!(s.services, k, v.map(|b| *b)),
+            Undo::Placement(k, v) => put!(s.placements, k, v),
+            Undo::Migration(k, v) => put!(s.migrations, k, v.map(|b| *b)),
+            Undo::Volume(k, v) => put!(s.volumes, k, v.map(|b| *b)),
+            Undo::Network(k, v) => put!(s.networks, k, v.map(|b| *b)),
             Undo::Address(ip, v) => {
                 if let Some(n) = payload
                     .and_then(network_of)
@@ -402,17 +406,6 @@ impl Tx<'_> {
         Box::new
     );
     journaled_map!(
-        tombstone_mut,
-        tombstone_insert,
-        tombstone_remove,
-        tombstones,
-        u64,
-        u64,
-        String,
-        Tombstone,
-        keep
-    );
-    journaled_map!(
         service_mut,
         service_insert,
         service_remove,
@@ -468,15 +461,23 @@ impl Tx<'_> {
         Box::new
     );
 
+    /// Record the removal of `id` at `at`.
+    fn tombstone_insert(&mut self, at: u64, id: String) {
+        let old = self.s.tombstones.insert(at, id);
+        if let Some(j) = self.j.as_deref_mut() {
+            j.push_back(Undo::Tombstone(at, old));
+        }
+    }
+
     /// Create the event's capsule, unless its id exists.
     fn create_capsule(&mut self, info: impl FnOnce() -> CapsuleInfo) -> Result<(), Misfit> {
         let Some(id) = capsule_of(self.p) else {
             return Ok(());
         };
-        if self.s.capsules.contains_key(id) {
+        if let Err(unused) = self.s.capsules.insert_new(id.to_owned(), info()) {
+            spare::forget(unused);
             return Err(Misfit::CapsuleExists(id.to_owned()));
         }
-        self.s.capsules.insert(id.to_owned(), info());
         if let Some(j) = self.j.as_deref_mut() {
             j.push_back(Undo::Created);
         }
@@ -540,20 +541,17 @@ impl Tx<'_> {
             .networks
             .get_mut(network)
             .ok_or_else(|| Misfit::UnknownNetwork(network.to_owned()))?;
-        match n.allocations.entry(ip) {
-            Entry::Occupied(held) => Err(Misfit::AddressHeld {
+        if let Err(unused) = n.allocations.insert_new(ip, capsule.to_owned()) {
+            return Err(Misfit::AddressHeld {
                 network: network.to_owned(),
                 ip,
-                holder: held.get().clone(),
-            }),
-            Entry::Vacant(free) => {
-                free.insert(capsule.to_owned());
-                if let Some(j) = self.j.as_deref_mut() {
-                    j.push_back(Undo::Address(ip, None));
-                }
-                Ok(())
-            }
+                holder: n.allocations.get(&ip).cloned().unwrap_or(unused),
+            });
         }
+        if let Some(j) = self.j.as_deref_mut() {
+            j.push_back(Undo::Address(ip, None));
+        }
+        Ok(())
     }
 
     /// Free `ip` on the event's network if `capsule` holds it.
@@ -566,15 +564,14 @@ impl Tx<'_> {
             .networks
             .get_mut(network)
             .ok_or_else(|| Misfit::UnknownNetwork(network.to_owned()))?;
-        match n.allocations.entry(ip) {
-            Entry::Occupied(held) if held.get() == capsule => {
-                let old = held.remove();
+        match n.allocations.remove_if(ip, |held| held == capsule) {
+            Some(old) => {
                 if let Some(j) = self.j.as_deref_mut() {
                     j.push_back(Undo::Address(ip, Some(old)));
                 }
                 Ok(())
             }
-            _ => Err(Misfit::AddressNotHeld {
+            None => Err(Misfit::AddressNotHeld {
                 network: network.to_owned(),
                 ip,
                 capsule: capsule.to_owned(),
@@ -1009,7 +1006,7 @@ fn network(tx: &mut Tx<'_>, key: OrderKey, e: &NetworkEvent) -> Result<(), Misfi
                     gateway: *gateway,
                     mtu: *mtu,
                     node: key.origin,
-                    allocations: BTreeMap::new(),
+                    allocations: KeyMap::new(),
                 },
             );
         }

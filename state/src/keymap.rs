@@ -1,17 +1,19 @@
-//! [`IdMap`]: a map from string ids to values that the fold can look up in O(1), yet iterates,
-//! encodes and serializes exactly like a `BTreeMap<String, V>` (sorted by id).
+//! [`KeyMap`]: a map the fold can look up in O(1), yet iterates, encodes and serializes exactly
+//! like a `BTreeMap` (sorted by key); and [`Tombstones`], the removed capsules in removal order.
 //!
 //! The capsule map is the one the fold touches on almost every event (a start, an exit, a
-//! removal looks a capsule up by its id). In a `BTreeMap<String, _>` of a few thousand capsules
-//! each lookup is some twenty string comparisons, each a call to `memcmp` and a pointer chase to
-//! a key on the heap; a hash lookup is one hash of the id and one comparison. Nothing observable
-//! depends on the hash order: every way of reading the whole map (iteration, `Debug`, bincode,
-//! serde) goes through the ids sorted, so the state's encoding, its hash and its JSON are those
-//! of the `BTreeMap` it replaces.
+//! removal looks a capsule up by its id), and every address event looks up a network and an
+//! address. In a `BTreeMap` each lookup is a walk of a few nodes with a comparison per key on
+//! the way (for a few thousand capsules, some twenty string comparisons, each a call to
+//! `memcmp` on a key behind a pointer); a hash lookup is one hash and one comparison. Nothing
+//! observable depends on the hash order: every way of reading the whole map (iteration, `Debug`,
+//! bincode, serde) goes through the keys sorted, so the state's encoding, its hash and its JSON
+//! are those of the `BTreeMap` it replaces.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::hash::Hash;
 use std::ops::Index;
 
 use bincode::de::{BorrowDecoder, Decoder};
@@ -21,26 +23,26 @@ use bincode::{BorrowDecode, Decode, Encode};
 use foldhash::fast::RandomState;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A map from string ids to values: hashed for lookups, sorted by id for everything that reads
-/// it whole (iteration, equality is order-free, bincode, serde, `Debug`). Encodes and serializes
-/// exactly as a `BTreeMap<String, V>` with the same entries.
+/// A map hashed for lookups and sorted by key for everything that reads it whole (iteration,
+/// `Debug`, bincode, serde; equality does not depend on order). Encodes and serializes exactly
+/// as a `BTreeMap<K, V>` with the same entries.
 #[derive(Clone)]
-pub struct IdMap<V> {
-    map: HashMap<String, V, RandomState>,
+pub struct KeyMap<K, V> {
+    map: HashMap<K, V, RandomState>,
 }
 
-impl<V> Default for IdMap<V> {
+impl<K, V> Default for KeyMap<K, V> {
     fn default() -> Self {
-        IdMap::new()
+        KeyMap {
+            map: HashMap::with_hasher(RandomState::default()),
+        }
     }
 }
 
-impl<V> IdMap<V> {
+impl<K: Hash + Eq + Ord, V> KeyMap<K, V> {
     /// An empty map.
     pub fn new() -> Self {
-        IdMap {
-            map: HashMap::with_hasher(RandomState::default()),
-        }
+        KeyMap::default()
     }
 
     /// Number of entries.
@@ -53,99 +55,132 @@ impl<V> IdMap<V> {
         self.map.is_empty()
     }
 
-    /// The value of `id`.
-    pub fn get(&self, id: &str) -> Option<&V> {
-        self.map.get(id)
+    /// The value of `key`.
+    pub fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
+        self.map.get(key)
     }
 
-    /// The value of `id`, to change it.
-    pub fn get_mut(&mut self, id: &str) -> Option<&mut V> {
-        self.map.get_mut(id)
+    /// The value of `key`, to change it.
+    pub fn get_mut<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+    {
+        self.map.get_mut(key)
     }
 
-    /// Whether `id` has a value.
-    pub fn contains_key(&self, id: &str) -> bool {
-        self.map.contains_key(id)
+    /// Whether `key` has a value.
+    pub fn contains_key<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
+        self.map.contains_key(key)
     }
 
-    /// Set the value of `id`, returning the one it replaces.
-    pub fn insert(&mut self, id: String, value: V) -> Option<V> {
-        self.map.insert(id, value)
+    /// Set the value of `key`, returning the one it replaces.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        self.map.insert(key, value)
     }
 
-    /// Take out the value of `id`.
-    pub fn remove(&mut self, id: &str) -> Option<V> {
-        self.map.remove(id)
+    /// Take out the value of `key`.
+    pub fn remove<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        self.map.remove(key)
     }
 
-    /// The entries sorted by id.
-    pub fn iter(&self) -> std::vec::IntoIter<(&String, &V)> {
-        let mut all: Vec<(&String, &V)> = self.map.iter().collect();
+    /// Set the value of `key` unless it has one; `Err` (with the value back) if it has.
+    pub fn insert_new(&mut self, key: K, value: V) -> Result<(), V> {
+        match self.map.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(value),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(value);
+                Ok(())
+            }
+        }
+    }
+
+    /// Take out the value of `key` if `take` says so of it.
+    pub fn remove_if(&mut self, key: K, take: impl FnOnce(&V) -> bool) -> Option<V> {
+        match self.map.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) if take(e.get()) => Some(e.remove()),
+            _ => None,
+        }
+    }
+
+    /// The entries sorted by key.
+    pub fn iter(&self) -> std::vec::IntoIter<(&K, &V)> {
+        let mut all: Vec<(&K, &V)> = self.map.iter().collect();
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         all.into_iter()
     }
 
-    /// The ids, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
+    /// The keys, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
         self.iter().map(|(k, _)| k)
     }
 
-    /// The values, sorted by id.
+    /// The values, sorted by key.
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.iter().map(|(_, v)| v)
     }
 }
 
-impl<V: PartialEq> PartialEq for IdMap<V> {
+impl<K: Hash + Eq, V: PartialEq> PartialEq for KeyMap<K, V> {
     fn eq(&self, other: &Self) -> bool {
         self.map == other.map
     }
 }
 
-impl<V: Eq> Eq for IdMap<V> {}
+impl<K: Hash + Eq, V: Eq> Eq for KeyMap<K, V> {}
 
-impl<V: fmt::Debug> fmt::Debug for IdMap<V> {
+impl<K: Hash + Eq + Ord + fmt::Debug, V: fmt::Debug> fmt::Debug for KeyMap<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter()).finish()
     }
 }
 
-impl<V, Q: Borrow<str> + ?Sized> Index<&Q> for IdMap<V> {
+impl<K, V, Q> Index<&Q> for KeyMap<K, V>
+where
+    K: Hash + Eq + Borrow<Q>,
+    Q: Hash + Eq + ?Sized,
+{
     type Output = V;
 
-    /// The value of `id`. Panics when there is none, like `BTreeMap`'s index: tests only.
-    fn index(&self, id: &Q) -> &V {
-        &self.map[id.borrow()]
+    /// The value of `key`. Panics when there is none, as `BTreeMap`'s index does: for tests.
+    fn index(&self, key: &Q) -> &V {
+        &self.map[key]
     }
 }
 
-impl<'a, V> IntoIterator for &'a IdMap<V> {
-    type Item = (&'a String, &'a V);
-    type IntoIter = std::vec::IntoIter<(&'a String, &'a V)>;
+impl<'a, K: Hash + Eq + Ord, V> IntoIterator for &'a KeyMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::vec::IntoIter<(&'a K, &'a V)>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
     }
 }
 
-impl<V> FromIterator<(String, V)> for IdMap<V> {
-    fn from_iter<I: IntoIterator<Item = (String, V)>>(iter: I) -> Self {
-        let mut m = IdMap::new();
-        for (k, v) in iter {
-            m.insert(k, v);
-        }
+impl<K: Hash + Eq, V> FromIterator<(K, V)> for KeyMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut m = KeyMap::default();
+        m.map.extend(iter);
         m
     }
 }
 
-impl<V> From<BTreeMap<String, V>> for IdMap<V> {
-    fn from(map: BTreeMap<String, V>) -> Self {
+impl<K: Hash + Eq, V> From<BTreeMap<K, V>> for KeyMap<K, V> {
+    fn from(map: BTreeMap<K, V>) -> Self {
         map.into_iter().collect()
     }
 }
 
-/// The same bytes as `BTreeMap<String, V>`: the length, then each (id, value) in id order.
-impl<V: Encode> Encode for IdMap<V> {
+/// The same bytes as `BTreeMap<K, V>`: the length, then each (key, value) in key order.
+impl<K: Hash + Eq + Ord + Encode, V: Encode> Encode for KeyMap<K, V> {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
         (self.len() as u64).encode(encoder)?;
         for (k, v) in self.iter() {
@@ -156,35 +191,198 @@ impl<V: Encode> Encode for IdMap<V> {
     }
 }
 
-impl<Context, V: Decode<Context>> Decode<Context> for IdMap<V> {
+impl<Context, K, V> Decode<Context> for KeyMap<K, V>
+where
+    K: Hash + Eq + Ord + Decode<Context>,
+    V: Decode<Context>,
+{
     fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
-        BTreeMap::<String, V>::decode(decoder).map(IdMap::from)
+        BTreeMap::<K, V>::decode(decoder).map(KeyMap::from)
     }
 }
 
-impl<'de, Context, V: BorrowDecode<'de, Context>> BorrowDecode<'de, Context> for IdMap<V> {
+impl<'de, Context, K, V> BorrowDecode<'de, Context> for KeyMap<K, V>
+where
+    K: Hash + Eq + Ord + BorrowDecode<'de, Context>,
+    V: BorrowDecode<'de, Context>,
+{
     fn borrow_decode<D: BorrowDecoder<'de, Context = Context>>(
         decoder: &mut D,
     ) -> Result<Self, DecodeError> {
-        BTreeMap::<String, V>::borrow_decode(decoder).map(IdMap::from)
+        BTreeMap::<K, V>::borrow_decode(decoder).map(KeyMap::from)
     }
 }
 
-impl<V: Serialize> Serialize for IdMap<V> {
+impl<K: Hash + Eq + Ord + Serialize, V: Serialize> Serialize for KeyMap<K, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_map(self.iter())
     }
 }
 
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for IdMap<V> {
+impl<'de, K, V> Deserialize<'de> for KeyMap<K, V>
+where
+    K: Hash + Eq + Ord + Deserialize<'de>,
+    V: Deserialize<'de>,
+{
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        BTreeMap::<String, V>::deserialize(deserializer).map(IdMap::from)
+        BTreeMap::<K, V>::deserialize(deserializer).map(KeyMap::from)
+    }
+}
+
+/// The removed capsules still kept, by the value of [`crate::State::applied`] when their
+/// removal was folded, oldest first. The fold only ever adds a newer removal and forgets the
+/// oldest one (and a rewind undoes that in reverse), so a deque in key order does what a
+/// `BTreeMap<u64, String>` did without its node splits and merges; it encodes and serializes as
+/// that map.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Tombstones {
+    entries: VecDeque<(u64, String)>,
+}
+
+impl Tombstones {
+    /// None yet.
+    pub fn new() -> Self {
+        Tombstones::default()
+    }
+
+    /// How many are kept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn find(&self, at: u64) -> Result<usize, usize> {
+        self.entries.binary_search_by_key(&at, |(k, _)| *k)
+    }
+
+    /// The capsule removed at `at`.
+    pub fn get(&self, at: &u64) -> Option<&String> {
+        self.find(*at).ok().map(|i| &self.entries[i].1)
+    }
+
+    /// Whether a capsule was removed at `at`.
+    pub fn contains_key(&self, at: &u64) -> bool {
+        self.find(*at).is_ok()
+    }
+
+    /// Record the removal of `id` at `at` (replacing and returning one recorded at the same
+    /// `at`). The fold only adds removals newer than all kept ones: one push at the back.
+    pub fn insert(&mut self, at: u64, id: String) -> Option<String> {
+        match self.entries.back() {
+            Some((last, _)) if *last >= at => match self.find(at) {
+                Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, id)),
+                Err(i) => {
+                    self.entries.insert(i, (at, id));
+                    None
+                }
+            },
+            _ => {
+                self.entries.push_back((at, id));
+                None
+            }
+        }
+    }
+
+    /// Take out the removal at `at`.
+    pub fn remove(&mut self, at: &u64) -> Option<String> {
+        let i = self.find(*at).ok()?;
+        self.entries.remove(i).map(|(_, id)| id)
+    }
+
+    /// The oldest removal.
+    pub fn first_key_value(&self) -> Option<(&u64, &String)> {
+        self.entries.front().map(|(k, v)| (k, v))
+    }
+
+    /// Take out the oldest removal.
+    pub fn pop_first(&mut self) -> Option<(u64, String)> {
+        self.entries.pop_front()
+    }
+
+    /// Put back a removal older than all kept ones (undoing [`Tombstones::pop_first`]).
+    pub(crate) fn push_first(&mut self, at: u64, id: String) {
+        match self.entries.front() {
+            Some((first, _)) if *first <= at => {
+                self.insert(at, id);
+            }
+            _ => self.entries.push_front((at, id)),
+        }
+    }
+
+    /// The removals, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (&u64, &String)> {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+
+    /// The removed capsules' ids, oldest removal first.
+    pub fn values(&self) -> impl Iterator<Item = &String> {
+        self.entries.iter().map(|(_, v)| v)
+    }
+}
+
+impl fmt::Debug for Tombstones {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<(u64, String)> for Tombstones {
+    fn from_iter<I: IntoIterator<Item = (u64, String)>>(iter: I) -> Self {
+        let mut t = Tombstones::new();
+        for (at, id) in iter {
+            t.insert(at, id);
+        }
+        t
+    }
+}
+
+/// The same bytes as `BTreeMap<u64, String>`.
+impl Encode for Tombstones {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        (self.len() as u64).encode(encoder)?;
+        for (k, v) in &self.entries {
+            k.encode(encoder)?;
+            v.encode(encoder)?;
+        }
+        Ok(())
+    }
+}
+
+impl<Context> Decode<Context> for Tombstones {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        BTreeMap::<u64, String>::decode(decoder).map(|m| m.into_iter().collect())
+    }
+}
+
+impl<'de, Context> BorrowDecode<'de, Context> for Tombstones {
+    fn borrow_decode<D: BorrowDecoder<'de, Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, DecodeError> {
+        BTreeMap::<u64, String>::borrow_decode(decoder).map(|m| m.into_iter().collect())
+    }
+}
+
+impl Serialize for Tombstones {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Tombstones {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        BTreeMap::<u64, String>::deserialize(deserializer).map(|m| m.into_iter().collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn pairs() -> Vec<(String, u32)> {
@@ -195,45 +393,94 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn encodes_serializes_and_iterates_like_a_btreemap() {
-        let tree: BTreeMap<String, u32> = pairs().into_iter().collect();
-        let ids: IdMap<u32> = pairs().into_iter().rev().collect();
+    /// Encoded, serialized, printed and iterated as `tree`; decoded and deserialized back.
+    fn same_as_tree<K, V, M>(m: &M, tree: &BTreeMap<K, V>)
+    where
+        K: Ord + Encode + Decode<()> + Serialize + for<'de> Deserialize<'de> + fmt::Debug,
+        V: Encode + Decode<()> + Serialize + for<'de> Deserialize<'de> + fmt::Debug,
+        M: Encode + Decode<()> + Serialize + for<'de> Deserialize<'de> + fmt::Debug + PartialEq,
+    {
         let config = bincode::config::standard();
-        assert_eq!(
-            bincode::encode_to_vec(&ids, config).unwrap(),
-            bincode::encode_to_vec(&tree, config).unwrap()
-        );
-        assert_eq!(
-            serde_json::to_string(&ids).unwrap(),
-            serde_json::to_string(&tree).unwrap()
-        );
-        assert_eq!(format!("{ids:?}"), format!("{tree:?}"));
-        assert!(ids.iter().eq(tree.iter()));
-        assert!(ids.values().eq(tree.values()));
-
-        let bytes = bincode::encode_to_vec(&tree, config).unwrap();
-        let (back, _): (IdMap<u32>, usize) = bincode::decode_from_slice(&bytes, config).unwrap();
-        assert_eq!(back, ids);
-        let json = serde_json::to_string(&tree).unwrap();
-        assert_eq!(serde_json::from_str::<IdMap<u32>>(&json).unwrap(), ids);
+        let bytes = bincode::encode_to_vec(tree, config).unwrap();
+        assert_eq!(bincode::encode_to_vec(m, config).unwrap(), bytes);
+        let json = serde_json::to_string(tree).unwrap();
+        assert_eq!(serde_json::to_string(m).unwrap(), json);
+        assert_eq!(format!("{m:?}"), format!("{tree:?}"));
+        let (back, _): (M, usize) = bincode::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!(&back, m);
+        assert_eq!(&serde_json::from_str::<M>(&json).unwrap(), m);
     }
 
     #[test]
-    fn looks_up_inserts_and_removes() {
-        let mut m: IdMap<u32> = pairs().into_iter().collect();
+    fn a_keymap_encodes_serializes_and_iterates_like_a_btreemap() {
+        let tree: BTreeMap<String, u32> = pairs().into_iter().collect();
+        let ids: KeyMap<String, u32> = pairs().into_iter().rev().collect();
+        same_as_tree(&ids, &tree);
+        assert!(ids.iter().eq(tree.iter()));
+        assert!(ids.values().eq(tree.values()));
+
+        let addrs: BTreeMap<Ipv4Addr, String> = (0..300u32)
+            .map(|i| {
+                (
+                    Ipv4Addr::from(0x0a00_0000 + i * 7919 % 1000),
+                    format!("c{i}"),
+                )
+            })
+            .collect();
+        let hashed: KeyMap<Ipv4Addr, String> = addrs.clone().into();
+        same_as_tree(&hashed, &addrs);
+        assert!(hashed.keys().eq(addrs.keys()));
+    }
+
+    #[test]
+    fn a_keymap_looks_up_inserts_and_removes() {
+        let mut m: KeyMap<String, u32> = pairs().into_iter().collect();
         assert_eq!(m.len(), 7);
         assert_eq!(m.get("charlie"), Some(&2));
         assert_eq!(m["bravo"], 4);
         assert!(m.contains_key(""));
         assert_eq!(m.insert("charlie".into(), 9), Some(2));
+        assert_eq!(m.insert_new("charlie".into(), 1), Err(1));
+        assert_eq!(m.insert_new("echo".into(), 1), Ok(()));
         *m.get_mut("charlie").unwrap() += 1;
         assert_eq!(m.remove("charlie"), Some(10));
         assert_eq!(m.remove("charlie"), None);
         assert!(!m.contains_key("charlie"));
-        assert_eq!(m.len(), 6);
+        assert_eq!(m.len(), 7);
         assert!(!m.is_empty());
         let keys: Vec<&String> = m.keys().collect();
-        assert_eq!(keys, ["", "alpha", "alpha2", "b", "bravo", "delta"]);
+        assert_eq!(keys, ["", "alpha", "alpha2", "b", "bravo", "delta", "echo"]);
+    }
+
+    #[test]
+    fn tombstones_are_a_map_in_key_order() {
+        let mut t = Tombstones::new();
+        let mut tree = BTreeMap::new();
+        // In order at the back, out of order in the middle and front, a replacement.
+        for (at, id) in [
+            (10, "a"),
+            (20, "b"),
+            (30, "c"),
+            (15, "d"),
+            (5, "e"),
+            (20, "f"),
+        ] {
+            assert_eq!(t.insert(at, id.into()), tree.insert(at, id.to_string()));
+        }
+        same_as_tree(&t, &tree);
+        assert_eq!(t.len(), 5);
+        assert_eq!(t.get(&15).map(String::as_str), Some("d"));
+        assert!(t.contains_key(&30) && !t.contains_key(&31));
+        assert_eq!(t.first_key_value(), Some((&5, &"e".to_string())));
+        assert_eq!(t.remove(&15), tree.remove(&15));
+        assert_eq!(t.remove(&15), None);
+        assert_eq!(t.pop_first(), tree.pop_first());
+        same_as_tree(&t, &tree);
+        t.push_first(5, "e".into());
+        t.push_first(12, "g".into()); // not older than all: goes in its place
+        tree.insert(5, "e".into());
+        tree.insert(12, "g".into());
+        same_as_tree(&t, &tree);
+        assert!(t.values().eq(tree.values()));
     }
 }

@@ -9,7 +9,7 @@
 
 mod apply;
 mod decide;
-mod idmap;
+mod keymap;
 mod model;
 mod replica;
 mod snapshot;
@@ -17,7 +17,7 @@ mod spare;
 
 pub use apply::{apply, Misfit};
 pub use decide::{decide, spec_hash, Command, DecideError, Subnet, DEFAULT_MTU};
-pub use idmap::IdMap;
+pub use keymap::{KeyMap, Tombstones};
 pub use model::{
     CapsuleInfo, CapsuleStatus, ExitInfo, Ignored, ImageInfo, MigrationInfo, MigrationStatus,
     NetworkInfo, NodeInfo, RevisionInfo, RollbackInfo, ServiceInfo, State, VolumeInfo,

@@ -9,7 +9,7 @@ use bincode::{Decode, Encode};
 use bolt_events::payload::{CapsuleSpec, ServiceSpec};
 use bolt_events::{Hash, Hlc, NodeId, OrderKey};
 
-use crate::idmap::IdMap;
+use crate::keymap::{KeyMap, Tombstones};
 use serde::{Deserialize, Serialize};
 
 /// How many removed capsules the state keeps (status `removed`) before it forgets the oldest.
@@ -37,11 +37,11 @@ pub struct State {
     pub image_refs: BTreeMap<String, String>,
     /// Capsules by id: every capsule not removed, and the [`REMOVED_RETAINED`] most recently
     /// removed ones (status `removed`). Hashed for the fold's lookups, sorted by id whenever read
-    /// whole (see [`IdMap`]).
-    pub capsules: IdMap<CapsuleInfo>,
+    /// whole (see [`KeyMap`]).
+    pub capsules: KeyMap<String, CapsuleInfo>,
     /// The removed capsules still kept in `capsules`, by the value of `applied` when their
     /// removal was folded (oldest first): the oldest is dropped past [`REMOVED_RETAINED`].
-    pub tombstones: BTreeMap<u64, String>,
+    pub tombstones: Tombstones,
     /// Declared services by name.
     pub services: BTreeMap<String, ServiceInfo>,
     /// service -> replica index -> node it is placed on.
@@ -51,7 +51,7 @@ pub struct State {
     /// Volumes by name.
     pub volumes: BTreeMap<String, VolumeInfo>,
     /// Networks by name, with their address allocations.
-    pub networks: BTreeMap<String, NetworkInfo>,
+    pub networks: KeyMap<String, NetworkInfo>,
 }
 
 impl Default for State {
@@ -64,13 +64,13 @@ impl Default for State {
             nodes: BTreeMap::new(),
             images: BTreeMap::new(),
             image_refs: BTreeMap::new(),
-            capsules: IdMap::new(),
-            tombstones: BTreeMap::new(),
+            capsules: KeyMap::new(),
+            tombstones: Tombstones::new(),
             services: BTreeMap::new(),
             placements: BTreeMap::new(),
             migrations: BTreeMap::new(),
             volumes: BTreeMap::new(),
-            networks: BTreeMap::new(),
+            networks: KeyMap::new(),
         }
     }
 }
@@ -283,7 +283,7 @@ pub struct NetworkInfo {
     /// The node that created it.
     pub node: NodeId,
     /// Address -> capsule id holding it.
-    pub allocations: BTreeMap<Ipv4Addr, String>,
+    pub allocations: KeyMap<Ipv4Addr, String>,
 }
 
 impl State {
