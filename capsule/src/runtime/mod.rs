@@ -33,10 +33,13 @@ use nix::unistd::{pipe2, Pid};
 pub use cgroup::{Cgroup, CgroupError, CgroupStats, CgroupVersion, Hierarchy};
 pub use oci::{to_oci, write_bundle, OciError};
 pub use seccomp::SeccompError;
-pub use spec::{CapsuleSpec, NetworkMode, Resources, Rlimit, RlimitKind, Rootfs, SpecError, User};
+pub use spec::{
+    CapsuleSpec, Mount, NetworkMode, Resources, Rlimit, RlimitKind, Rootfs, SpecError,
+    TmpfsOptions, User,
+};
 pub use supervisor::{adopt, supervise, Adopted, SuperviseOptions, SupervisorError};
 
-use crate::sys::{clone_child, ns, ExecArgs, LinuxSyscall};
+use crate::sys::{clone_child, detached_tree, ns, ExecArgs, LinuxSyscall};
 use plan::{child_main, Failure, FailureKind, Op};
 
 /// Errors of the runtime.
@@ -404,6 +407,118 @@ struct PlanFds {
     go_read: RawFd,
     netns: Option<RawFd>,
     cgroup_ns: bool,
+    /// One entry per `spec.mounts` entry, in the same order.
+    mounts: Vec<HostMount>,
+}
+
+/// What the parent prepared for one [`Mount`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HostMount {
+    /// The detached tree of a bind (none for a tmpfs).
+    tree: Option<RawFd>,
+    /// The bind source is a file (the mount point must be a file too).
+    file: bool,
+}
+
+/// Opens each bind source as a detached tree (see [`crate::sys::detached_tree`]); the fds
+/// must stay open until the child has attached them.
+fn prepare_mounts(spec: &CapsuleSpec) -> Result<(Vec<HostMount>, Vec<OwnedFd>), RuntimeError> {
+    let mut out = Vec::with_capacity(spec.mounts.len());
+    let mut keep = Vec::new();
+    for m in &spec.mounts {
+        match m {
+            Mount::Bind {
+                source, readonly, ..
+            } => {
+                let what = || format!("bind source {}", source.display());
+                let meta = std::fs::metadata(source).map_err(io(what()))?;
+                let fd = detached_tree(source, *readonly).map_err(|e| RuntimeError::Io {
+                    what: format!("clone the mount tree of {}", what()),
+                    source: e.into(),
+                })?;
+                out.push(HostMount {
+                    tree: Some(fd.as_raw_fd()),
+                    file: !meta.is_dir(),
+                });
+                keep.push(fd);
+            }
+            Mount::Tmpfs { .. } => out.push(HostMount {
+                tree: None,
+                file: false,
+            }),
+        }
+    }
+    Ok((out, keep))
+}
+
+/// The steps for the spec's extra mounts, run after `pivot_root` (so targets resolve inside
+/// the capsule): parents before children, each target created when missing.
+fn push_mounts(plan: &mut Vec<Op>, spec: &CapsuleSpec, host: &[HostMount]) -> Result<(), RuntimeError> {
+    let mut order: Vec<(usize, &Mount)> = spec.mounts.iter().enumerate().collect();
+    // Stable: mounts of equal depth keep the spec's order.
+    order.sort_by_key(|(_, m)| m.target().split('/').filter(|p| !p.is_empty()).count());
+    for (i, m) in order {
+        let target = spec::normalize_target(m.target());
+        let prepared = host.get(i).copied().unwrap_or(HostMount {
+            tree: None,
+            file: false,
+        });
+        let parts: Vec<&str> = target.split('/').filter(|p| !p.is_empty()).collect();
+        let dirs = if prepared.file {
+            parts.len().saturating_sub(1)
+        } else {
+            parts.len()
+        };
+        let mut prefix = String::new();
+        for part in parts.iter().take(dirs) {
+            prefix.push('/');
+            prefix.push_str(part);
+            plan.push(Op::Mkdir {
+                path: cstring("mount target", prefix.as_str())?,
+                mode: 0o755,
+            });
+        }
+        if prepared.file {
+            plan.push(Op::CreateFile {
+                path: cstring("mount target", target.as_str())?,
+            });
+        }
+        match (m, prepared.tree) {
+            (Mount::Bind { .. }, Some(fd)) => plan.push(Op::MoveMount {
+                fd,
+                target: cstring("mount target", target.as_str())?,
+            }),
+            (Mount::Bind { source, .. }, None) => {
+                return Err(RuntimeError::Io {
+                    what: format!("bind source {} was not prepared", source.display()),
+                    source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                })
+            }
+            (Mount::Tmpfs { options, .. }, _) => {
+                use plan::ms::{NODEV, NOEXEC, NOSUID, RDONLY};
+                let mut flags = NOSUID | NODEV;
+                if !options.exec {
+                    flags |= NOEXEC;
+                }
+                if options.readonly {
+                    flags |= RDONLY;
+                }
+                let data = options.data();
+                plan.push(Op::Mount {
+                    source: Some(cstring("source", "tmpfs")?),
+                    target: cstring("mount target", target.as_str())?,
+                    fstype: Some(cstring("fstype", "tmpfs")?),
+                    flags,
+                    data: if data.is_empty() {
+                        None
+                    } else {
+                        Some(cstring("mount data", data)?)
+                    },
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The device nodes of a capsule's `/dev`: name, major, minor.
@@ -520,6 +635,8 @@ fn capsule_plan(
     plan.push(Op::PivotRoot {
         root: cpath("rootfs target", root)?,
     });
+    // Volumes, binds and tmpfs before masking: a mount cannot uncover a masked path.
+    push_mounts(&mut plan, spec, &fds.mounts)?;
     for p in &spec.masked_paths {
         plan.push(Op::Mask {
             path: cstring("masked path", p.as_str())?,
@@ -701,6 +818,7 @@ impl Runtime {
             )),
             _ => None,
         };
+        let (host_mounts, mount_fds) = prepare_mounts(spec)?;
         let (go_r, go_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let fds = PlanFds {
@@ -709,6 +827,7 @@ impl Runtime {
             go_read: go_r.as_raw_fd(),
             netns: netns.as_ref().map(AsRawFd::as_raw_fd),
             cgroup_ns: self.cgroup_ns,
+            mounts: host_mounts,
         };
         let plan = capsule_plan(spec, &sec, &fds)?;
 
@@ -734,7 +853,7 @@ impl Runtime {
                 return Err(RuntimeError::Clone(e));
             }
         };
-        drop((go_r, err_w, netns));
+        drop((go_r, err_w, netns, mount_fds));
         if let Some(cg) = &cgroup {
             if let Err(e) = cg.add_pid(pid) {
                 reap_failed(pid);

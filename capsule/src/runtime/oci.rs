@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use super::seccomp::{CLONE_NS_FLAGS, DENIED};
-use super::spec::{CapsuleSpec, NetworkMode, CPU_PERIOD_US};
+use super::spec::{CapsuleSpec, Mount, NetworkMode, CPU_PERIOD_US};
 use crate::sys::{LinuxSyscall, Syscall};
 
 /// Errors of the OCI conversion.
@@ -137,6 +137,23 @@ pub fn to_oci(spec: &CapsuleSpec) -> Result<oci_spec::runtime::Spec, OciError> {
     if spec.seccomp {
         linux["seccomp"] = seccomp_json();
     }
+    let mut mounts = json!([
+        {"destination": "/proc", "type": "proc", "source": "proc",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+    ]);
+    if let Some(list) = mounts.as_array_mut() {
+        list.extend(spec.mounts.iter().map(mount_json));
+    }
     let doc = json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -154,23 +171,36 @@ pub fn to_oci(spec: &CapsuleSpec) -> Result<oci_spec::runtime::Spec, OciError> {
         },
         "root": {"path": spec.rootfs.target, "readonly": spec.readonly_rootfs},
         "hostname": spec.effective_hostname(),
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]},
-        ],
+        "mounts": mounts,
         "linux": linux,
     });
     serde_json::from_value(doc).map_err(OciError::Build)
+}
+
+/// One of the spec's extra mounts as an OCI mount (a bind is `rbind`, private, and `ro`
+/// when asked; a tmpfs is `nosuid,nodev`, `noexec` unless asked otherwise).
+fn mount_json(m: &Mount) -> Value {
+    match m {
+        Mount::Bind {
+            source,
+            target,
+            readonly,
+        } => json!({
+            "destination": target, "type": "bind", "source": source,
+            "options": ["rbind", "rprivate", if *readonly { "ro" } else { "rw" }],
+        }),
+        Mount::Tmpfs { target, options } => {
+            let mut opts = vec!["nosuid".to_owned(), "nodev".to_owned()];
+            if !options.exec {
+                opts.push("noexec".into());
+            }
+            if options.readonly {
+                opts.push("ro".into());
+            }
+            opts.extend(options.data().split(',').filter(|o| !o.is_empty()).map(str::to_owned));
+            json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": opts})
+        }
+    }
 }
 
 /// Writes `dir/config.json` for the spec; returns its path.
@@ -265,6 +295,37 @@ mod tests {
         assert_eq!(ns.len(), 6);
         assert!(linux.seccomp().is_some());
         assert_eq!(linux.masked_paths().as_ref().unwrap().len(), 11);
+    }
+
+    #[test]
+    fn extra_mounts_follow_the_fixed_ones() {
+        let rootfs = Rootfs::in_dir(vec!["/l".into()], Path::new("/c"));
+        let mut spec = CapsuleSpec::new("oci3", rootfs, vec!["true".into()]);
+        spec.mounts = vec![
+            Mount::Bind {
+                source: "/srv/v".into(),
+                target: "/data".into(),
+                readonly: true,
+            },
+            Mount::Tmpfs {
+                target: "/run".into(),
+                options: crate::runtime::TmpfsOptions {
+                    size_bytes: Some(4096),
+                    ..Default::default()
+                },
+            },
+        ];
+        let oci = to_oci(&spec).unwrap();
+        let mounts = oci.mounts().as_ref().unwrap();
+        assert_eq!(mounts.len(), 8);
+        let bind = &mounts[6];
+        assert_eq!(bind.destination(), Path::new("/data"));
+        assert_eq!(bind.source().as_deref(), Some(Path::new("/srv/v")));
+        assert!(bind.options().as_ref().unwrap().contains(&"ro".to_owned()));
+        let tmpfs = &mounts[7];
+        assert_eq!(tmpfs.typ().as_deref(), Some("tmpfs"));
+        let opts = tmpfs.options().as_ref().unwrap();
+        assert!(opts.contains(&"noexec".to_owned()) && opts.contains(&"size=4096".to_owned()));
     }
 
     #[test]

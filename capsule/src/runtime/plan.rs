@@ -44,6 +44,10 @@ pub(crate) enum Op {
     Mkdir { path: CString, mode: u32 },
     /// A character device node; an existing entry is fine.
     Mknod { path: CString, mode: u32, dev: u64 },
+    /// An empty regular file (a mount point for a file bind); an existing entry is fine.
+    CreateFile { path: CString },
+    /// Attach the detached mount tree behind `fd` on `target`.
+    MoveMount { fd: RawFd, target: CString },
     /// A symlink; an existing entry is fine.
     Symlink { target: CString, link: CString },
     /// `chdir(root)`, `pivot_root(".", ".")`, detach the old root, `chdir("/")`.
@@ -122,6 +126,8 @@ impl Op {
             ),
             Op::Mkdir { path, .. } => format!("create directory {}", lossy(path)),
             Op::Mknod { path, .. } => format!("create device {}", lossy(path)),
+            Op::CreateFile { path } => format!("create mount point file {}", lossy(path)),
+            Op::MoveMount { target, .. } => format!("bind mount on {}", lossy(target)),
             Op::Symlink { link, .. } => format!("create symlink {}", lossy(link)),
             Op::PivotRoot { root } => format!("pivot_root into {}", lossy(root)),
             Op::Mask { path } => format!("mask {}", lossy(path)),
@@ -256,6 +262,10 @@ fn run_op(sys: &dyn Syscall, op: &Op) -> Result<(), (Errno, FailureKind)> {
         Op::Mknod { path, mode, dev } => {
             ok_if_exists(sys.mknod(path, libc::S_IFCHR | *mode, *dev)).map_err(setup)
         }
+        Op::CreateFile { path } => {
+            ok_if_exists(sys.mknod(path, libc::S_IFREG | 0o644, 0)).map_err(setup)
+        }
+        Op::MoveMount { fd, target } => sys.move_mount(*fd, target).map_err(setup),
         Op::Symlink { target, link } => ok_if_exists(sys.symlink(target, link)).map_err(setup),
         Op::PivotRoot { root } => (|| {
             sys.chdir(root)?;

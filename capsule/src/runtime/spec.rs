@@ -50,6 +50,14 @@ pub enum SpecError {
     /// The soft limit exceeds the hard limit.
     #[error("rlimit {0}: soft limit above hard limit")]
     RlimitSoftAboveHard(&'static str),
+    /// An extra mount ([`Mount`]) is invalid.
+    #[error("invalid mount on {target:?}: {reason}")]
+    BadMount {
+        /// The mount's target inside the capsule.
+        target: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// The root filesystem: an overlay of read-only lower directories (unpacked image layers) and a
@@ -111,6 +119,127 @@ fn escape_overlay(s: &str) -> String {
             out.push('\\');
         }
         out.push(c);
+    }
+    out
+}
+
+/// An extra mount inside the capsule: a volume or host path bound in, or a tmpfs.
+///
+/// Mounts are made after the capsule's root is in place (after `pivot_root`), so the target
+/// is resolved inside the capsule: a symlink in the image cannot send it to a host path.
+/// Missing target directories are created (in the capsule's writable layer); parents are
+/// mounted before children whatever the order here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mount {
+    /// A recursive bind of a host file or directory (a named volume's `_data` or a host path).
+    /// The parent clones the source tree (`open_tree`) before the capsule starts; the clone is
+    /// private (nothing mounted in the capsule propagates back) and, when `readonly`, read-only
+    /// recursively.
+    Bind {
+        /// Absolute host path.
+        source: PathBuf,
+        /// Absolute path inside the capsule.
+        target: String,
+        /// Make the whole bound tree read-only.
+        readonly: bool,
+    },
+    /// A fresh tmpfs (always `nosuid,nodev`).
+    Tmpfs {
+        /// Absolute path inside the capsule.
+        target: String,
+        /// Size, mode, owner and flags.
+        options: TmpfsOptions,
+    },
+}
+
+/// Options of a tmpfs [`Mount`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TmpfsOptions {
+    /// `size=` in bytes (the kernel's default, half of RAM, when `None`).
+    pub size_bytes: Option<u64>,
+    /// `mode=` of the root directory (the kernel's default 1777 when `None`).
+    pub mode: Option<u32>,
+    /// `uid=` of the root directory.
+    pub uid: Option<u32>,
+    /// `gid=` of the root directory.
+    pub gid: Option<u32>,
+    /// Mount read-only.
+    pub readonly: bool,
+    /// Allow executing programs from it (docker's default is `noexec`).
+    pub exec: bool,
+}
+
+impl TmpfsOptions {
+    /// The mount data, e.g. `size=67108864,mode=1777`.
+    pub fn data(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = self.size_bytes {
+            parts.push(format!("size={s}"));
+        }
+        if let Some(m) = self.mode {
+            parts.push(format!("mode={m:o}"));
+        }
+        if let Some(u) = self.uid {
+            parts.push(format!("uid={u}"));
+        }
+        if let Some(g) = self.gid {
+            parts.push(format!("gid={g}"));
+        }
+        parts.join(",")
+    }
+}
+
+impl Mount {
+    /// The absolute path inside the capsule.
+    pub fn target(&self) -> &str {
+        match self {
+            Mount::Bind { target, .. } | Mount::Tmpfs { target, .. } => target,
+        }
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        let target = self.target();
+        let bad = |reason| SpecError::BadMount {
+            target: target.to_owned(),
+            reason,
+        };
+        if !target.starts_with('/') {
+            return Err(bad("the target must be an absolute path"));
+        }
+        if target.contains('\0') {
+            return Err(bad("the target contains a NUL byte"));
+        }
+        let parts: Vec<&str> = target.split('/').filter(|p| !p.is_empty()).collect();
+        if parts.is_empty() {
+            return Err(bad("the target cannot be /"));
+        }
+        if parts.iter().any(|p| *p == ".." || *p == ".") {
+            return Err(bad("the target must not contain '.' or '..'"));
+        }
+        if matches!(parts.first(), Some(&"proc")) {
+            return Err(bad("mounts on or under /proc are not allowed"));
+        }
+        if let Mount::Bind { source, .. } = self {
+            if !source.is_absolute() {
+                return Err(bad("the bind source must be an absolute host path"));
+            }
+            if source.as_os_str().as_encoded_bytes().contains(&0) {
+                return Err(bad("the bind source contains a NUL byte"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `/a//b/` → `/a/b`: the form duplicate targets are compared in.
+pub(crate) fn normalize_target(t: &str) -> String {
+    let mut out = String::with_capacity(t.len());
+    for p in t.split('/').filter(|p| !p.is_empty()) {
+        out.push('/');
+        out.push_str(p);
+    }
+    if out.is_empty() {
+        out.push('/');
     }
     out
 }
@@ -363,6 +492,8 @@ pub struct CapsuleSpec {
     pub no_new_privileges: bool,
     /// Install Bolt's default seccomp profile ([`super::seccomp`]).
     pub seccomp: bool,
+    /// Volumes, binds and tmpfs mounts (none by default).
+    pub mounts: Vec<Mount>,
 }
 
 impl CapsuleSpec {
@@ -400,6 +531,7 @@ impl CapsuleSpec {
             }],
             no_new_privileges: true,
             seccomp: true,
+            mounts: Vec::new(),
         }
     }
 
@@ -451,6 +583,16 @@ impl CapsuleSpec {
         for r in &self.rlimits {
             if r.soft > r.hard {
                 return Err(SpecError::RlimitSoftAboveHard(r.kind.name()));
+            }
+        }
+        let mut targets = std::collections::HashSet::new();
+        for m in &self.mounts {
+            m.validate()?;
+            if !targets.insert(normalize_target(m.target())) {
+                return Err(SpecError::BadMount {
+                    target: m.target().to_owned(),
+                    reason: "two mounts have this target",
+                });
             }
         }
         Ok(())
@@ -566,6 +708,55 @@ mod tests {
         let mut s = spec();
         s.resources.cpu_weight = Some(0);
         assert!(matches!(s.validate(), Err(SpecError::BadResource(_))));
+    }
+
+    #[test]
+    fn mounts_are_validated() {
+        let bind = |source: &str, target: &str| Mount::Bind {
+            source: source.into(),
+            target: target.into(),
+            readonly: false,
+        };
+        let mut s = spec();
+        s.mounts = vec![
+            bind("/srv/data", "/data"),
+            Mount::Tmpfs {
+                target: "/data/tmp".into(),
+                options: TmpfsOptions::default(),
+            },
+        ];
+        assert!(s.validate().is_ok());
+        for (m, want) in [
+            (bind("/x", "data"), "absolute"),
+            (bind("/x", "/"), "cannot be /"),
+            (bind("/x", "//"), "cannot be /"),
+            (bind("/x", "/a/../etc"), "'..'"),
+            (bind("/x", "/proc/sys"), "/proc"),
+            (bind("rel", "/data"), "bind source"),
+        ] {
+            let mut s = spec();
+            s.mounts = vec![m];
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{e} should mention {want}");
+        }
+        let mut s = spec();
+        s.mounts = vec![bind("/x", "/data/"), bind("/y", "//data")];
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("two mounts"), "{e}");
+    }
+
+    #[test]
+    fn tmpfs_data() {
+        let o = TmpfsOptions {
+            size_bytes: Some(64 << 20),
+            mode: Some(0o1777),
+            uid: Some(5),
+            gid: None,
+            readonly: false,
+            exec: false,
+        };
+        assert_eq!(o.data(), "size=67108864,mode=1777,uid=5");
+        assert_eq!(TmpfsOptions::default().data(), "");
     }
 
     #[test]

@@ -37,6 +37,7 @@ fn fds() -> PlanFds {
         go_read: 13,
         netns: None,
         cgroup_ns: true,
+        mounts: Vec::new(),
     }
 }
 
@@ -211,6 +212,82 @@ fn exec_plan_joins_namespaces_then_forks_then_drops_privileges() {
     assert!(mnt < position(&calls, "fork_sibling"));
     assert!(position(&calls, "fork_sibling") < position(&calls, "setresuid"));
     assert!(position(&calls, "seccomp") < position(&calls, "execve"));
+}
+
+#[test]
+fn mounts_come_after_pivot_root_parents_first_and_before_masking() {
+    let mut s = spec();
+    s.mounts = vec![
+        Mount::Tmpfs {
+            target: "/data/cache".into(),
+            options: TmpfsOptions {
+                size_bytes: Some(1 << 20),
+                mode: Some(0o1777),
+                ..TmpfsOptions::default()
+            },
+        },
+        Mount::Bind {
+            source: "/srv/vol".into(),
+            target: "/data/".into(),
+            readonly: true,
+        },
+        Mount::Bind {
+            source: "/etc/hosts".into(),
+            target: "/etc/hosts".into(),
+            readonly: false,
+        },
+    ];
+    let mut f = fds();
+    f.mounts = vec![
+        HostMount {
+            tree: None,
+            file: false,
+        },
+        HostMount {
+            tree: Some(40),
+            file: false,
+        },
+        HostMount {
+            tree: Some(41),
+            file: true,
+        },
+    ];
+    let plan = capsule_plan(&s, &security(&s), &f).unwrap();
+    let sys = RecordingSyscall::new();
+    let failure = run_plan(&sys, &plan);
+    assert_eq!(failure.kind, FailureKind::NotFound);
+    let calls = sys.calls();
+    let pivot = position(&calls, "pivot_root");
+    let data = position(&calls, "move_mount 40 /data");
+    let cache = position(&calls, "mount tmpfs /data/cache tmpfs");
+    let hosts = position(&calls, "move_mount 41 /etc/hosts");
+    assert!(pivot < position(&calls, "mkdir /data 755"));
+    assert!(position(&calls, "mkdir /data 755") < data);
+    assert!(data < cache, "the parent mount comes first: {calls:#?}");
+    assert!(position(&calls, "mkdir /data/cache 755") < cache);
+    // A file bind gets a file as its mount point, in a created parent directory.
+    assert!(position(&calls, "mkdir /etc 755") < position(&calls, "mknod /etc/hosts 100644 0"));
+    assert!(position(&calls, "mknod /etc/hosts") < hosts);
+    assert!(!calls.iter().any(|c| c == "mkdir /etc/hosts 755"));
+    // nosuid, nodev, noexec; size and mode as data.
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    assert_eq!(
+        calls[cache],
+        format!("mount tmpfs /data/cache tmpfs {flags:#x} size=1048576,mode=1777")
+    );
+    assert!(cache < position(&calls, "mount /dev/null /proc/kcore"));
+}
+
+#[test]
+fn a_bind_without_a_prepared_tree_is_refused() {
+    let mut s = spec();
+    s.mounts = vec![Mount::Bind {
+        source: "/srv/vol".into(),
+        target: "/data".into(),
+        readonly: false,
+    }];
+    let err = capsule_plan(&s, &security(&s), &fds()).unwrap_err();
+    assert!(err.to_string().contains("/srv/vol"), "{err}");
 }
 
 #[test]

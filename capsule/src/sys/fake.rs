@@ -66,6 +66,9 @@ impl Syscall for RecordingSyscall {
             s(data)
         ))
     }
+    fn move_mount(&self, fd: RawFd, target: &CStr) -> Result<(), Errno> {
+        self.record(format!("move_mount {fd} {}", s(Some(target))))
+    }
     fn umount2(&self, target: &CStr, flags: i32) -> Result<(), Errno> {
         self.record(format!("umount2 {} {flags}", s(Some(target))))
     }

@@ -30,6 +30,59 @@ fn opt_ptr(s: Option<&CStr>) -> *const libc::c_char {
     s.map_or(std::ptr::null(), CStr::as_ptr)
 }
 
+/// `MOVE_MOUNT_F_EMPTY_PATH` (linux/mount.h).
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+/// `MOUNT_ATTR_RDONLY` (linux/mount.h).
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// `struct mount_attr` (linux/mount.h, `MOUNT_ATTR_SIZE_VER0`).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// A detached, private copy of the mount tree at `source` (`open_tree(OPEN_TREE_CLONE |
+/// AT_RECURSIVE)`), read-only throughout when `readonly` (`mount_setattr(AT_RECURSIVE)`).
+/// Called in the parent before a capsule is cloned; the child attaches it with
+/// [`Syscall::move_mount`]. Closing the fd without attaching it frees the copy.
+pub(crate) fn detached_tree(
+    source: &std::path::Path,
+    readonly: bool,
+) -> Result<std::os::fd::OwnedFd, Errno> {
+    use rustix::mount::{open_tree, OpenTreeFlags};
+    use std::os::fd::AsRawFd;
+    let fd = open_tree(
+        rustix::fs::CWD,
+        source,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_RECURSIVE,
+    )
+    .map_err(|e| Errno::from_raw(e.raw_os_error()))?;
+    // Private: nothing mounted under it inside the capsule propagates to the host's peers.
+    let attr = MountAttr {
+        attr_set: if readonly { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr has no glibc wrapper; it gets our open fd, a live NUL-terminated
+    // empty path, integer flags and a pointer to `attr`, a live repr(C) `struct mount_attr`
+    // whose size is passed with it; the kernel only reads it during the call.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            std::ptr::addr_of!(attr),
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(fd)
+}
+
 /// `_LINUX_CAPABILITY_VERSION_3`.
 const CAP_V3: u32 = 0x2008_0522;
 
@@ -67,6 +120,23 @@ impl Syscall for LinuxSyscall {
                 opt_ptr(data).cast(),
             )
         })
+    }
+
+    fn move_mount(&self, fd: RawFd, target: &CStr) -> Result<(), Errno> {
+        // SAFETY: move_mount has no glibc wrapper; it gets an fd, a live NUL-terminated empty
+        // string, AT_FDCWD, the live NUL-terminated target and integer flags. A bad fd yields
+        // EBADF.
+        check_long(unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                fd,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        })
+        .map(drop)
     }
 
     fn umount2(&self, target: &CStr, flags: i32) -> Result<(), Errno> {

@@ -24,7 +24,7 @@ use std::os::fd::RawFd;
 
 pub use nix::errno::Errno;
 
-pub(crate) use linux::{clone_child, LinuxSyscall};
+pub(crate) use linux::{clone_child, detached_tree, LinuxSyscall};
 
 /// Namespace flags, re-exported as plain integers for plans.
 pub(crate) mod ns {
@@ -97,6 +97,9 @@ pub(crate) trait Syscall {
         flags: u64,
         data: Option<&CStr>,
     ) -> Result<(), Errno>;
+    /// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attaches the detached
+    /// mount tree behind `fd` (made by [`detached_tree`]) on `target`.
+    fn move_mount(&self, fd: RawFd, target: &CStr) -> Result<(), Errno>;
     /// `umount2(2)`.
     fn umount2(&self, target: &CStr, flags: i32) -> Result<(), Errno>;
     /// `pivot_root(2)`.
