@@ -6,4 +6,5 @@
 pub mod image;
 pub mod net;
 pub mod runtime;
+pub mod storage;
 mod sys;
