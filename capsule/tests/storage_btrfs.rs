@@ -78,7 +78,10 @@ fn on_btrfs_layers_and_volumes_are_subvolumes() {
     let layers = fx.storage.layers();
     let rootfs = layers.create("c-sub", fx.lower()).unwrap();
     assert!(layers.is_subvolume("c-sub"));
-    assert!(!is_subvolume(&rootfs.upper).unwrap(), "upper and work share one subvolume");
+    assert!(
+        !is_subvolume(&rootfs.upper).unwrap(),
+        "upper and work share one subvolume"
+    );
     // A capsule runs on it: overlay renames from work into upper stay in one subvolume.
     let mut spec = shell(
         "c-sub",
@@ -89,10 +92,7 @@ fn on_btrfs_layers_and_volumes_are_subvolumes() {
     assert_eq!(run_ok(&fx.rt, &spec), "a\n");
     layers.remove("c-sub").unwrap();
     assert!(!layers.path("c-sub").exists());
-    fx.storage
-        .volumes()
-        .remove("db", &BTreeSet::new())
-        .unwrap();
+    fx.storage.volumes().remove("db", &BTreeSet::new()).unwrap();
     fx.finish();
 }
 
@@ -117,7 +117,10 @@ fn a_volume_snapshot_restore_brings_back_the_earlier_content() {
         layers.remove(&id).unwrap();
         out
     };
-    run_with_volume("w1", "echo version-1 > /data/state; mkdir /data/d; echo keep > /data/d/k");
+    run_with_volume(
+        "w1",
+        "echo version-1 > /data/state; mkdir /data/d; echo keep > /data/d/k",
+    );
     let snaps = fx.storage.snapshots();
     let target = Target::Volume("appdata".into());
     let s1 = snaps.create(&target, "before-upgrade").unwrap();
@@ -136,12 +139,19 @@ fn a_volume_snapshot_restore_brings_back_the_earlier_content() {
         "version-2\nnew\nstate\n"
     );
     snaps.create(&target, "after-upgrade").unwrap();
-    let names: Vec<String> = snaps.list(&target).unwrap().into_iter().map(|s| s.name).collect();
+    let names: Vec<String> = snaps
+        .list(&target)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     assert_eq!(names, ["before-upgrade", "after-upgrade"]);
 
     // In use: refused, nothing changes.
     let in_use: BTreeSet<Target> = [target.clone()].into();
-    let e = snaps.restore(&target, "before-upgrade", &in_use).unwrap_err();
+    let e = snaps
+        .restore(&target, "before-upgrade", &in_use)
+        .unwrap_err();
     assert!(matches!(e, SnapshotError::InUse(_)), "{e}");
     assert_eq!(run_with_volume("r2", "cat /data/state"), "version-2\n");
 
@@ -210,7 +220,10 @@ fn a_capsule_layer_snapshot_restore_brings_back_the_earlier_files() {
     let target = Target::Capsule(id.into());
     snaps.create(&target, "s1").unwrap();
     start("echo two > /etc/app.conf; echo root:x:0:0::/:/bin/sh > /etc/passwd");
-    assert_eq!(start("cat /etc/app.conf /etc/passwd"), "two\nroot:x:0:0::/:/bin/sh\n");
+    assert_eq!(
+        start("cat /etc/app.conf /etc/passwd"),
+        "two\nroot:x:0:0::/:/bin/sh\n"
+    );
     snaps.restore(&target, "s1", &BTreeSet::new()).unwrap();
     assert_eq!(
         start("cat /etc/app.conf; test -e /etc/passwd && echo passwd || echo no-passwd"),

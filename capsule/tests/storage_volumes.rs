@@ -105,7 +105,12 @@ fn a_volume_written_by_one_capsule_is_read_by_the_next() {
     );
     assert_eq!(ok(&r), "written-by-first\ndeep\nonly-in-volume\n");
     // An anonymous volume is new and empty each time.
-    let a = fx.run("anon1", &["/cache"], &[], "ls -A /cache | wc -l; echo x > /cache/x");
+    let a = fx.run(
+        "anon1",
+        &["/cache"],
+        &[],
+        "ls -A /cache | wc -l; echo x > /cache/x",
+    );
     assert_eq!(ok(&a).trim(), "0");
     let a = fx.run("anon2", &["/cache"], &[], "ls -A /cache | wc -l");
     assert_eq!(ok(&a).trim(), "0");
@@ -119,7 +124,10 @@ fn a_volume_written_by_one_capsule_is_read_by_the_next() {
     let in_use: BTreeSet<String> = ["data1".to_owned()].into();
     let e = fx.storage.volumes().remove("data1", &in_use).unwrap_err();
     assert!(matches!(e, VolumeError::InUse(_)), "{e}");
-    fx.storage.volumes().remove("data1", &BTreeSet::new()).unwrap();
+    fx.storage
+        .volumes()
+        .remove("data1", &BTreeSet::new())
+        .unwrap();
     assert!(fx.storage.volumes().list().unwrap().is_empty());
     fx.finish();
 }
@@ -190,7 +198,13 @@ fn tmpfs_is_a_tmpfs_with_its_options() {
     assert_eq!(lines[0], "tmpfs", "{text}");
     assert_eq!(lines[1], "1777");
     let opts = lines[2];
-    for want in ["tmpfs /scratch tmpfs", "nosuid", "nodev", "noexec", "size=1024k"] {
+    for want in [
+        "tmpfs /scratch tmpfs",
+        "nosuid",
+        "nodev",
+        "noexec",
+        "size=1024k",
+    ] {
         assert!(opts.contains(want), "{opts:?} lacks {want}");
     }
     assert_eq!(lines[3], "full", "a 1 MiB tmpfs refuses 2 MiB");
@@ -301,7 +315,10 @@ fn bad_specs_and_missing_sources_leave_nothing() {
     let fx = Fx::new();
     let s = &fx.storage;
     // Parse errors name the bad part.
-    let e = "data:relative".parse::<VolumeSpec>().unwrap_err().to_string();
+    let e = "data:relative"
+        .parse::<VolumeSpec>()
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("\"relative\" must be absolute"), "{e}");
     let e = "/t:size=huge".parse::<TmpfsSpec>().unwrap_err().to_string();
     assert!(e.contains("bad size value \"huge\""), "{e}");
@@ -321,7 +338,10 @@ fn bad_specs_and_missing_sources_leave_nothing() {
     let e = s
         .resolve_mounts(&v, &[], &CreateOptions::default())
         .unwrap_err();
-    assert!(e.to_string().contains(&missing.display().to_string()), "{e}");
+    assert!(
+        e.to_string().contains(&missing.display().to_string()),
+        "{e}"
+    );
     assert!(s.volumes().list().unwrap().is_empty(), "no volume made");
     // The runtime names a bind source that vanished after resolving, and leaves no cgroup.
     let id = capsule_id("vanished");

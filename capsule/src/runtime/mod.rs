@@ -453,7 +453,11 @@ fn prepare_mounts(spec: &CapsuleSpec) -> Result<(Vec<HostMount>, Vec<OwnedFd>), 
 
 /// The steps for the spec's extra mounts, run after `pivot_root` (so targets resolve inside
 /// the capsule): parents before children, each target created when missing.
-fn push_mounts(plan: &mut Vec<Op>, spec: &CapsuleSpec, host: &[HostMount]) -> Result<(), RuntimeError> {
+fn push_mounts(
+    plan: &mut Vec<Op>,
+    spec: &CapsuleSpec,
+    host: &[HostMount],
+) -> Result<(), RuntimeError> {
     let mut order: Vec<(usize, &Mount)> = spec.mounts.iter().enumerate().collect();
     // Stable: mounts of equal depth keep the spec's order.
     order.sort_by_key(|(_, m)| m.target().split('/').filter(|p| !p.is_empty()).count());

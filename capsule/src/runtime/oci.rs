@@ -197,7 +197,13 @@ fn mount_json(m: &Mount) -> Value {
             if options.readonly {
                 opts.push("ro".into());
             }
-            opts.extend(options.data().split(',').filter(|o| !o.is_empty()).map(str::to_owned));
+            opts.extend(
+                options
+                    .data()
+                    .split(',')
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_owned),
+            );
             json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": opts})
         }
     }

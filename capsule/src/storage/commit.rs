@@ -11,7 +11,8 @@
 //!   its own entry;
 //! - other `overlay.*` xattrs are dropped; the rest (`security.capability`, `user.*`) travel as
 //!   PAX `SCHILY.xattr.*` records; hard links inside the upper directory stay hard links;
-//!   sockets are skipped;
+//!   sockets are skipped; a file whose name starts with `.wh.` is refused (it would read as a
+//!   whiteout);
 //! - upper directories made with `redirect_dir` or `metacopy` (their content lives partly in
 //!   the lower layers) are refused: Bolt mounts overlays without them.
 
@@ -259,7 +260,13 @@ impl<W: Write> Walker<W> {
         h.set_mode(0o644);
         h.set_size(data.len() as u64);
         // The name of a PAX header is informational; keep it short and valid.
-        let short: Vec<u8> = name.as_os_str().as_bytes().iter().take(80).copied().collect();
+        let short: Vec<u8> = name
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .take(80)
+            .copied()
+            .collect();
         let mut pax_name = b"PaxHeaders/".to_vec();
         pax_name.extend(short.iter().filter(|b| **b != b'/'));
         self.tar
@@ -307,6 +314,12 @@ impl<W: Write> Walker<W> {
             self.stats.skipped += 1;
             return Ok(());
         }
+        if name.as_bytes().starts_with(b".wh.") {
+            return Err(CommitError::Unsupported {
+                path: path.to_path_buf(),
+                what: "a file named .wh.* (layers reserve the prefix for whiteouts)",
+            });
+        }
         let a = attrs(path, ft.is_dir())?;
         if a.whiteout && ft.is_file() {
             return self
@@ -320,7 +333,11 @@ impl<W: Write> Walker<W> {
             let mut with_slash = rel.as_os_str().as_bytes().to_vec();
             with_slash.push(b'/');
             self.tar
-                .append_data(&mut h, Path::new(OsStr::from_bytes(&with_slash)), io::empty())
+                .append_data(
+                    &mut h,
+                    Path::new(OsStr::from_bytes(&with_slash)),
+                    io::empty(),
+                )
                 .map_err(CommitError::Write)?;
             if a.opaque {
                 self.empty_file(&m, &rel.join(".wh..wh..opq"), 0o644)
@@ -374,10 +391,9 @@ impl<W: Write> Walker<W> {
         let mut h = self.header(&m, kind);
         if kind != EntryType::Fifo {
             let rdev = m.rdev();
-            let major = u32::try_from(((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0xfff))
-                .unwrap_or(0);
-            let minor =
-                u32::try_from(((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)).unwrap_or(0);
+            let major =
+                u32::try_from(((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0xfff)).unwrap_or(0);
+            let minor = u32::try_from(((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)).unwrap_or(0);
             h.set_device_major(major).map_err(CommitError::Write)?;
             h.set_device_minor(minor).map_err(CommitError::Write)?;
         }
@@ -523,7 +539,11 @@ pub fn derive_config(
             let mut env: Vec<String> = config
                 .get("Env")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
             for kv in &changes.env {
                 let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
@@ -581,10 +601,7 @@ fn write_blob(blobs: &Path, bytes: &[u8]) -> Result<Digest, CommitError> {
 }
 
 /// Writes the layer blob into `blobs`, returning (blob digest, blob size, layer).
-fn stage_layer(
-    req: &ImageCommit,
-    blobs: &Path,
-) -> Result<(Digest, u64, Committed), CommitError> {
+fn stage_layer(req: &ImageCommit, blobs: &Path) -> Result<(Digest, u64, Committed), CommitError> {
     let tmp = blobs.join(".layer");
     let f = File::create(&tmp).map_err(stage_err("create", &tmp))?;
     let outer = HashingWriter::new(BufWriter::new(f));
@@ -694,9 +711,9 @@ pub async fn commit_image(
             .await
             .map_err(CommitError::from)
             .and_then(|mut v| {
-                v.pop().map(|pulled| ImageCommitted { layer, pulled }).ok_or_else(|| {
-                    CommitError::Config("the store imported no image".into())
-                })
+                v.pop()
+                    .map(|pulled| ImageCommitted { layer, pulled })
+                    .ok_or_else(|| CommitError::Config("the store imported no image".into()))
             }),
         Ok(Err(e)) | Err(e) => Err(e),
     };

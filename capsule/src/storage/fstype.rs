@@ -114,7 +114,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sub = dir.path().join("d");
         std::fs::create_dir(&sub).unwrap();
-        assert!(!is_subvolume(&sub).unwrap(), "a fresh mkdir is never a subvolume root");
+        assert!(
+            !is_subvolume(&sub).unwrap(),
+            "a fresh mkdir is never a subvolume root"
+        );
         assert!(is_subvolume(&dir.path().join("missing")).is_err());
     }
 }

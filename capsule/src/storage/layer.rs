@@ -191,7 +191,10 @@ mod tests {
         assert!(r.upper.is_dir() && r.work.is_dir() && r.target.is_dir());
         assert_eq!(r.upper, layers.upper("c1"));
         assert!(r.upper.starts_with(layers.path("c1")));
-        assert!(r.work.starts_with(layers.path("c1")), "upper and work share the layer");
+        assert!(
+            r.work.starts_with(layers.path("c1")),
+            "upper and work share the layer"
+        );
         assert!(!r.target.starts_with(layers.path("c1")));
         assert_eq!(layers.rootfs("c1", vec!["/l/base".into()]), r);
         assert!(!layers.is_subvolume("c1"));

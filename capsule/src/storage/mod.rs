@@ -168,13 +168,15 @@ impl Backend {
     pub(crate) fn make_dir(&self, path: &Path) -> Result<bool, BtrfsError> {
         match self {
             Backend::Btrfs(b) => b.create_subvolume(path).map(|()| true),
-            Backend::Plain(_) => std::fs::create_dir(path)
-                .map(|()| false)
-                .map_err(|source| BtrfsError::Io {
-                    step: "create directory",
-                    path: path.to_path_buf(),
-                    source,
-                }),
+            Backend::Plain(_) => {
+                std::fs::create_dir(path)
+                    .map(|()| false)
+                    .map_err(|source| BtrfsError::Io {
+                        step: "create directory",
+                        path: path.to_path_buf(),
+                        source,
+                    })
+            }
         }
     }
 
@@ -348,10 +350,9 @@ pub(crate) fn random_hex(bytes: usize) -> String {
 /// the directory.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map_or_else(
-        || "file".into(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.tmp-{}", random_hex(6)));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -374,8 +375,14 @@ mod tests {
     #[test]
     fn layout_paths() {
         let l = Layout::new("/var/lib/bolt");
-        assert_eq!(l.volume_data("db"), Path::new("/var/lib/bolt/volumes/db/_data"));
-        assert_eq!(l.capsule_layer("c1"), Path::new("/var/lib/bolt/capsules/c1/layer"));
+        assert_eq!(
+            l.volume_data("db"),
+            Path::new("/var/lib/bolt/volumes/db/_data")
+        );
+        assert_eq!(
+            l.capsule_layer("c1"),
+            Path::new("/var/lib/bolt/capsules/c1/layer")
+        );
         assert_eq!(l.snapshots(), Path::new("/var/lib/bolt/snapshots"));
     }
 

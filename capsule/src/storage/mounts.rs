@@ -290,7 +290,10 @@ impl fmt::Display for VolumeSpec {
 /// trailing `i`/`b` are accepted: `64m`, `64M`, `64mb`, `64MiB`).
 pub fn parse_size(s: &str) -> Option<u64> {
     let lower = s.trim().to_ascii_lowercase();
-    let t = lower.strip_suffix("ib").or_else(|| lower.strip_suffix('b')).unwrap_or(&lower);
+    let t = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
     let (num, mult) = match t.char_indices().last() {
         Some((i, 'k')) => (t.get(..i)?, 1u64 << 10),
         Some((i, 'm')) => (t.get(..i)?, 1 << 20),
@@ -356,12 +359,10 @@ impl TmpfsSpec {
                     options.mode = Some(m);
                 }
                 Some(("uid", v)) => {
-                    options.uid =
-                        Some(v.parse().map_err(|_| bad_value("uid", v, "a number"))?);
+                    options.uid = Some(v.parse().map_err(|_| bad_value("uid", v, "a number"))?);
                 }
                 Some(("gid", v)) => {
-                    options.gid =
-                        Some(v.parse().map_err(|_| bad_value("gid", v, "a number"))?);
+                    options.gid = Some(v.parse().map_err(|_| bad_value("gid", v, "a number"))?);
                 }
                 None if opt == "ro" || opt == "rw" => {
                     conflict(seen_ro, opt)?;
@@ -436,10 +437,7 @@ impl fmt::Display for TmpfsSpec {
 }
 
 /// Refuses two mounts on one container path (volumes and tmpfs together), naming both specs.
-pub fn check_targets(
-    volumes: &[VolumeSpec],
-    tmpfs: &[TmpfsSpec],
-) -> Result<(), MountSpecError> {
+pub fn check_targets(volumes: &[VolumeSpec], tmpfs: &[TmpfsSpec]) -> Result<(), MountSpecError> {
     let mut seen: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
     let all = volumes
         .iter()
@@ -496,7 +494,10 @@ mod tests {
             ("x:/data", "source \"x\""),
             ("-v:/data", "source \"-v\""),
             ("/a/../etc:/data", "source \"/a/../etc\""),
-            ("data:relative", "container path \"relative\" must be absolute"),
+            (
+                "data:relative",
+                "container path \"relative\" must be absolute",
+            ),
             ("data:/", "container path \"/\" cannot be /"),
             ("data:/a/../b", "'..'"),
             ("data:/proc/x", "under /proc"),
@@ -518,7 +519,17 @@ mod tests {
         for ok in ["ab", "a.b-c_d", "0data", &"v".repeat(255)] {
             assert!(valid_volume_name(ok), "{ok}");
         }
-        for bad in ["", "a", ".ab", "_ab", "a/b", "a b", "a:b", &"v".repeat(256), "é1"] {
+        for bad in [
+            "",
+            "a",
+            ".ab",
+            "_ab",
+            "a/b",
+            "a b",
+            "a:b",
+            &"v".repeat(256),
+            "é1",
+        ] {
             assert!(!valid_volume_name(bad), "{bad}");
         }
     }
@@ -534,7 +545,10 @@ mod tests {
         assert!(t.options.exec);
         assert_eq!((t.options.uid, t.options.gid), (Some(1000), Some(1000)));
         assert_eq!(t.options.size_bytes, Some(4096));
-        assert_eq!(TmpfsSpec::parse("/tmp").unwrap().options, TmpfsOptions::default());
+        assert_eq!(
+            TmpfsSpec::parse("/tmp").unwrap().options,
+            TmpfsOptions::default()
+        );
         match TmpfsSpec::parse("/t:size=1g").unwrap().to_mount() {
             Mount::Tmpfs { target, options } => {
                 assert_eq!(target, "/t");
@@ -557,7 +571,10 @@ mod tests {
             ("/run:uid=root", "bad uid value \"root\""),
             ("/run:suid", "unknown option \"suid\""),
             ("/run:ro,rw", "conflicting options \"ro\" and \"rw\""),
-            ("/run:exec,noexec", "conflicting options \"exec\" and \"noexec\""),
+            (
+                "/run:exec,noexec",
+                "conflicting options \"exec\" and \"noexec\"",
+            ),
         ];
         for (spec, want) in cases {
             let e = TmpfsSpec::parse(spec).unwrap_err().to_string();
@@ -586,7 +603,10 @@ mod tests {
         let t = [TmpfsSpec::parse("/data/:size=1m").unwrap()];
         let e = check_targets(&v, &t).unwrap_err().to_string();
         assert!(e.contains("\"/data\""), "{e}");
-        assert!(e.contains("a1:/data") && e.contains("/data:size=1048576"), "{e}");
+        assert!(
+            e.contains("a1:/data") && e.contains("/data:size=1048576"),
+            "{e}"
+        );
         assert!(check_targets(&v, &[]).is_ok());
     }
 

@@ -83,7 +83,9 @@ pub enum SnapshotError {
         root: PathBuf,
     },
     /// The snapshot name breaks the rule.
-    #[error("invalid snapshot name {0:?}: use [A-Za-z0-9][A-Za-z0-9_.-]* (at most 200 characters)")]
+    #[error(
+        "invalid snapshot name {0:?}: use [A-Za-z0-9][A-Za-z0-9_.-]* (at most 200 characters)"
+    )]
     BadName(String),
     /// The capsule id or volume name is invalid.
     #[error("invalid snapshot target: {0}")]
@@ -460,9 +462,7 @@ mod tests {
         ));
         // A plain directory is not a subvolume.
         std::fs::create_dir_all(s.source_path(&Target::Volume("data".into()))).unwrap();
-        let e = s
-            .create(&Target::Volume("data".into()), "s1")
-            .unwrap_err();
+        let e = s.create(&Target::Volume("data".into()), "s1").unwrap_err();
         assert!(matches!(e, SnapshotError::NotSubvolume { .. }), "{e}");
         let in_use: BTreeSet<Target> = [Target::Volume("data".into())].into();
         assert!(matches!(

@@ -359,7 +359,9 @@ impl VolumeStore {
             name: name.to_owned(),
             source,
         };
-        self.backend.remove_tree(&trash.join("_data")).map_err(err)?;
+        self.backend
+            .remove_tree(&trash.join("_data"))
+            .map_err(err)?;
         self.backend.remove_tree(trash).map_err(err)
     }
 
@@ -466,7 +468,10 @@ mod tests {
         let in_use: BTreeSet<String> = ["data1".to_owned()].into();
         let e = s.remove("data1", &in_use).unwrap_err();
         assert!(matches!(e, VolumeError::InUse(_)), "{e}");
-        assert!(v.mountpoint.join("f").exists(), "refused removal keeps the data");
+        assert!(
+            v.mountpoint.join("f").exists(),
+            "refused removal keeps the data"
+        );
         s.remove("data1", &BTreeSet::new()).unwrap();
         assert!(matches!(s.get("data1"), Err(VolumeError::NotFound(_))));
         assert!(matches!(
@@ -502,7 +507,10 @@ mod tests {
         std::fs::write(v.mountpoint.join("x"), "1").unwrap();
         let (v2, new) = s.ensure("cache", &CreateOptions::default()).unwrap();
         assert!(!new);
-        assert_eq!(std::fs::read_to_string(v2.mountpoint.join("x")).unwrap(), "1");
+        assert_eq!(
+            std::fs::read_to_string(v2.mountpoint.join("x")).unwrap(),
+            "1"
+        );
     }
 
     #[test]

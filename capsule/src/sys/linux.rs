@@ -57,7 +57,9 @@ pub(crate) fn detached_tree(
     let fd = open_tree(
         rustix::fs::CWD,
         source,
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_RECURSIVE,
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE,
     )
     .map_err(|e| Errno::from_raw(e.raw_os_error()))?;
     // Private: nothing mounted under it inside the capsule propagates to the host's peers.

@@ -27,9 +27,8 @@ pub fn root_or_skip(test: &str) -> bool {
 
 /// A skip (or, under `BOLT_REQUIRE_ROOT_TESTS=1`, a failure) for a missing host tool.
 pub fn tool_or_skip(test: &str, tool: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join(tool).is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
     if found {
         return true;
     }
