@@ -223,4 +223,16 @@ mod tests {
         assert!(state.exists());
         assert!(!layers.path("c2").exists());
     }
+
+    #[test]
+    fn cleanup_removes_interrupted_restores_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let layers = CapsuleLayers::new(Layout::new(dir.path()), Backend::Plain(FsKind::Ext4));
+        layers.create("c3", vec![]).unwrap();
+        let staged = layers.layout.capsule_dir("c3").join(".restore-1234");
+        std::fs::create_dir_all(staged.join("upper")).unwrap();
+        layers.cleanup();
+        assert!(!staged.exists());
+        assert!(layers.upper("c3").is_dir());
+    }
 }

@@ -393,7 +393,8 @@ impl VolumeStore {
         disk_usage(&data, &mut seen).map_err(Self::io(name, "measure", &data))
     }
 
-    /// Removes what interrupted creations and removals left (`.tmp-*`, `.rm-*`).
+    /// Removes what interrupted creations, removals and snapshot restores left (`.tmp-*`,
+    /// `.rm-*`, `<name>/.restore-*`).
     pub fn cleanup(&self) {
         let root = self.layout.volumes();
         let Ok(entries) = std::fs::read_dir(&root) else {
@@ -404,6 +405,15 @@ impl VolumeStore {
             let n = n.to_string_lossy();
             if n.starts_with(".tmp-") || n.starts_with(".rm-") {
                 let _ = self.remove_trash(&n, &e.path());
+                continue;
+            }
+            let Ok(inner) = std::fs::read_dir(e.path()) else {
+                continue;
+            };
+            for i in inner.flatten() {
+                if i.file_name().to_string_lossy().starts_with(".restore-") {
+                    let _ = self.backend.remove_tree(&i.path());
+                }
             }
         }
     }
@@ -565,8 +575,10 @@ mod tests {
         std::fs::create_dir_all(tmp.join("_data/x")).unwrap();
         let rm = s.layout.volumes().join(".rm-abc");
         std::fs::create_dir_all(rm.join("_data")).unwrap();
+        let restore = s.layout.volume_dir("keep1").join(".restore-abc");
+        std::fs::create_dir_all(restore.join("x")).unwrap();
         s.cleanup();
-        assert!(!tmp.exists() && !rm.exists());
+        assert!(!tmp.exists() && !rm.exists() && !restore.exists());
         assert!(s.get("keep1").is_ok());
     }
 }
