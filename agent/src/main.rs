@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use bolt_agent::cli::{self, Cli};
 use clap::Parser;
 
+/// mimalloc: the state fold allocates and frees small strings at a high rate (replaying the log
+/// at startup, every event after); it is markedly faster at that than the system allocator
+/// (`cargo bench -p bolt-bench --bench fold`, docs/state.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli::run(cli) {

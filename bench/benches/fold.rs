@@ -16,6 +16,10 @@ use bolt_events::payload::{
 use bolt_events::{Appended, Cursor, Envelope, Event, Hash, Hlc, NodeId, Payload, CURRENT_SCHEMA};
 use bolt_state::{apply, decode_state, encode_state, Replica, State, DEFAULT_WINDOW};
 
+/// The allocator of the agent binary (`agent/src/main.rs`), so the rates are the agent's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EVENTS: usize = 1_000_000;
 const NODES: usize = 5;
 /// Live capsules each node keeps around.
