@@ -84,10 +84,6 @@ pub enum Misfit {
 /// and reads the id from it ([`capsule_of`], [`network_of`]).
 #[derive(Debug, Clone)]
 pub(crate) enum Undo {
-    Counters {
-        applied: u64,
-        last_key: OrderKey,
-    },
     Ignored(u64, Option<Box<Ignored>>),
     Seen(NodeId, Hlc),
     Node(NodeId, Option<Box<NodeInfo>>),
@@ -211,12 +207,6 @@ pub(crate) fn fold(
         p: payload,
         j: journal,
     };
-    if let Some(j) = tx.j.as_deref_mut() {
-        j.push_back(Undo::Counters {
-            applied: tx.s.applied,
-            last_key: tx.s.last_key,
-        });
-    }
     tx.seen(key.origin, key.hlc);
     if let Err(misfit) = step(&mut tx, key, payload) {
         tx.ignore(key, payload.kind(), &misfit);
@@ -239,20 +229,25 @@ macro_rules! put {
     };
 }
 
-/// Undo the last `n` records of the journal, newest first: the records of the fold of
-/// `payload` (or of several folds, back to back, all of the same event: a caller reverts event
-/// by event).
-/// Without the event (`None`), records about its own capsule or network are skipped.
-pub(crate) fn revert(s: &mut State, journal: &mut Journal, n: usize, payload: Option<&Payload>) {
+/// Take back the fold of one event: play its `n` undo records (the last ones of the journal)
+/// newest first, then count it out and set [`State::last_key`] back to `before`, the key of the
+/// event folded before it (the counters need no record: a fold adds one to `applied` and sets
+/// `last_key`, always). `payload` is the event's: records about its own capsule or network
+/// read their id from it; without it (`None`) those are skipped.
+pub(crate) fn revert(
+    s: &mut State,
+    journal: &mut Journal,
+    n: usize,
+    payload: Option<&Payload>,
+    before: OrderKey,
+) {
+    s.applied = s.applied.saturating_sub(1);
+    s.last_key = before;
     for _ in 0..n {
         let Some(undo) = journal.pop_back() else {
             return;
         };
         match undo {
-            Undo::Counters { applied, last_key } => {
-                s.applied = applied;
-                s.last_key = last_key;
-            }
             Undo::Ignored(n, last) => {
                 s.ignored = n;
                 s.last_ignored = last.map(|b| *b);

@@ -283,11 +283,13 @@ impl Replica {
             if let Some(f) = self.history.pop_back() {
                 let bytes = self.bytes.pop_back(f.len);
                 let payload = decode_payload(f.schema, &bytes);
+                let before = self.history.back().map_or(self.floor, |b| b.key);
                 revert(
                     &mut self.state,
                     &mut self.journal,
                     f.undo,
                     payload.as_ref().ok(),
+                    before,
                 );
                 undone.push((f.key, f.schema, bytes, payload));
             }
