@@ -38,7 +38,7 @@ pub const PATH_OPENAPI: &str = "/v1/openapi.json";
 pub const PATH_METRICS: &str = "/metrics";
 
 /// Every route the router serves.
-pub const ROUTES: [&str; 24] = [
+pub const ROUTES: [&str; 26] = [
     PATH_INFO,
     PATH_EVENTS,
     PATH_VERIFY,
@@ -63,6 +63,8 @@ pub const ROUTES: [&str; 24] = [
     crate::api_capsules::PATH_ATTACH,
     crate::api_capsules::PATH_EXEC,
     crate::api_capsules::PATH_TOP,
+    crate::api_networks::PATH_NETWORKS,
+    crate::api_networks::PATH_NETWORK,
 ];
 
 /// Counter of HTTP requests, by method, route and status.
@@ -84,6 +86,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(PATH_METRICS, get(prometheus))
         .merge(crate::api_images::routes())
         .merge(crate::api_capsules::routes())
+        .merge(crate::api_networks::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(count_requests))
@@ -327,6 +330,7 @@ pub fn openapi_document() -> serde_json::Value {
         schemas.extend(crate::api_images::openapi_schemas());
     }
     crate::api_capsules::merge_openapi(&mut doc);
+    crate::api_networks::merge_openapi(&mut doc);
     doc
 }
 

@@ -128,6 +128,15 @@ pub struct CreateRequest {
     /// A client attaches right after: keep the output from the start for it.
     #[serde(default)]
     pub attach: bool,
+    /// Published ports, `[IP:]HOST:CONTAINER[/tcp|udp]` (bridge networks).
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// `-v` specs: `NAME:/dst[:ro]`, `/host:/dst[:ro]`, `/dst`.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// `--tmpfs` specs: `/dst[:options]`.
+    #[serde(default)]
+    pub tmpfs: Vec<String>,
 }
 
 /// How a capsule's run ended.
@@ -176,6 +185,9 @@ pub struct CapsuleView {
     pub node: String,
     /// The spec it was created with.
     pub spec: EventSpec,
+    /// Its addresses: network name -> IPv4 address (bridge networks).
+    #[serde(default)]
+    pub addresses: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
 }
 
 impl CapsuleView {
@@ -202,7 +214,14 @@ impl CapsuleView {
             finished: c.finished.map(|h| h.physical_ms()),
             node: c.node.to_string(),
             spec: (*c.spec).clone(),
+            addresses: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// The view with the capsule's addresses from the state.
+    pub fn with_addresses(mut self, s: &bolt_state::State) -> CapsuleView {
+        self.addresses = s.addresses_of(&self.id).into_iter().collect();
+        self
     }
 }
 
@@ -1212,7 +1231,8 @@ pub fn openapi_schemas() -> serde_json::Map<String, serde_json::Value> {
         "image": {"type": "string"}, "command": strs.clone(), "entrypoint": strs.clone(),
         "name": {"type": "string"}, "env": strs.clone(), "workdir": {"type": "string"},
         "user": {"type": "string"}, "hostname": {"type": "string"},
-        "network": {"type": "string", "enum": ["none", "host"]},
+        "network": {"type": "string", "description": "none, host, bridge or a network's name"},
+        "ports": strs.clone(), "volumes": strs.clone(), "tmpfs": strs.clone(),
         "memory_bytes": {"type": "integer"}, "cpu_millis": {"type": "integer"},
         "pids_limit": {"type": "integer"}, "restart": {"type": "string"},
         "auto_remove": {"type": "boolean"}, "tty": {"type": "boolean"},

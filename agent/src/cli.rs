@@ -87,6 +87,9 @@ pub enum Command {
     /// Capsules: run, ps, logs, exec, attach, top, stop, kill, rm, inspect.
     #[command(flatten)]
     Capsule(crate::cli_capsules::CapsuleCommand),
+    /// Bridge networks: create, ls, rm, inspect.
+    #[command(subcommand)]
+    Network(crate::cli_networks::NetworkCommand),
 }
 
 /// `bolt events`.
@@ -161,6 +164,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Capsule(c) => crate::cli_capsules::run(cli.socket, c),
+        Command::Network(c) => crate::cli_networks::run(cli.socket, c),
         command => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -260,7 +264,7 @@ async fn run_client(client: Client, command: Command) -> Result<ExitCode, CliErr
             None => list(&client, Cursor(args.since), args.format, &mut out).await?,
         },
         Command::Images(cmd) => crate::cli_images::run(&client, cmd, &mut out).await?,
-        Command::Agent { .. } | Command::Version | Command::Capsule(_) => {}
+        Command::Agent { .. } | Command::Version | Command::Capsule(_) | Command::Network(_) => {}
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

@@ -158,9 +158,22 @@ pub struct RunArgs {
     /// Hostname (default: the first 12 characters of the id).
     #[arg(long)]
     pub hostname: Option<String>,
-    /// Network: none (only lo) or host.
+    /// Network: none (only lo), host, bridge (the default bridge network) or a network's name.
     #[arg(long, default_value = "none")]
     pub network: String,
+    /// Publish a port: [IP:]HOST:CONTAINER[/tcp|udp] (bridge networks).
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[IP:]HOST:CONTAINER[/PROTO]"
+    )]
+    pub publish: Vec<String>,
+    /// Mount a volume or host path: NAME:/dst[:ro], /host:/dst[:ro], /dst.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    pub volume: Vec<String>,
+    /// Mount a tmpfs: /dst[:size=64m,mode=1777,...].
+    #[arg(long, value_name = "DST[:OPTIONS]")]
+    pub tmpfs: Vec<String>,
     /// Memory limit: 64m, 1g, 512k, bytes.
     #[arg(short, long)]
     pub memory: Option<String>,
@@ -440,7 +453,7 @@ fn capsule_path(key: &str, suffix: &str) -> String {
 }
 
 /// Percent-encodes a path segment or query value.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -517,7 +530,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> CapsuleCliError {
     }
 }
 
-async fn call<T: DeserializeOwned>(
+pub(crate) async fn call<T: DeserializeOwned>(
     socket: &Path,
     method: Method,
     path: &str,
@@ -633,6 +646,9 @@ pub fn create_request(args: &RunArgs) -> CliResult<CreateRequest> {
         tty: args.tty,
         stdin: args.interactive,
         attach: !args.detach,
+        ports: args.publish.clone(),
+        volumes: args.volume.clone(),
+        tmpfs: args.tmpfs.clone(),
     })
 }
 
@@ -1333,6 +1349,7 @@ mod tests {
             finished: None,
             node: "n".into(),
             spec: Default::default(),
+            addresses: Default::default(),
         }
     }
 

@@ -169,11 +169,21 @@ pub async fn run(
             tracing::info!("recorded {n} image event(s) the store had and the log lacked");
         }
     }
+    // Networks: set up again before capsules restart on them.
+    let networks = crate::networks::Networks::new(Arc::clone(&node), &config.root);
+    let _ = node.networks.set(Arc::clone(&networks));
+    if let Err(e) = networks.restore().await {
+        tracing::warn!("set up networks again: {e}");
+    }
     // Capsules: re-adopt the running ones, record the exits no agent saw.
     let capsules = crate::capsules::Capsules::new(Arc::clone(&node), &config.root)?;
     let _ = node.capsules.set(Arc::clone(&capsules));
     if let Err(e) = capsules.recover().await {
         tracing::warn!("re-adopt capsules: {e}");
+    }
+    // Then the attachments of the running ones; leftovers of the others removed.
+    if let Err(e) = networks.adopt_running().await {
+        tracing::warn!("adopt capsule networks: {e}");
     }
 
     let listener = UnixListener::bind(&config.socket).map_err(|source| DaemonError::Bind {

@@ -15,18 +15,24 @@
 //!   routes, client calls and commands (`bolt pull`, `images`, `rmi`, `tag`, `push`, `image ...`).
 //! - [`capsules`], [`supervisor`], [`api_capsules`], [`cli_capsules`]: capsules (create,
 //!   supervise, events, restart policies, re-adoption), their routes and commands.
+//! - [`networks`], [`api_networks`], [`cli_networks`]: bridge networks and capsule attachments.
+//! - [`volumes`]: mounts handed to the supervisor.
 
 pub mod api;
 pub mod api_capsules;
 pub mod api_images;
+pub mod api_networks;
 pub mod capsules;
 pub mod cli;
 pub mod cli_capsules;
 pub mod cli_images;
+pub mod cli_networks;
 pub mod client;
 pub mod client_images;
 pub mod daemon;
 pub mod images;
+pub mod networks;
 pub mod node;
 pub mod supervisor;
+pub mod volumes;
 pub mod wire;

@@ -97,6 +97,8 @@ pub struct Node {
     pub(crate) images: std::sync::OnceLock<crate::images::Images>,
     /// The capsule manager, set once at start by the daemon (see [`crate::capsules`]).
     pub(crate) capsules: std::sync::OnceLock<Arc<crate::capsules::Capsules>>,
+    /// The networks, set once at start by the daemon (see [`crate::networks`]).
+    pub(crate) networks: std::sync::OnceLock<Arc<crate::networks::Networks>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -141,6 +143,7 @@ impl Node {
             started: Instant::now(),
             images: std::sync::OnceLock::new(),
             capsules: std::sync::OnceLock::new(),
+            networks: std::sync::OnceLock::new(),
         });
         node.sync()?;
         Ok(node)

@@ -1,0 +1,176 @@
+//! `bolt network create/ls/rm/inspect`.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use hyper::Method;
+
+use crate::api_networks::PATH_NETWORKS;
+use crate::cli::CliError;
+use crate::cli_capsules::{call, encode, CapsuleCliError, CapsuleFormat};
+use crate::networks::{CreateNetworkRequest, NetworkView};
+
+/// `bolt network <command>`.
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create a bridge network.
+    Create {
+        /// Subnet, A.B.C.D/LEN (must not overlap another network or a host address).
+        #[arg(long)]
+        subnet: String,
+        /// Gateway (default: the first host address).
+        #[arg(long)]
+        gateway: Option<Ipv4Addr>,
+        /// MTU (default 1500).
+        #[arg(long, default_value_t = 0)]
+        mtu: u32,
+        /// Name.
+        name: String,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        /// Print names only.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: CapsuleFormat,
+    },
+    /// Remove networks no capsule holds an address on.
+    #[command(alias = "remove")]
+    Rm {
+        /// Names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show networks as JSON.
+    Inspect {
+        /// Names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// Runs a network command.
+pub fn run(socket: PathBuf, cmd: NetworkCommand) -> Result<ExitCode, CliError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CapsuleCliError::Runtime)?;
+    Ok(rt.block_on(run_async(&socket, cmd))?)
+}
+
+fn json_err(e: serde_json::Error) -> CapsuleCliError {
+    CapsuleCliError::Decode(e.to_string())
+}
+
+async fn run_async(socket: &Path, cmd: NetworkCommand) -> Result<ExitCode, CapsuleCliError> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        NetworkCommand::Create {
+            subnet,
+            gateway,
+            mtu,
+            name,
+        } => {
+            let req = CreateNetworkRequest {
+                name,
+                subnet,
+                gateway,
+                mtu,
+            };
+            let body = serde_json::to_vec(&req).map_err(json_err)?;
+            let n: NetworkView = call(socket, Method::POST, PATH_NETWORKS, Some(body)).await?;
+            writeln!(out, "{}", n.name)?;
+        }
+        NetworkCommand::Ls { quiet, format } => {
+            let list: Vec<NetworkView> = call(socket, Method::GET, PATH_NETWORKS, None).await?;
+            if quiet {
+                for n in &list {
+                    writeln!(out, "{}", n.name)?;
+                }
+            } else {
+                match format {
+                    CapsuleFormat::Json => {
+                        for n in &list {
+                            writeln!(out, "{}", serde_json::to_string(n).map_err(json_err)?)?;
+                        }
+                    }
+                    CapsuleFormat::Table => out.write_all(render_ls(&list).as_bytes())?,
+                }
+            }
+        }
+        NetworkCommand::Rm { names } => {
+            let mut failed = false;
+            for name in names {
+                let path = format!("{PATH_NETWORKS}/{}", encode(&name));
+                match call::<serde_json::Value>(socket, Method::DELETE, &path, None).await {
+                    Ok(_) => writeln!(out, "{name}")?,
+                    Err(e) => {
+                        eprintln!("bolt: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        NetworkCommand::Inspect { names } => {
+            let mut all = Vec::new();
+            for name in names {
+                let path = format!("{PATH_NETWORKS}/{}", encode(&name));
+                let n: NetworkView = call(socket, Method::GET, &path, None).await?;
+                all.push(n);
+            }
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&all).map_err(json_err)?
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `bolt network ls` table.
+pub fn render_ls(list: &[NetworkView]) -> String {
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "DRIVER".to_owned(),
+        "SUBNET".to_owned(),
+        "GATEWAY".to_owned(),
+        "BRIDGE".to_owned(),
+        "CAPSULES".to_owned(),
+    ]];
+    for n in list {
+        rows.push([
+            n.name.clone(),
+            n.driver.clone(),
+            n.subnet.clone(),
+            n.gateway.to_string(),
+            n.bridge.clone(),
+            n.capsules.len().to_string(),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}

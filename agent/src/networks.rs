@@ -1,0 +1,766 @@
+//! Bridge networks of this node: `bolt network create/ls/rm/inspect`, the default network
+//! `bridge` (on the `bolt0` bridge, created on first use), and a capsule's attachment.
+//!
+//! Every network and every address is an event, decided on the live state
+//! ([`Command::CreateNetwork`], [`Command::AllocateAddress`], ...), so an address is never
+//! handed out twice, across restarts too. The kernel side (bridges, veths, nft rules) is
+//! [`bolt_capsule::net::Host`]: a request is checked by `decide` first, then carried out on the
+//! host, and only recorded when the host side succeeded (or undone when the record fails).
+//!
+//! A capsule on a bridge network gets an unnamed network namespace made by the agent, its veth
+//! and address ([`Host::attach`]), and joins it through `/proc/<agent pid>/fd/N` when its
+//! supervisor starts it; the capsule's processes then keep the namespace alive, and it ends
+//! with them (nothing to clean up after a crash). A restart of the capsule gets a fresh
+//! namespace with the same address.
+//!
+//! **Forwarding.** Bridge networks need `net.ipv4.ip_forward=1`. Like docker, the agent turns
+//! it on when it sets up its first bridge network; the value it found is written once to
+//! `ROOT/network/ip_forward.before` (and logged), so an operator can put it back.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bolt_capsule::net::{
+    ports, Attachment, BridgeNetwork, Host, HostError, Netns, PortSpec, DEFAULT_BRIDGE,
+};
+use bolt_events::payload::NetworkEvent;
+use bolt_events::Payload;
+use bolt_state::{decide, CapsuleStatus, Command, DecideError, NetworkInfo, State};
+use serde::{Deserialize, Serialize};
+
+use crate::node::{Node, NodeError};
+
+/// The default network's name (`--network bridge`, the default of `bolt run` is `none`).
+pub const DEFAULT_NETWORK: &str = "bridge";
+/// The default network's subnet (overridable with `BOLT_DEFAULT_SUBNET` at agent start).
+pub const DEFAULT_SUBNET: &str = "10.88.0.0/16";
+/// The driver of every network here.
+pub const DRIVER: &str = "bridge";
+
+/// One step of a network operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such network: {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Decide(DecideError),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Task(String),
+}
+
+impl From<DecideError> for NetworkError {
+    fn from(e: DecideError) -> Self {
+        match e {
+            DecideError::UnknownNetwork(n) => NetworkError::NotFound(n),
+            DecideError::NetworkExists(_)
+            | DecideError::NetworkInUse { .. }
+            | DecideError::SubnetOverlap { .. }
+            | DecideError::AddressInUse { .. }
+            | DecideError::AddressesExhausted(_) => NetworkError::Conflict(e.to_string()),
+            other => NetworkError::Decide(other),
+        }
+    }
+}
+
+/// A network as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkView {
+    /// Name.
+    pub name: String,
+    /// Driver (`bridge`).
+    pub driver: String,
+    /// Subnet, CIDR.
+    pub subnet: String,
+    /// Gateway (the bridge's address).
+    pub gateway: Ipv4Addr,
+    /// MTU.
+    pub mtu: u32,
+    /// The Linux bridge.
+    pub bridge: String,
+    /// Address -> capsule id.
+    pub capsules: Vec<(Ipv4Addr, String)>,
+}
+
+impl NetworkView {
+    /// The view of a network of the state.
+    pub fn of(n: &NetworkInfo) -> NetworkView {
+        NetworkView {
+            name: n.name.clone(),
+            driver: n.driver.clone(),
+            subnet: n.subnet.clone(),
+            gateway: n.gateway,
+            mtu: n.mtu,
+            bridge: bridge_of(&n.name),
+            capsules: n
+                .allocations
+                .iter()
+                .map(|(ip, c)| (*ip, c.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// `POST /v1/networks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateNetworkRequest {
+    /// Name.
+    pub name: String,
+    /// Subnet, `A.B.C.D/LEN`.
+    pub subnet: String,
+    /// Gateway (default: the first host address).
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// MTU (0 or absent: 1500).
+    #[serde(default)]
+    pub mtu: u32,
+}
+
+/// The bridge interface of network `name`.
+pub fn bridge_of(name: &str) -> String {
+    if name == DEFAULT_NETWORK {
+        DEFAULT_BRIDGE.to_owned()
+    } else {
+        bolt_capsule::net::bridge_name(name)
+    }
+}
+
+/// The host-side settings of a network of the state.
+pub fn bridge_network(n: &NetworkInfo) -> Result<BridgeNetwork, HostError> {
+    let net = BridgeNetwork::new(&n.name, &n.subnet, Some(n.gateway), n.mtu)?;
+    if n.name == DEFAULT_NETWORK {
+        net.with_bridge(DEFAULT_BRIDGE)
+    } else {
+        Ok(net)
+    }
+}
+
+/// What `--network` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkChoice {
+    /// Only `lo`.
+    None,
+    /// The host's namespace.
+    Host,
+    /// A bridge network by name.
+    Bridge(String),
+}
+
+/// Parses `--network` and `-p` before anything is made: `-p` needs a bridge network.
+pub fn plan(network: &str, ports: &[String]) -> Result<(NetworkChoice, Vec<PortSpec>), String> {
+    let choice = match network {
+        "none" => NetworkChoice::None,
+        "host" => NetworkChoice::Host,
+        "" => return Err("empty --network".into()),
+        n if crate::capsules::valid_name(n) => NetworkChoice::Bridge(n.to_owned()),
+        n => return Err(format!("invalid network name {n:?}")),
+    };
+    let specs = ports::parse_all(ports).map_err(|e| e.to_string())?;
+    if !specs.is_empty() && !matches!(choice, NetworkChoice::Bridge(_)) {
+        return Err(format!(
+            "published ports need a bridge network (--network bridge), not {network}"
+        ));
+    }
+    Ok((choice, specs))
+}
+
+/// A capsule's namespace, attached and holding its address. Dropping it without
+/// [`Prepared::keep`] undoes the attachment and releases the address.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The namespace; keep it open until the capsule runs in it.
+    pub netns: Netns,
+    /// The attachment (address, gateway, ports).
+    pub attachment: Attachment,
+    /// Whether this call allocated the address (and so releases it on failure).
+    allocated: bool,
+}
+
+impl Prepared {
+    /// The path the supervisor (another process) opens to join the namespace.
+    pub fn join_path(&self) -> PathBuf {
+        let p = self.netns.proc_path();
+        let s = p.to_string_lossy();
+        match s.strip_prefix("/proc/self/") {
+            Some(rest) => PathBuf::from(format!("/proc/{}/{rest}", std::process::id())),
+            None => p,
+        }
+    }
+}
+
+/// The networks of this node. One per agent, shared as `Arc`.
+pub struct Networks {
+    node: Arc<Node>,
+    root: PathBuf,
+    host: Mutex<Option<Host>>,
+    default_subnet: String,
+    /// Serializes decide + host change + append.
+    ops: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Networks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Networks")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+fn plock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Networks {
+    /// The networks of the agent root `root`.
+    pub fn new(node: Arc<Node>, root: &Path) -> Arc<Networks> {
+        Arc::new(Networks {
+            node,
+            root: root.to_path_buf(),
+            host: Mutex::new(None),
+            default_subnet: std::env::var("BOLT_DEFAULT_SUBNET")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| DEFAULT_SUBNET.to_owned()),
+            ops: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Networks) -> T + Send + 'static,
+    ) -> Result<T, NetworkError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| NetworkError::Task(e.to_string()))
+    }
+
+    /// Runs `f` on the live state.
+    pub async fn state<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&State) -> T + Send + 'static,
+    ) -> Result<T, NetworkError> {
+        Ok(self
+            .blocking(move |me| me.node.with_live_state(f))
+            .await??)
+    }
+
+    async fn decide(self: &Arc<Self>, cmd: Command) -> Result<Vec<Payload>, NetworkError> {
+        Ok(self.state(move |s| decide(s, cmd)).await??)
+    }
+
+    async fn append(self: &Arc<Self>, payloads: Vec<Payload>) -> Result<(), NetworkError> {
+        self.blocking(move |me| me.node.append(payloads)).await??;
+        Ok(())
+    }
+
+    /// Runs `f` on the host (made on first use), in the blocking pool.
+    async fn with_host<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Host) -> Result<T, HostError> + Send + 'static,
+    ) -> Result<T, NetworkError> {
+        self.blocking(move |me| {
+            let mut guard = plock(&me.host);
+            if guard.is_none() {
+                *guard = Some(Host::current()?);
+            }
+            match guard.as_mut() {
+                Some(h) => f(h),
+                None => Err(HostError::UnknownNetwork("host".into())),
+            }
+        })
+        .await?
+        .map_err(NetworkError::from)
+    }
+
+    /// Turns forwarding on (as docker), recording the value found the first time.
+    fn ensure_forwarding(&self, host: &Host) -> Result<(), HostError> {
+        if host.ip_forward()? {
+            return Ok(());
+        }
+        let dir = self.root.join("network");
+        let before = dir.join("ip_forward.before");
+        if !before.exists() {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(&before, "0\n");
+        }
+        tracing::info!(
+            "turning on net.ipv4.ip_forward (it was 0; recorded in {})",
+            before.display()
+        );
+        host.set_ip_forward(true)
+    }
+
+    /// Sets up network `n` on the host (idempotent).
+    async fn add_to_host(self: &Arc<Self>, n: NetworkInfo) -> Result<(), NetworkError> {
+        let net = bridge_network(&n)?;
+        self.blocking(move |me| -> Result<(), HostError> {
+            let mut guard = plock(&me.host);
+            if guard.is_none() {
+                *guard = Some(Host::current()?);
+            }
+            let Some(host) = guard.as_mut() else {
+                return Ok(());
+            };
+            me.ensure_forwarding(host)?;
+            host.add_network(net)
+        })
+        .await??;
+        Ok(())
+    }
+
+    /// `bolt network create`: checked by `decide` (name, subnet, overlap with the other
+    /// networks), set up on the host (overlap with host addresses, bridge, rules), then
+    /// recorded. Nothing is left when a step fails.
+    pub async fn create(
+        self: &Arc<Self>,
+        req: CreateNetworkRequest,
+    ) -> Result<NetworkView, NetworkError> {
+        BridgeNetwork::new(&req.name, &req.subnet, req.gateway, req.mtu)
+            .map_err(|e| NetworkError::BadRequest(e.to_string()))?;
+        if req.name == "none" || req.name == "host" {
+            return Err(NetworkError::BadRequest(format!(
+                "network name {} is reserved",
+                req.name
+            )));
+        }
+        let _ops = self.ops.lock().await;
+        self.create_locked(req).await
+    }
+
+    async fn create_locked(
+        self: &Arc<Self>,
+        req: CreateNetworkRequest,
+    ) -> Result<NetworkView, NetworkError> {
+        let name = req.name.clone();
+        let payloads = self
+            .decide(Command::CreateNetwork {
+                name: req.name.clone(),
+                driver: DRIVER.to_owned(),
+                subnet: req.subnet.clone(),
+                gateway: req.gateway,
+                mtu: req.mtu,
+            })
+            .await?;
+        let info = payloads.iter().find_map(|p| match p {
+            Payload::Network(NetworkEvent::Created {
+                name,
+                driver,
+                subnet,
+                gateway,
+                mtu,
+            }) => Some(NetworkInfo {
+                name: name.clone(),
+                driver: driver.clone(),
+                subnet: subnet.clone(),
+                gateway: *gateway,
+                mtu: *mtu,
+                node: self.node.node_id(),
+                allocations: Default::default(),
+            }),
+            _ => None,
+        });
+        let Some(info) = info else {
+            return Err(NetworkError::Task("decide made no network".into()));
+        };
+        self.add_to_host(info).await?;
+        if let Err(e) = self.append(payloads).await {
+            let n = name.clone();
+            let _ = self.with_host(move |h| h.remove_network(&n)).await;
+            return Err(e);
+        }
+        self.inspect(&name).await
+    }
+
+    /// The default network, created on first use.
+    async fn ensure_default(self: &Arc<Self>) -> Result<(), NetworkError> {
+        let exists = self
+            .state(|s| s.networks.contains_key(DEFAULT_NETWORK))
+            .await?;
+        if !exists {
+            self.create_locked(CreateNetworkRequest {
+                name: DEFAULT_NETWORK.to_owned(),
+                subnet: self.default_subnet.clone(),
+                gateway: None,
+                mtu: 0,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// `bolt network ls`.
+    pub async fn list(self: &Arc<Self>) -> Result<Vec<NetworkView>, NetworkError> {
+        self.state(|s| s.networks.values().map(NetworkView::of).collect())
+            .await
+    }
+
+    /// `bolt network inspect`.
+    pub async fn inspect(self: &Arc<Self>, name: &str) -> Result<NetworkView, NetworkError> {
+        let n = name.to_owned();
+        self.state(move |s| s.networks.get(&n).map(NetworkView::of))
+            .await?
+            .ok_or_else(|| NetworkError::NotFound(name.to_owned()))
+    }
+
+    /// `bolt network rm`: refused while a capsule holds an address on it.
+    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<(), NetworkError> {
+        let _ops = self.ops.lock().await;
+        let payloads = self
+            .decide(Command::RemoveNetwork {
+                name: name.to_owned(),
+            })
+            .await?;
+        let n = name.to_owned();
+        self.with_host(move |h| {
+            if h.networks().contains_key(&n) {
+                h.remove_network(&n)
+            } else {
+                Ok(())
+            }
+        })
+        .await?;
+        self.append(payloads).await
+    }
+
+    /// Gives capsule `capsule` an address on `network` (kept when it already holds one there:
+    /// a restart), a new namespace and its veth, and publishes `ports`. On any failure nothing
+    /// is left and an address allocated here is released.
+    pub async fn prepare(
+        self: &Arc<Self>,
+        capsule: &str,
+        network: &str,
+        ports: Vec<PortSpec>,
+    ) -> Result<Prepared, NetworkError> {
+        let _ops = self.ops.lock().await;
+        if network == DEFAULT_NETWORK {
+            self.ensure_default().await?;
+        }
+        let (net, held) = {
+            let (n, c) = (network.to_owned(), capsule.to_owned());
+            self.state(move |s| {
+                s.networks.get(&n).cloned().map(|info| {
+                    let held = info
+                        .allocations
+                        .iter()
+                        .find(|(_, holder)| **holder == c)
+                        .map(|(ip, _)| *ip);
+                    (info, held)
+                })
+            })
+            .await?
+            .ok_or_else(|| NetworkError::NotFound(network.to_owned()))?
+        };
+        self.add_to_host(net).await?;
+        let (ip, allocated) = match held {
+            Some(ip) => (ip, false),
+            None => {
+                let payloads = self
+                    .decide(Command::AllocateAddress {
+                        network: network.to_owned(),
+                        capsule: capsule.to_owned(),
+                        ip: None,
+                    })
+                    .await?;
+                let ip = payloads.iter().find_map(|p| match p {
+                    Payload::Network(NetworkEvent::AddressAllocated { ip, .. }) => Some(*ip),
+                    _ => None,
+                });
+                let Some(ip) = ip else {
+                    return Err(NetworkError::Task("decide allocated no address".into()));
+                };
+                self.append(payloads).await?;
+                (ip, true)
+            }
+        };
+        let (n, c) = (network.to_owned(), capsule.to_owned());
+        let made = self
+            .with_host(move |h| {
+                // A restart: the earlier namespace (and its veth) ended with the capsule.
+                if h.attachments().contains_key(&c) {
+                    h.detach(&c)?;
+                }
+                let netns = Netns::new_unnamed()?;
+                let att = h.attach(&n, &c, ip, &ports, &netns)?.clone();
+                Ok((netns, att))
+            })
+            .await;
+        match made {
+            Ok((netns, attachment)) => Ok(Prepared {
+                netns,
+                attachment,
+                allocated,
+            }),
+            Err(e) => {
+                if allocated {
+                    self.release_locked(capsule, network, ip).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Undoes [`Networks::prepare`] after a start that failed.
+    pub async fn abandon(self: &Arc<Self>, capsule: &str, prepared: Prepared) {
+        let _ops = self.ops.lock().await;
+        let c = capsule.to_owned();
+        let _ = self.with_host(move |h| h.detach(&c).map(|_| ())).await;
+        if prepared.allocated {
+            let a = &prepared.attachment;
+            self.release_locked(capsule, &a.network, a.ip).await;
+        }
+    }
+
+    async fn release_locked(self: &Arc<Self>, capsule: &str, network: &str, ip: Ipv4Addr) {
+        let cmd = Command::ReleaseAddress {
+            network: network.to_owned(),
+            capsule: capsule.to_owned(),
+            ip,
+        };
+        match self.decide(cmd).await {
+            Ok(p) => {
+                if let Err(e) = self.append(p).await {
+                    tracing::warn!("release {ip} on {network}: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("release {ip} on {network}: {e}"),
+        }
+    }
+
+    /// A removed capsule: its veth and rules go (its addresses were released by the removal).
+    pub async fn detach(self: &Arc<Self>, capsule: &str) {
+        let _ops = self.ops.lock().await;
+        let c = capsule.to_owned();
+        let attached = self
+            .blocking(move |me| {
+                plock(&me.host)
+                    .as_ref()
+                    .is_some_and(|h| h.attachments().contains_key(&c))
+            })
+            .await
+            .unwrap_or(false);
+        if attached {
+            let c = capsule.to_owned();
+            if let Err(e) = self.with_host(move |h| h.detach(&c).map(|_| ())).await {
+                tracing::warn!(capsule = %crate::capsules::short(capsule), "detach: {e}");
+            }
+        }
+    }
+
+    /// At agent start, before capsules are re-adopted: every network of the state set up again
+    /// (existing bridges are found; rules of the earlier run keep working), addresses held by
+    /// capsules that do not exist released.
+    pub async fn restore(self: &Arc<Self>) -> Result<(), NetworkError> {
+        let _ops = self.ops.lock().await;
+        let me = self.node.node_id();
+        let nets: Vec<NetworkInfo> = self
+            .state(move |s| {
+                s.networks
+                    .values()
+                    .filter(|n| n.node == me)
+                    .cloned()
+                    .collect()
+            })
+            .await?;
+        for n in nets {
+            let name = n.name.clone();
+            if let Err(e) = self.add_to_host(n).await {
+                tracing::warn!(network = %name, "set up again: {e}");
+            }
+        }
+        // Addresses of capsules that never got recorded (a crash between the two events).
+        let orphans: Vec<(String, String, Ipv4Addr)> = self
+            .state(|s| {
+                let mut out = Vec::new();
+                for n in s.networks.values() {
+                    for (ip, c) in n.allocations.iter() {
+                        let live = s
+                            .capsules
+                            .get(c)
+                            .is_some_and(|c| c.status != CapsuleStatus::Removed);
+                        if !live {
+                            out.push((c.clone(), n.name.clone(), *ip));
+                        }
+                    }
+                }
+                out
+            })
+            .await?;
+        for (c, n, ip) in orphans {
+            self.release_locked(&c, &n, ip).await;
+        }
+        Ok(())
+    }
+
+    /// At agent start, after capsules are re-adopted: the running ones adopted (model only),
+    /// veths and bridges no capsule or network owns deleted, the rule table rewritten from
+    /// the model.
+    pub async fn adopt_running(self: &Arc<Self>) -> Result<(), NetworkError> {
+        let _ops = self.ops.lock().await;
+        let me = self.node.node_id();
+        let running: Vec<(String, String, Ipv4Addr, Vec<String>)> = self
+            .state(move |s| {
+                let mut out = Vec::new();
+                for n in s.networks.values() {
+                    for (ip, c) in n.allocations.iter() {
+                        if let Some(info) = s.capsules.get(c) {
+                            if info.node == me && info.status == CapsuleStatus::Running {
+                                out.push((c.clone(), n.name.clone(), *ip, info.spec.ports.clone()));
+                            }
+                        }
+                    }
+                }
+                out
+            })
+            .await?;
+        let any_networks = self.state(|s| !s.networks.is_empty()).await?;
+        if !any_networks && running.is_empty() {
+            // Nothing of ours can be on this host; do not touch it (or need root).
+            let has_host = self.blocking(|me| plock(&me.host).is_some()).await?;
+            if !has_host {
+                return Ok(());
+            }
+        }
+        self.with_host(move |h| {
+            let mut known = BTreeSet::new();
+            for (c, n, ip, ports) in running {
+                known.insert(c.clone());
+                if h.attachments().contains_key(&c) {
+                    continue;
+                }
+                let specs = ports::parse_all(&ports).unwrap_or_default();
+                if let Err(e) = h.adopt(&n, &c, ip, &specs) {
+                    tracing::warn!(capsule = %crate::capsules::short(&c), "adopt: {e}");
+                }
+            }
+            let gone = h.cleanup_leftovers(known.iter().map(String::as_str))?;
+            if !gone.is_empty() {
+                tracing::info!("removed leftover veths: {}", gone.join(", "));
+            }
+            let stale = h.remove_stale_bridges()?;
+            if !stale.is_empty() {
+                tracing::info!("removed stale bridges: {}", stale.join(", "));
+            }
+            h.sync_rules()
+        })
+        .await
+    }
+}
+
+/// The files a capsule on a bridge network gets in `dir` (bound over `/etc/hosts`,
+/// `/etc/hostname`, `/etc/resolv.conf`): its name and address, and the host's resolvers
+/// unless they are loopback addresses (unreachable from the capsule; then public ones are
+/// not guessed: the file names none).
+pub fn write_etc_files(
+    dir: &Path,
+    hostname: &str,
+    name: &str,
+    ip: Option<Ipv4Addr>,
+) -> Result<Vec<(PathBuf, &'static str)>, std::io::Error> {
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    match ip {
+        Some(ip) => hosts.push_str(&format!("{ip}\t{hostname} {name}\n")),
+        None => hosts.push_str(&format!("127.0.1.1\t{hostname} {name}\n")),
+    }
+    let resolv = resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    let files = [
+        ("hosts", hosts, "/etc/hosts"),
+        ("hostname", format!("{hostname}\n"), "/etc/hostname"),
+        ("resolv.conf", resolv, "/etc/resolv.conf"),
+    ];
+    let mut out = Vec::new();
+    for (file, text, target) in files {
+        let p = dir.join(file);
+        std::fs::write(&p, text)?;
+        out.push((p, target));
+    }
+    Ok(out)
+}
+
+/// The capsule's `resolv.conf` from the host's: loopback nameservers dropped (a capsule
+/// cannot reach the host's 127.0.0.53), everything else kept.
+pub fn resolv_conf(host: &str) -> String {
+    let mut out = String::new();
+    for line in host.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("nameserver") {
+            let addr = rest.trim();
+            if addr.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback()) || addr == "::1" {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_and_ports_parse_before_anything_is_made() {
+        assert_eq!(plan("none", &[]).unwrap().0, NetworkChoice::None);
+        assert_eq!(plan("host", &[]).unwrap().0, NetworkChoice::Host);
+        let (c, p) = plan("bridge", &["127.0.0.1:8080:80/udp".into()]).unwrap();
+        assert_eq!(c, NetworkChoice::Bridge("bridge".into()));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].host_port, 8080);
+        assert!(plan("none", &["80:80".into()])
+            .unwrap_err()
+            .contains("bridge"));
+        assert!(plan("bridge", &["80:80/sctp".into()]).is_err());
+        assert!(plan("bridge", &["0:80".into()]).is_err());
+        assert!(plan("bad name", &[]).is_err());
+    }
+
+    #[test]
+    fn the_default_network_keeps_bolt0() {
+        assert_eq!(bridge_of(DEFAULT_NETWORK), "bolt0");
+        assert!(bridge_of("web").starts_with("bolt-"));
+    }
+
+    #[test]
+    fn resolv_conf_drops_loopback_nameservers_only() {
+        let host = "search lan\nnameserver 127.0.0.53\nnameserver 192.168.1.1\nnameserver ::1\noptions edns0\n";
+        let got = resolv_conf(host);
+        assert_eq!(got, "search lan\nnameserver 192.168.1.1\noptions edns0\n");
+    }
+
+    #[test]
+    fn etc_files_name_the_capsule() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_etc_files(
+            dir.path(),
+            "abc123",
+            "web",
+            Some("10.88.0.2".parse().unwrap()),
+        )
+        .unwrap();
+        assert_eq!(files.len(), 3);
+        let hosts = std::fs::read_to_string(dir.path().join("hosts")).unwrap();
+        assert!(hosts.contains("10.88.0.2\tabc123 web"));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("hostname")).unwrap(),
+            "abc123\n"
+        );
+    }
+}
