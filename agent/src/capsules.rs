@@ -1180,6 +1180,10 @@ impl Capsules {
     }
 
     async fn remove_dir(&self, id: &str) {
+        // Its veth and published ports (its addresses went with the removal event).
+        if let Ok(nets) = self.networks() {
+            nets.detach(id).await;
+        }
         let dir = self.dir_of(id);
         let idc = id.to_owned();
         let _ = self
@@ -1464,9 +1468,6 @@ impl Capsules {
                 }])
                 .await?;
             }
-        }
-        if let Ok(nets) = self.networks() {
-            nets.detach(&id).await;
         }
         self.remove_dir(&id).await;
         Ok(id)

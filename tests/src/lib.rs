@@ -118,6 +118,7 @@ pub struct Node {
     log: PathBuf,
     agent: Option<Child>,
     extra_args: Vec<String>,
+    wrapper: Vec<String>,
 }
 
 impl Node {
@@ -135,6 +136,7 @@ impl Node {
             log: home.join("agent.log"),
             agent: None,
             extra_args: Vec::new(),
+            wrapper: Vec::new(),
         })
     }
 
@@ -142,6 +144,12 @@ impl Node {
     pub fn with_agent_args(mut self, args: &[&str]) -> Node {
         self.extra_args = args.iter().map(|a| a.to_string()).collect();
         self
+    }
+
+    /// Run the agent under a wrapper command (such as `nsenter --net=/run/netns/X`), so
+    /// that its networks live in a namespace the test made. Empty: run it directly.
+    pub fn set_wrapper(&mut self, wrapper: &[&str]) {
+        self.wrapper = wrapper.iter().map(|a| a.to_string()).collect();
     }
 
     /// The agent root.
@@ -174,8 +182,15 @@ impl Node {
                 path: self.log.clone(),
                 source,
             })?;
-        bolt_command(&self.bin)
-            .arg("--socket")
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = bolt_command(Path::new(first));
+                c.args(rest).arg(&self.bin);
+                c
+            }
+            None => bolt_command(&self.bin),
+        };
+        cmd.arg("--socket")
             .arg(&self.socket)
             .arg("agent")
             .arg("--root")
