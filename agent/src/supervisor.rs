@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bolt_capsule::runtime::supervisor::{
-    files, proc_stat, write_atomic, ExitRecord, LogLine, PidRecord,
+    files, proc_stat, ExitRecord, LogLine, PidRecord,
 };
 use bolt_capsule::runtime::{
     CapsuleSpec, ExitStatus, NetworkMode, Resources, Rootfs, Runtime, Stdio, StdioSlot, User,
@@ -85,8 +85,6 @@ pub enum SupervisorError {
     Setsid(nix::Error),
     #[error("poll: {0}")]
     Poll(nix::Error),
-    #[error(transparent)]
-    State(#[from] bolt_capsule::runtime::SupervisorError),
     #[error(transparent)]
     Runtime(#[from] bolt_capsule::runtime::RuntimeError),
     #[error("open a pty: {0}")]
@@ -139,12 +137,6 @@ pub struct SupervisorConfig {
     pub log_max_bytes: u64,
     /// Rotated files kept.
     pub log_keep: usize,
-    /// The network namespace to join (a bridge network's, prepared by the agent).
-    #[serde(default)]
-    pub netns: Option<PathBuf>,
-    /// Volumes, binds, tmpfs and the per-capsule `/etc` files.
-    #[serde(default)]
-    pub mounts: Vec<crate::volumes::MountConfig>,
 }
 
 impl SupervisorConfig {
@@ -160,12 +152,11 @@ impl SupervisorConfig {
         };
         spec.additional_gids = self.additional_gids.clone();
         spec.hostname = self.hostname.clone();
-        spec.network = match (&self.netns, self.network.as_str()) {
-            (Some(path), _) => NetworkMode::Join(path.clone()),
-            (None, "host") => NetworkMode::Host,
-            _ => NetworkMode::None,
+        spec.network = if self.network == "host" {
+            NetworkMode::Host
+        } else {
+            NetworkMode::None
         };
-        spec.mounts = self.mounts.iter().filter_map(|m| m.to_mount()).collect();
         spec.resources = Resources {
             memory_bytes: self.memory_bytes,
             cpu_millis: self.cpu_millis,
@@ -189,9 +180,17 @@ impl SupervisorConfig {
             path: path.clone(),
             source,
         })?;
-        write_atomic(&path, &bytes)?;
-        Ok(())
+        replace_file(&path, &bytes)
     }
+}
+
+/// Replaces `path` atomically (temporary file, rename) without an fsync: the files of a capsule
+/// directory must survive a crash of the agent or the supervisor, not of the host (which ends
+/// the capsule too), and a start should not wait for the disk.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), SupervisorError> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("rename", path))
 }
 
 /// A line the supervisor writes on its stdout for the agent.
@@ -342,8 +341,7 @@ fn write_exit(dir: &Path, record: &ExitRecord) -> Result<(), SupervisorError> {
         path: path.clone(),
         source,
     })?;
-    write_atomic(&path, &bytes)?;
-    Ok(())
+    replace_file(&path, &bytes)
 }
 
 fn run(dir: &Path) -> Result<i32, SupervisorError> {
@@ -391,7 +389,7 @@ fn run(dir: &Path) -> Result<i32, SupervisorError> {
         path: pid_path.clone(),
         source,
     })?;
-    write_atomic(&pid_path, &bytes)?;
+    replace_file(&pid_path, &bytes)?;
     report(&Report::Started {
         pid,
         supervisor_pid: record.supervisor_pid,
@@ -1099,8 +1097,6 @@ mod tests {
             attach_wait: false,
             log_max_bytes: 1000,
             log_keep: 1,
-            netns: None,
-            mounts: Vec::new(),
         };
         cfg.store(dir.path()).unwrap();
         assert_eq!(SupervisorConfig::load(dir.path()).unwrap(), cfg);

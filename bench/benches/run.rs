@@ -1,22 +1,35 @@
-//! Capsule start→exit latency: Bolt's runtime, `runc run` and `crun run` starting `/bin/true`
-//! in the same busybox bundle, side by side in one hyperfine run.
+//! Capsule start→exit latency: Bolt's runtime, `bolt run`, `runc run`, `crun run` and
+//! `podman run` starting `/bin/true` in the same busybox tree, side by side in one hyperfine
+//! run.
 //!
 //! `cargo bench -p bolt-bench --bench run` (as root). Needs hyperfine, runc and busybox-static;
-//! crun is measured when installed. crun refuses hybrid cgroup hosts, so the whole hyperfine run
-//! happens inside `unshare -m --propagation private` after unmounting `/sys/fs/cgroup/unified`
-//! in that private mount namespace only (the host's mounts are untouched).
+//! crun and podman are measured when installed. crun refuses hybrid cgroup hosts, so the whole
+//! hyperfine run happens inside `unshare -m --propagation private` after unmounting
+//! `/sys/fs/cgroup/unified` in that private mount namespace only (the host's mounts are
+//! untouched).
 //!
-//! The Bolt column is this same binary re-invoked as `run __bolt_true DIR`: it detects the
-//! cgroup hierarchy, creates the capsule's cgroup, mounts a fresh overlay (busybox lower dir,
-//! new upper), starts `/bin/true` through the library, waits, and removes cgroup and upper dir.
-//! runc and crun get the bundle `bolt_capsule::runtime::oci::write_bundle` writes for the same
-//! spec, with `root.path` on the busybox directory (OCI runtimes do not mount overlays).
+//! The columns:
+//!
+//! - `bolt-runtime`: this same binary re-invoked as `run __bolt_true DIR`: it detects the cgroup
+//!   hierarchy, creates the capsule's cgroup, mounts a fresh overlay (busybox lower dir, new
+//!   upper), starts `/bin/true` through the library, waits, and removes cgroup and upper dir.
+//! - `bolt-run`: the whole product path, `bolt run --rm --network none IMAGE /bin/true` against
+//!   a `bolt agent` on a temporary root, the image cached (imported once from an OCI layout of
+//!   the same busybox tree): CLI, API, per-capsule supervisor process, runtime, the four
+//!   durable events (created, started, exited, removed), the output stream and the cleanup.
+//!   The `bolt` binary is `$BOLT_BIN` or `cargo build --release -p bolt-agent`.
+//! - `runc`, `crun`: the bundle `bolt_capsule::runtime::oci::write_bundle` writes for the same
+//!   spec, with `root.path` on the busybox directory (OCI runtimes do not mount overlays).
+//! - `podman`: `podman run --rm --network none --rootfs DIR` on the busybox directory, with
+//!   the flags this host needs (`--cgroup-manager=cgroupfs --runtime runc` and explicit
+//!   `--ulimit` values).
 //!
 //! The markdown table is printed and kept in `target/bolt-bench/run.md`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Child, Command, ExitCode, Stdio as ProcStdio};
+use std::time::{Duration, Instant};
 
 use bolt_capsule::runtime::{oci, CapsuleSpec, Rootfs, Runtime, Stdio};
 
@@ -136,14 +149,17 @@ fn bench() -> Result<(), String> {
     fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
     let md = out_dir.join("run.md");
     let q = |p: &Path| p.display().to_string();
+    let agent = BoltAgent::start(dir)?;
     let mut hyperfine = format!(
         "hyperfine -N --runs 30 --warmup 3 --export-markdown {md} \
-         -n bolt '{exe} {CHILD_FLAG} {dir}' \
+         -n bolt-runtime '{exe} {CHILD_FLAG} {dir}' \
+         -n bolt-run '{run}' \
          -n runc 'runc --root {dir}/runc-state run --bundle {bundle} bench-runc'",
         md = q(&md),
         exe = q(&exe),
         dir = q(dir),
         bundle = q(&bundle),
+        run = agent.run_command(),
     );
     if crun {
         hyperfine.push_str(&format!(
@@ -152,19 +168,207 @@ fn bench() -> Result<(), String> {
             bundle = q(&bundle),
         ));
     } else {
-        println!("crun is not installed (apt-get install -y crun): measuring bolt and runc only");
+        println!("crun is not installed (apt-get install -y crun): no crun column");
+    }
+    if have("podman") {
+        hyperfine.push_str(&format!(
+            " -n podman 'podman run --rm --network none --cgroup-manager=cgroupfs --runtime runc \
+             --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 --rootfs {lower} /bin/true'",
+            lower = q(&dir.join("lower")),
+        ));
+    } else {
+        println!("podman is not installed (apt-get install -y podman): no podman column");
     }
     // Hide the hybrid host's cgroup2 mount from crun, in a private mount namespace only.
     let script = format!(
         "(mountpoint -q /sys/fs/cgroup/unified && umount /sys/fs/cgroup/unified) || true; {hyperfine}"
     );
-    sh(Command::new("unshare")
+    let measured = sh(Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c"])
-        .arg(&script))?;
+        .arg(&script));
+    agent.stop();
+    measured?;
     let table = fs::read_to_string(&md).map_err(|e| e.to_string())?;
     println!("\n{table}");
     println!("(kept in {})", md.display());
     Ok(())
+}
+
+/// A `bolt agent` on a root inside the bench directory, with the busybox tree imported as
+/// `bench/busybox:latest`. Stopped (SIGTERM) by [`BoltAgent::stop`] or when dropped.
+struct BoltAgent {
+    bin: PathBuf,
+    socket: PathBuf,
+    child: Option<Child>,
+}
+
+const BENCH_IMAGE: &str = "bench/busybox:latest";
+
+impl BoltAgent {
+    fn start(dir: &Path) -> Result<BoltAgent, String> {
+        let bin = bolt_binary()?;
+        write_oci_layout(&dir.join("lower"), &dir.join("oci"))?;
+        let socket = dir.join("bolt.sock");
+        let log = fs::File::create(dir.join("agent.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(&bin)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("agent")
+            .arg("--root")
+            .arg(dir.join("bolt-root"))
+            .arg("--registry-auth")
+            .arg(dir.join("no-registry-auth.json"))
+            .env_remove("BOLT_LOG")
+            .stdin(ProcStdio::null())
+            .stdout(ProcStdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", bin.display()))?;
+        let agent = BoltAgent {
+            bin,
+            socket,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !agent.bolt(&["info"]).is_ok_and(|o| o.status.success()) {
+            if Instant::now() > deadline {
+                return Err("the bolt agent did not answer within 60 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let oci = dir.join("oci").display().to_string();
+        agent.check(&["image", "import", "-q", &oci, "--reference", BENCH_IMAGE])?;
+        // One run outside the measurement: the image is cached, the paths are warm.
+        agent.check(&["run", "--rm", "--network", "none", BENCH_IMAGE, "/bin/true"])?;
+        Ok(agent)
+    }
+
+    fn bolt(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        Command::new(&self.bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(ProcStdio::null())
+            .output()
+    }
+
+    fn check(&self, args: &[&str]) -> Result<(), String> {
+        let out = self.bolt(args).map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "bolt {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    fn run_command(&self) -> String {
+        format!(
+            "{} --socket {} run --rm --network none {BENCH_IMAGE} /bin/true",
+            self.bin.display(),
+            self.socket.display()
+        )
+    }
+
+    fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for BoltAgent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn bolt_binary() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("BOLT_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    sh(Command::new(cargo)
+        .args(["build", "--release", "-p", "bolt-agent", "--bin", "bolt"])
+        .current_dir(env!("CARGO_MANIFEST_DIR")))?;
+    let bin = target_dir().join("release").join("bolt");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!("no {}", bin.display()))
+    }
+}
+
+/// `sha256:HEX` and size of a file (sha256sum, as the rest of the bench uses host tools).
+fn digest(path: &Path) -> Result<(String, u64), String> {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .map_err(|e| format!("sha256sum: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text.split_whitespace().next().unwrap_or("").to_owned();
+    if !out.status.success() || hex.len() != 64 {
+        return Err(format!("sha256sum {}: {text}", path.display()));
+    }
+    let size = fs::metadata(path).map_err(|e| e.to_string())?.len();
+    Ok((format!("sha256:{hex}"), size))
+}
+
+/// An OCI image layout of `tree` (one uncompressed layer, `Cmd ["/bin/sh"]`) in `out`.
+fn write_oci_layout(tree: &Path, out: &Path) -> Result<(), String> {
+    let blobs = out.join("blobs/sha256");
+    fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
+    let layer = out.join("layer.tar");
+    sh(Command::new("tar")
+        .arg("--numeric-owner")
+        .arg("-C")
+        .arg(tree)
+        .arg("-cf")
+        .arg(&layer)
+        .arg("."))?;
+    let (layer_digest, layer_size) = digest(&layer)?;
+    let put = |digest: &str, path: &Path| -> Result<(), String> {
+        let hex = digest.trim_start_matches("sha256:");
+        fs::rename(path, blobs.join(hex)).map_err(|e| e.to_string())
+    };
+    put(&layer_digest, &layer)?;
+    let write_blob = |name: &str, text: String| -> Result<(String, u64), String> {
+        let p = out.join(name);
+        fs::write(&p, text).map_err(|e| e.to_string())?;
+        let d = digest(&p)?;
+        put(&d.0, &p)?;
+        Ok(d)
+    };
+    let (config_digest, config_size) = write_blob(
+        "config.json",
+        format!(
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"]}},"rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
+        ),
+    )?;
+    let (manifest_digest, manifest_size) = write_blob(
+        "manifest.json",
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{config_size}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{layer_size}}}]}}"#
+        ),
+    )?;
+    fs::write(
+        out.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{manifest_size},"annotations":{{"org.opencontainers.image.ref.name":"latest"}}}}]}}"#
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    fs::write(out.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(|e| e.to_string())
 }
 
 fn target_dir() -> PathBuf {
