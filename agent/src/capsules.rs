@@ -111,6 +111,18 @@ impl From<DecideError> for CapsuleError {
     }
 }
 
+/// A network step's error as a capsule error (bad input, conflict, or a failed step).
+fn net_err(e: &crate::networks::NetworkError) -> CapsuleError {
+    use crate::networks::NetworkError as N;
+    match e {
+        N::BadRequest(m) => CapsuleError::BadRequest(m.clone()),
+        N::NotFound(n) => CapsuleError::BadRequest(format!("no such network: {n}")),
+        N::Conflict(m) => CapsuleError::Conflict(m.clone()),
+        N::Host(h) => CapsuleError::Conflict(one_line(&h.to_string())),
+        other => CapsuleError::Task(one_line(&other.to_string())),
+    }
+}
+
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CapsuleError {
     let path = path.to_path_buf();
     move |source| CapsuleError::Io { what, path, source }
@@ -563,6 +575,13 @@ impl Capsules {
         &self.node
     }
 
+    /// The node's networks (set by the daemon).
+    fn networks(&self) -> Result<Arc<crate::networks::Networks>, CapsuleError> {
+        self.node.networks.get().cloned().ok_or_else(|| {
+            CapsuleError::BadRequest("bridge networks are not available in this agent".into())
+        })
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
@@ -660,15 +679,7 @@ impl Capsules {
             return Err(bad("conflicting options: --restart and --rm".to_owned()));
         }
         let network = req.network.clone().unwrap_or_else(|| "none".to_owned());
-        match network.as_str() {
-            "none" | "host" => {}
-            "bridge" => {
-                return Err(bad(
-                    "network bridge is not supported yet: use --network none or host".into(),
-                ))
-            }
-            other => return Err(bad(format!("unknown network {other:?}: use none or host"))),
-        }
+        let (net_choice, port_specs) = crate::networks::plan(&network, &req.ports).map_err(bad)?;
         if let Some(name) = &req.name {
             if !valid_name(name) {
                 return Err(bad(format!(
@@ -791,7 +802,7 @@ impl Capsules {
             cpu_millis: req.cpu_millis,
             pids_limit: req.pids_limit,
             restart: policy.to_string(),
-            ports: Vec::new(),
+            ports: port_specs.iter().map(ToString::to_string).collect(),
             mounts: Vec::new(),
             labels,
         };
@@ -814,18 +825,65 @@ impl Capsules {
             attach_wait: req.attach,
             log_max_bytes: 10 << 20,
             log_keep: 3,
+            netns: None,
+            mounts: Vec::new(),
         };
+        let mut cfg = cfg;
         let dir = self.dir_of(&id);
         std::fs::create_dir(&dir).map_err(io_err("create", &dir))?;
         let mut guard = DirGuard {
             path: Some(dir.clone()),
         };
-        cfg.store(&dir)
-            .map_err(|e| CapsuleError::Task(e.to_string()))?;
-
-        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "create: directory ready");
-        let (pid, watch) = self.start_supervisor(&id).await?;
-        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, pid, "create: capsule started");
+        // Bridge networks: address (an event), namespace, veth, ports; undone on failure.
+        let prepared = match &net_choice {
+            crate::networks::NetworkChoice::Bridge(net) => {
+                let nets = self.networks()?;
+                let p = nets
+                    .prepare(&id, net, port_specs.clone())
+                    .await
+                    .map_err(|e| net_err(&e))?;
+                Some((nets, p))
+            }
+            _ => None,
+        };
+        let started = async {
+            if let Some((_, p)) = &prepared {
+                let host = req.hostname.clone().unwrap_or_else(|| short(&id));
+                let files =
+                    crate::networks::write_etc_files(&dir, &host, &name, Some(p.attachment.ip))
+                        .map_err(io_err("write /etc files in", &dir))?;
+                cfg.netns = Some(p.join_path());
+                for (source, target) in files {
+                    cfg.mounts.push(crate::volumes::MountConfig::Bind {
+                        source,
+                        target: target.to_owned(),
+                        readonly: false,
+                    });
+                }
+            }
+            cfg.store(&dir)
+                .map_err(|e| CapsuleError::Task(e.to_string()))?;
+            tracing::debug!(
+                ms = t0.elapsed().as_secs_f64() * 1e3,
+                "create: directory ready"
+            );
+            self.start_supervisor(&id).await
+        }
+        .await;
+        let (pid, watch) = match started {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some((nets, p)) = prepared {
+                    nets.abandon(&id, p).await;
+                }
+                return Err(e);
+            }
+        };
+        tracing::debug!(
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            pid,
+            "create: capsule started"
+        );
         let appended = {
             let _ops = self.ops.lock().await;
             let create = Command::CreateCapsule {
@@ -857,8 +915,12 @@ impl Capsules {
             if let Ok(h) = Hierarchy::detect() {
                 let _ = h.open(&id).remove();
             }
+            if let Some((nets, p)) = prepared {
+                nets.abandon(&id, p).await;
+            }
             return Err(e);
         }
+        drop(prepared);
         tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "create: recorded");
         guard.path = None;
         drop(_reservation);
@@ -945,7 +1007,9 @@ impl Capsules {
                     line.clear();
                     match reader.read_line(&mut line).await {
                         Ok(0) | Err(_) => break,
-                        Ok(_) => tracing::debug!(capsule = %short(&id), report = line.trim(), "supervisor report"),
+                        Ok(_) => {
+                            tracing::debug!(capsule = %short(&id), report = line.trim(), "supervisor report")
+                        }
                     }
                 }
                 let auto_remove = self
@@ -1085,12 +1149,26 @@ impl Capsules {
         }
         let mut cfg =
             SupervisorConfig::load(&dir).map_err(|e| CapsuleError::Task(e.to_string()))?;
-        if cfg.attach_wait {
+        let prepared = match crate::networks::plan(&info.spec.network, &info.spec.ports) {
+            Ok((crate::networks::NetworkChoice::Bridge(net), ports)) => {
+                let nets = self.networks()?;
+                let p = nets
+                    .prepare(id, &net, ports)
+                    .await
+                    .map_err(|e| net_err(&e))?;
+                cfg.netns = Some(p.join_path());
+                Some(p)
+            }
+            _ => None,
+        };
+        if cfg.attach_wait || prepared.is_some() {
             cfg.attach_wait = false;
             cfg.store(&dir)
                 .map_err(|e| CapsuleError::Task(e.to_string()))?;
         }
-        let (pid, watch) = match self.start_supervisor(id).await {
+        let started = self.start_supervisor(id).await;
+        drop(prepared);
+        let (pid, watch) = match started {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(capsule = %short(id), "restart failed: {e}");
@@ -1118,6 +1196,10 @@ impl Capsules {
     }
 
     async fn remove_dir(&self, id: &str) {
+        // Its veth and published ports (its addresses went with the removal event).
+        if let Ok(nets) = self.networks() {
+            nets.detach(id).await;
+        }
         let dir = self.dir_of(id);
         let idc = id.to_owned();
         let _ = self
@@ -1202,7 +1284,7 @@ impl Capsules {
     /// The view of capsule `key` (id, name or id prefix).
     pub async fn view(&self, key: &str) -> Result<CapsuleView, CapsuleError> {
         let key = key.to_owned();
-        self.state(move |s| find(s, &key).map(CapsuleView::of))
+        self.state(move |s| find(s, &key).map(|c| CapsuleView::of(c).with_addresses(s)))
             .await?
     }
 
@@ -1214,7 +1296,7 @@ impl Capsules {
                 .values()
                 .filter(|c| c.status != CapsuleStatus::Removed)
                 .filter(|c| all || c.status == CapsuleStatus::Running)
-                .map(CapsuleView::of)
+                .map(|c| CapsuleView::of(c).with_addresses(s))
                 .collect();
             v.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
             v

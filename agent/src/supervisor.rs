@@ -35,9 +35,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bolt_capsule::runtime::supervisor::{
-    files, proc_stat, ExitRecord, LogLine, PidRecord,
-};
+use bolt_capsule::runtime::supervisor::{files, proc_stat, ExitRecord, LogLine, PidRecord};
 use bolt_capsule::runtime::{
     CapsuleSpec, ExitStatus, NetworkMode, Resources, Rootfs, Runtime, Stdio, StdioSlot, User,
 };
@@ -137,6 +135,12 @@ pub struct SupervisorConfig {
     pub log_max_bytes: u64,
     /// Rotated files kept.
     pub log_keep: usize,
+    /// The network namespace to join (a bridge network's, prepared by the agent).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// Volumes, binds, tmpfs and the per-capsule `/etc` files.
+    #[serde(default)]
+    pub mounts: Vec<crate::volumes::MountConfig>,
 }
 
 impl SupervisorConfig {
@@ -152,11 +156,12 @@ impl SupervisorConfig {
         };
         spec.additional_gids = self.additional_gids.clone();
         spec.hostname = self.hostname.clone();
-        spec.network = if self.network == "host" {
-            NetworkMode::Host
-        } else {
-            NetworkMode::None
+        spec.network = match (&self.netns, self.network.as_str()) {
+            (Some(path), _) => NetworkMode::Join(path.clone()),
+            (None, "host") => NetworkMode::Host,
+            _ => NetworkMode::None,
         };
+        spec.mounts = self.mounts.iter().filter_map(|m| m.to_mount()).collect();
         spec.resources = Resources {
             memory_bytes: self.memory_bytes,
             cpu_millis: self.cpu_millis,
@@ -1097,6 +1102,8 @@ mod tests {
             attach_wait: false,
             log_max_bytes: 1000,
             log_keep: 1,
+            netns: None,
+            mounts: Vec::new(),
         };
         cfg.store(dir.path()).unwrap();
         assert_eq!(SupervisorConfig::load(dir.path()).unwrap(), cfg);
