@@ -651,3 +651,27 @@ fn nothing_left_after_removal(env: &Env, cgroups: &BTreeSet<String>) {
     assert_eq!(&bolt_cgroups(), cgroups);
     assert!(env.ps_all().is_empty());
 }
+
+#[test]
+fn tty_gives_the_capsule_and_exec_a_terminal() {
+    let Some(env) = setup("tty_gives_the_capsule_and_exec_a_terminal", false) else {
+        return;
+    };
+    let out = env.run(
+        &["--rm", "-t"],
+        &[
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && test -t 2 && echo tty; exit 6",
+        ],
+    );
+    assert_eq!(out.code, Some(6), "{out:?}");
+    // A pty turns "\n" into "\r\n", and carries stderr on the same stream.
+    assert_eq!(out.stdout, "tty\r\n");
+    assert!(env.run(&["-d", "--name", "t"], &["sleep", "1000"]).ok());
+    let out = env.ok(&["exec", "-t", "t", "sh", "-c", "test -t 1 && echo exec-tty"]);
+    assert_eq!(out.stdout, "exec-tty\r\n");
+    let out = env.ok(&["exec", "t", "sh", "-c", "test -t 1 || echo no-tty"]);
+    assert_eq!(out.stdout, "no-tty\n");
+    env.ok(&["rm", "-f", "t"]);
+}
