@@ -938,7 +938,12 @@ async fn run_exec(caps: Arc<Capsules>, id: String, mut socket: WebSocket) {
         }
         Err(e) => return send_end(&mut socket, &fail(e.to_string(), 125)).await,
     };
-    let mut waiter = tokio::task::spawn_blocking(move || process.wait());
+    // A plain thread, not the blocking pool: a pending wait must not hold up the agent's
+    // shutdown (the runtime waits for blocking tasks; it does not wait for threads).
+    let (wait_tx, mut waiter) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = wait_tx.send(process.wait());
+    });
     // One reader task per output, into one channel; it closes when every output ended.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(16);
     let pty = io.pty;
@@ -995,11 +1000,9 @@ async fn run_exec(caps: Arc<Capsules>, id: String, mut socket: WebSocket) {
             } => break,
             msg = socket.recv() => match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
-                    // The client went away; the process runs on with stdin closed.
+                    // The client went away; the process runs on with stdin closed (its
+                    // waiting thread reaps it).
                     drop(stdin);
-                    if status.is_none() {
-                        let _ = waiter.await;
-                    }
                     return;
                 }
                 Some(Ok(Message::Binary(b))) => {

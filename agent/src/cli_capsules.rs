@@ -709,7 +709,7 @@ fn spawn_signal_proxy(socket: PathBuf, id: String) -> tokio::task::JoinHandle<()
         ) else {
             return;
         };
-        loop {
+        for _ in 0..3 {
             let sig = tokio::select! {
                 _ = int.recv() => "SIGINT",
                 _ = term.recv() => "SIGTERM",
@@ -717,6 +717,10 @@ fn spawn_signal_proxy(socket: PathBuf, id: String) -> tokio::task::JoinHandle<()
             let path = format!("{}?signal={sig}", capsule_path(&id, "/kill"));
             let _ = call::<CapsuleView>(&socket, Method::POST, &path, None).await;
         }
+        // A capsule whose first process ignores the signals (pid 1 without a handler does)
+        // would hold the terminal forever: the third one detaches, as docker's CLI does.
+        eprintln!("bolt: got 3 signals; detaching (the capsule keeps running)");
+        std::process::exit(130);
     })
 }
 
