@@ -16,8 +16,8 @@ use super::progress::{report, Phase, ProgressFn};
 use super::reference::ImageRef;
 use super::registry::RegistryError;
 use super::store::{
-    blob_key, blocking, io_at, layer_key, remove_tree, write_blob, ImageError, ImageStore,
-    LayerRecord, Pulled, RecordFields, Txn,
+    blob_key, blocking, io_at, layer_key, remove_tree, sync_dir, write_blob, ImageError,
+    ImageStore, LayerRecord, Pulled, RecordFields, Txn,
 };
 use super::unpack::{unpack_layer, UnpackOptions};
 
@@ -357,6 +357,9 @@ impl<'a> Op<'a> {
                 }
                 let dest = paths.layer(&want);
                 fs::rename(&tmp, &dest).map_err(io_at("rename into place", &dest))?;
+                if durable {
+                    sync_dir(&dest)?;
+                }
                 Ok(())
             })();
             if res.is_err() {

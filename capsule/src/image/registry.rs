@@ -317,3 +317,30 @@ fn http_header(media_type: &str) -> Result<http::HeaderValue, RegistryError> {
     http::HeaderValue::from_str(media_type)
         .map_err(|_| RegistryError::MediaType(media_type.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn https_and_http_clients_build_with_ring() {
+        // Building a rustls client panics when no crypto provider is usable; ring is installed.
+        let reg = Registry::new(RegistryConfig {
+            insecure: vec!["registry.internal:5000".into()],
+            ..Default::default()
+        });
+        for r in [
+            "example.com/a/b:c",
+            "127.0.0.1:5000/x:y",
+            "registry.internal:5000/z:1",
+            "busybox",
+        ] {
+            reg.client(&ImageRef::parse(r).unwrap()).unwrap();
+        }
+        assert!(reg.config().plain_http("127.0.0.1:5000"));
+        assert!(reg.config().plain_http("registry.internal:5000"));
+        assert!(!reg.config().plain_http("example.com"));
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
+}

@@ -72,6 +72,8 @@ pub enum ImageError {
     Record { path: PathBuf, reason: String },
     #[error("blob {0} is not in the store")]
     MissingBlob(Digest),
+    #[error("layer {0} is not unpacked in the store")]
+    MissingLayer(Digest),
     #[error("manifest {0} is an index inside an index; nested indexes are not supported")]
     NestedIndex(String),
     #[error("the operation was cancelled")]
@@ -532,7 +534,7 @@ pub(crate) fn write_atomic(
     res
 }
 
-fn sync_dir(child: &Path) -> Result<(), ImageError> {
+pub(crate) fn sync_dir(child: &Path) -> Result<(), ImageError> {
     if let Some(dir) = child.parent() {
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -792,7 +794,7 @@ impl ImageStore {
             .collect();
         for (d, l) in dirs.iter().zip(&rec.layers) {
             if !d.is_dir() {
-                return Err(ImageError::MissingBlob(l.diff_id.clone()));
+                return Err(ImageError::MissingLayer(l.diff_id.clone()));
             }
         }
         Ok(dirs)
