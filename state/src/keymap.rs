@@ -13,7 +13,7 @@
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::Index;
 
 use bincode::de::{BorrowDecoder, Decoder};
@@ -26,20 +26,23 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A map hashed for lookups and sorted by key for everything that reads it whole (iteration,
 /// `Debug`, bincode, serde; equality does not depend on order). Encodes and serializes exactly
 /// as a `BTreeMap<K, V>` with the same entries.
+///
+/// `S` hashes the keys: [foldhash](foldhash::fast::RandomState) (seeded per process) unless the
+/// keys call for something cheaper ([`NodeIdHash`]).
 #[derive(Clone)]
-pub struct KeyMap<K, V> {
-    map: HashMap<K, V, RandomState>,
+pub struct KeyMap<K, V, S = RandomState> {
+    map: HashMap<K, V, S>,
 }
 
-impl<K, V> Default for KeyMap<K, V> {
+impl<K, V, S: Default> Default for KeyMap<K, V, S> {
     fn default() -> Self {
         KeyMap {
-            map: HashMap::with_hasher(RandomState::default()),
+            map: HashMap::with_hasher(S::default()),
         }
     }
 }
 
-impl<K: Hash + Eq + Ord, V> KeyMap<K, V> {
+impl<K: Hash + Eq + Ord, V, S: BuildHasher + Default> KeyMap<K, V, S> {
     /// An empty map.
     pub fn new() -> Self {
         KeyMap::default()
@@ -129,24 +132,30 @@ impl<K: Hash + Eq + Ord, V> KeyMap<K, V> {
     }
 }
 
-impl<K: Hash + Eq, V: PartialEq> PartialEq for KeyMap<K, V> {
+impl<K: Hash + Eq, V: PartialEq, S: BuildHasher> PartialEq for KeyMap<K, V, S> {
     fn eq(&self, other: &Self) -> bool {
         self.map == other.map
     }
 }
 
-impl<K: Hash + Eq, V: Eq> Eq for KeyMap<K, V> {}
+impl<K: Hash + Eq, V: Eq, S: BuildHasher> Eq for KeyMap<K, V, S> {}
 
-impl<K: Hash + Eq + Ord + fmt::Debug, V: fmt::Debug> fmt::Debug for KeyMap<K, V> {
+impl<K, V, S> fmt::Debug for KeyMap<K, V, S>
+where
+    K: Hash + Eq + Ord + fmt::Debug,
+    V: fmt::Debug,
+    S: BuildHasher + Default,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter()).finish()
     }
 }
 
-impl<K, V, Q> Index<&Q> for KeyMap<K, V>
+impl<K, V, S, Q> Index<&Q> for KeyMap<K, V, S>
 where
     K: Hash + Eq + Borrow<Q>,
     Q: Hash + Eq + ?Sized,
+    S: BuildHasher,
 {
     type Output = V;
 
@@ -156,7 +165,7 @@ where
     }
 }
 
-impl<'a, K: Hash + Eq + Ord, V> IntoIterator for &'a KeyMap<K, V> {
+impl<'a, K: Hash + Eq + Ord, V, S: BuildHasher + Default> IntoIterator for &'a KeyMap<K, V, S> {
     type Item = (&'a K, &'a V);
     type IntoIter = std::vec::IntoIter<(&'a K, &'a V)>;
 
@@ -165,7 +174,7 @@ impl<'a, K: Hash + Eq + Ord, V> IntoIterator for &'a KeyMap<K, V> {
     }
 }
 
-impl<K: Hash + Eq, V> FromIterator<(K, V)> for KeyMap<K, V> {
+impl<K: Hash + Eq, V, S: BuildHasher + Default> FromIterator<(K, V)> for KeyMap<K, V, S> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut m = KeyMap::default();
         m.map.extend(iter);
@@ -173,14 +182,19 @@ impl<K: Hash + Eq, V> FromIterator<(K, V)> for KeyMap<K, V> {
     }
 }
 
-impl<K: Hash + Eq, V> From<BTreeMap<K, V>> for KeyMap<K, V> {
+impl<K: Hash + Eq, V, S: BuildHasher + Default> From<BTreeMap<K, V>> for KeyMap<K, V, S> {
     fn from(map: BTreeMap<K, V>) -> Self {
         map.into_iter().collect()
     }
 }
 
 /// The same bytes as `BTreeMap<K, V>`: the length, then each (key, value) in key order.
-impl<K: Hash + Eq + Ord + Encode, V: Encode> Encode for KeyMap<K, V> {
+impl<K, V, S> Encode for KeyMap<K, V, S>
+where
+    K: Hash + Eq + Ord + Encode,
+    V: Encode,
+    S: BuildHasher + Default,
+{
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
         (self.len() as u64).encode(encoder)?;
         for (k, v) in self.iter() {
@@ -191,7 +205,7 @@ impl<K: Hash + Eq + Ord + Encode, V: Encode> Encode for KeyMap<K, V> {
     }
 }
 
-impl<Context, K, V> Decode<Context> for KeyMap<K, V>
+impl<Context, K, V, S: BuildHasher + Default> Decode<Context> for KeyMap<K, V, S>
 where
     K: Hash + Eq + Ord + Decode<Context>,
     V: Decode<Context>,
@@ -201,8 +215,9 @@ where
     }
 }
 
-impl<'de, Context, K, V> BorrowDecode<'de, Context> for KeyMap<K, V>
+impl<'de, Context, K, V, S> BorrowDecode<'de, Context> for KeyMap<K, V, S>
 where
+    S: BuildHasher + Default,
     K: Hash + Eq + Ord + BorrowDecode<'de, Context>,
     V: BorrowDecode<'de, Context>,
 {
@@ -213,19 +228,78 @@ where
     }
 }
 
-impl<K: Hash + Eq + Ord + Serialize, V: Serialize> Serialize for KeyMap<K, V> {
+impl<K, V, H> Serialize for KeyMap<K, V, H>
+where
+    K: Hash + Eq + Ord + Serialize,
+    V: Serialize,
+    H: BuildHasher + Default,
+{
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_map(self.iter())
     }
 }
 
-impl<'de, K, V> Deserialize<'de> for KeyMap<K, V>
+impl<'de, K, V, S> Deserialize<'de> for KeyMap<K, V, S>
 where
+    S: BuildHasher + Default,
     K: Hash + Eq + Ord + Deserialize<'de>,
     V: Deserialize<'de>,
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         BTreeMap::<K, V>::deserialize(deserializer).map(KeyMap::from)
+    }
+}
+
+/// Hashes [`NodeId`](bolt_events::NodeId) keys by their first eight bytes (and the rest of
+/// what is written only by its first eight bytes), mixed with a per-process seed. A node id is
+/// an ed25519 public key, uniformly random, so eight of its bytes are as good a hash as all of
+/// them at a fraction of the cost: the fold looks the origin up on every event. Keys that
+/// share their first eight bytes still work (they are compared whole), only slower.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeIdHash {
+    seed: u64,
+}
+
+impl Default for NodeIdHash {
+    fn default() -> Self {
+        NodeIdHash {
+            seed: RandomState::default().hash_one(0x6e6f_6465_u64) | 1,
+        }
+    }
+}
+
+impl BuildHasher for NodeIdHash {
+    type Hasher = NodeIdHasher;
+
+    fn build_hasher(&self) -> NodeIdHasher {
+        NodeIdHasher { h: self.seed }
+    }
+}
+
+/// The hasher of [`NodeIdHash`].
+#[derive(Clone, Copy, Debug)]
+pub struct NodeIdHasher {
+    h: u64,
+}
+
+impl Hasher for NodeIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        let x = u64::from_le_bytes(word) ^ self.h;
+        // A folded multiply (foldhash's mixing step).
+        let m = u128::from(x) * u128::from(0x9e37_79b9_7f4a_7c15_u64 ^ self.h.rotate_left(29));
+        self.h = (m as u64) ^ ((m >> 64) as u64);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        // Only the length prefix of a key written as a slice: the same for every key.
+        self.h = self.h.wrapping_add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.h
     }
 }
 
@@ -383,6 +457,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::net::Ipv4Addr;
 
+    use bolt_events::NodeId;
+
     use super::*;
 
     fn pairs() -> Vec<(String, u32)> {
@@ -450,6 +526,30 @@ mod tests {
         assert!(!m.is_empty());
         let keys: Vec<&String> = m.keys().collect();
         assert_eq!(keys, ["", "alpha", "alpha2", "b", "bravo", "delta", "echo"]);
+    }
+
+    #[test]
+    fn node_ids_hash_by_their_first_bytes_yet_compare_whole() {
+        // Half of them share their first eight bytes (and so their hash).
+        let ids: Vec<NodeId> = (0..40u8)
+            .map(|i| {
+                let mut b = [7u8; 32];
+                b[31] = i;
+                if i % 2 == 0 {
+                    b[0] = i;
+                }
+                NodeId(b)
+            })
+            .collect();
+        let pairs = || ids.iter().enumerate().map(|(i, id)| (*id, i as u8));
+        let m: KeyMap<NodeId, u8, NodeIdHash> = pairs().collect();
+        let tree: BTreeMap<NodeId, u8> = pairs().collect();
+        same_as_tree(&m, &tree);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(m.get(id), Some(&(i as u8)));
+        }
+        assert_eq!(m.get(&NodeId([9; 32])), None);
+        assert_eq!(m.len(), 40);
     }
 
     #[test]

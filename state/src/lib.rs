@@ -17,7 +17,7 @@ mod spare;
 
 pub use apply::{apply, Misfit};
 pub use decide::{decide, spec_hash, Command, DecideError, Subnet, DEFAULT_MTU};
-pub use keymap::{KeyMap, Tombstones};
+pub use keymap::{KeyMap, NodeIdHash, NodeIdHasher, Tombstones};
 pub use model::{
     CapsuleInfo, CapsuleStatus, ExitInfo, Ignored, ImageInfo, MigrationInfo, MigrationStatus,
     NetworkInfo, NodeInfo, RevisionInfo, RollbackInfo, ServiceInfo, State, VolumeInfo,

@@ -9,7 +9,7 @@ use bincode::{Decode, Encode};
 use bolt_events::payload::{CapsuleSpec, ServiceSpec};
 use bolt_events::{Hash, Hlc, NodeId, OrderKey};
 
-use crate::keymap::{KeyMap, Tombstones};
+use crate::keymap::{KeyMap, NodeIdHash, Tombstones};
 use serde::{Deserialize, Serialize};
 
 /// How many removed capsules the state keeps (status `removed`) before it forgets the oldest.
@@ -30,7 +30,7 @@ pub struct State {
     /// The most recent ignored event and why, for `bolt state` and debugging.
     pub last_ignored: Option<Ignored>,
     /// Every node that announced itself, by id.
-    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    pub nodes: KeyMap<NodeId, NodeInfo, NodeIdHash>,
     /// Images held by at least one node, by manifest digest.
     pub images: BTreeMap<String, ImageInfo>,
     /// Image references (`repo:tag`) to the digest they point at.
@@ -61,7 +61,7 @@ impl Default for State {
             last_key: OrderKey::MIN,
             ignored: 0,
             last_ignored: None,
-            nodes: BTreeMap::new(),
+            nodes: KeyMap::new(),
             images: BTreeMap::new(),
             image_refs: BTreeMap::new(),
             capsules: KeyMap::new(),
