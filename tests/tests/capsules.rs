@@ -675,3 +675,54 @@ fn tty_gives_the_capsule_and_exec_a_terminal() {
     assert_eq!(out.stdout, "no-tty\n");
     env.ok(&["rm", "-f", "t"]);
 }
+
+/// The value of a cgroup file of capsule `id`: v1 (`/sys/fs/cgroup/<v1 dir>/bolt/<id>/<file>`)
+/// or v2 (`/sys/fs/cgroup/bolt/<id>/<v2 file>`).
+fn cgroup_value(id: &str, v1: (&str, &str), v2: &str) -> String {
+    let v1_path = Path::new("/sys/fs/cgroup")
+        .join(v1.0)
+        .join("bolt")
+        .join(id)
+        .join(v1.1);
+    let v2_path = Path::new("/sys/fs/cgroup/bolt").join(id).join(v2);
+    std::fs::read_to_string(&v1_path)
+        .or_else(|_| std::fs::read_to_string(&v2_path))
+        .unwrap_or_else(|e| panic!("{} / {}: {e}", v1_path.display(), v2_path.display()))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn limits_from_the_flags_reach_the_capsules_cgroup() {
+    let Some(env) = setup("limits_from_the_flags_reach_the_capsules_cgroup", false) else {
+        return;
+    };
+    let out = env.run(
+        &[
+            "-d",
+            "--name",
+            "lim",
+            "--memory",
+            "48m",
+            "--cpus",
+            "0.25",
+            "--pids-limit",
+            "33",
+        ],
+        &["sleep", "1000"],
+    );
+    assert!(out.ok(), "{out:?}");
+    let id = out.stdout.trim().to_string();
+    let memory = cgroup_value(&id, ("memory", "memory.limit_in_bytes"), "memory.max");
+    assert_eq!(memory, (48u64 << 20).to_string());
+    let pids = cgroup_value(&id, ("pids", "pids.max"), "pids.max");
+    assert_eq!(pids, "33");
+    let quota = cgroup_value(&id, ("cpu", "cpu.cfs_quota_us"), "cpu.max");
+    assert!(quota == "25000" || quota == "25000 100000", "{quota}");
+    let v = env.inspect("lim");
+    assert_eq!(v["spec"]["memory_bytes"], 48u64 << 20);
+    assert_eq!(v["spec"]["cpu_millis"], 250);
+    assert_eq!(v["spec"]["pids_limit"], 33);
+    env.ok(&["rm", "-f", "lim"]);
+    env.assert_gone(&id);
+}
