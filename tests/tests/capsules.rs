@@ -134,6 +134,21 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// A test that failed half-way must not leave capsules running (their supervisors outlive
+    /// the agent): remove whatever this node still has.
+    fn drop(&mut self) {
+        if let Ok(out) = self.node.bolt(&["ps", "-a", "-q"]) {
+            let ids: Vec<&str> = out.stdout.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids);
+                let _ = self.node.bolt(&args);
+            }
+        }
+    }
+}
+
 /// Ids of every cgroup under Bolt's subtree, in every hierarchy.
 fn bolt_cgroups() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
