@@ -934,14 +934,20 @@ impl Capsules {
         let dir = self.dir_of(id);
         let sup_log = dir.join(SUPERVISOR_LOG);
         let stderr = std::fs::File::create(&sup_log).map_err(io_err("create", &sup_log))?;
-        let mut child = tokio::process::Command::new(&self.bin)
+        // The agent's own binary; after an upgrade replaced it on disk, the running one.
+        let bin = if self.bin.exists() {
+            self.bin.as_path()
+        } else {
+            Path::new("/proc/self/exe")
+        };
+        let mut child = tokio::process::Command::new(bin)
             .arg("supervise")
             .arg(&dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(stderr)
             .spawn()
-            .map_err(io_err("start the supervisor", &self.bin))?;
+            .map_err(io_err("start the supervisor", bin))?;
         let sup_err = |message: String| CapsuleError::Supervisor {
             id: short(id),
             message,
