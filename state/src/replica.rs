@@ -493,3 +493,48 @@ fn read_range(log: &Log, after: Cursor, upto: Cursor) -> Result<Vec<Appended>, R
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::Bytes;
+
+    #[test]
+    fn kept_bytes_stay_in_order_and_bounded() {
+        // Model: the payloads still kept, oldest first.
+        let mut model: VecDeque<Vec<u8>> = VecDeque::new();
+        let mut b = Bytes::default();
+        for i in 0..20_000usize {
+            let p: Vec<u8> = (0..(i * 7919) % 300).map(|k| (i + k) as u8).collect();
+            b.push(&p);
+            model.push_back(p);
+            if model.len() > 50 {
+                let old = model.pop_front().unwrap_or_default();
+                b.drop_front(old.len());
+            }
+            if i % 97 == 0 {
+                // A rewind: take the newest back out and push them again.
+                let mut taken = Vec::new();
+                for _ in 0..3 {
+                    let p = model.pop_back().unwrap_or_default();
+                    assert_eq!(b.pop_back(p.len()), p);
+                    taken.push(p);
+                }
+                for p in taken.into_iter().rev() {
+                    b.push(&p);
+                    model.push_back(p);
+                }
+            }
+            let live: usize = model.iter().map(Vec::len).sum();
+            assert_eq!(b.buf.len() - b.head, live);
+            assert!(
+                b.buf.len() <= 2 * live + (1 << 16) + 300,
+                "{} {live}",
+                b.buf.len()
+            );
+        }
+        b.clear();
+        assert_eq!((b.buf.len(), b.head), (0, 0));
+    }
+}

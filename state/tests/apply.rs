@@ -375,3 +375,54 @@ fn only_the_most_recent_removed_capsules_are_kept() {
     assert_eq!(s.capsules["live"].status, CapsuleStatus::Created);
     assert_eq!(s.ignored, 0);
 }
+
+/// A spec whose every field depends on `i`: lists that grow and shrink, options set and unset,
+/// labels that come and go.
+fn shaped(i: usize) -> bolt_events::payload::CapsuleSpec {
+    bolt_events::payload::CapsuleSpec {
+        image: format!("img{}", "i".repeat(i % 9)),
+        image_digest: format!("sha256:{i:x}"),
+        command: (0..i % 4).map(|k| format!("arg{k}-{i}")).collect(),
+        env: (0..(i / 3) % 3).map(|k| format!("E{k}={i}")).collect(),
+        workdir: (i % 2 == 0).then(|| format!("/w/{i}")),
+        user: (i % 3 == 0).then(|| "u".repeat(i % 5 + 1)),
+        hostname: (i % 5 == 1).then(|| format!("h{i}")),
+        network: format!("n{}", i % 3),
+        memory_bytes: (i % 4 == 0).then_some(i as u64),
+        cpu_millis: (i % 6 == 0).then_some(i as u32),
+        pids_limit: (i % 7 == 0).then_some(3),
+        restart: ["no", "always", "on-failure"][i % 3].into(),
+        ports: (0..i % 3).map(|k| format!("{k}/tcp")).collect(),
+        mounts: (0..i % 2).map(|k| format!("v{k}:/v")).collect(),
+        labels: (0..i % 3)
+            .map(|k| (format!("k{k}"), format!("{i}")))
+            .collect(),
+    }
+}
+
+#[test]
+fn every_capsule_keeps_the_spec_it_was_created_with_under_churn() {
+    // More removals than are retained: the forgotten capsules' spec allocations are reused for
+    // new capsules (see `spare`), and nothing of an old spec may show through a new one.
+    let mut payloads = Vec::new();
+    let n = 2 * REMOVED_RETAINED + 100;
+    for i in 0..n {
+        payloads.push(Payload::Capsule(
+            bolt_events::payload::CapsuleEvent::Created {
+                id: format!("c{i}"),
+                name: format!("n{i}"),
+                spec: shaped(i),
+            },
+        ));
+        if i % 5 != 0 {
+            payloads.push(removed(&format!("c{i}")));
+        }
+    }
+    let s = given(payloads);
+    assert_eq!(s.ignored, 0);
+    assert!(s.capsules.len() > n / 5);
+    for (id, c) in &s.capsules {
+        let i: usize = id[1..].parse().unwrap();
+        assert_eq!(*c.spec, shaped(i), "{id}");
+    }
+}
