@@ -300,21 +300,25 @@ impl State {
 
     /// The non-removed capsule named `name`, if any.
     pub fn capsule_by_name(&self, name: &str) -> Option<&CapsuleInfo> {
+        // One pass in hash order; the smallest id if several match, as a sorted scan would.
         self.capsules
-            .values()
-            .find(|c| c.name == name && c.status != CapsuleStatus::Removed)
+            .iter_unordered()
+            .filter(|(_, c)| c.name == name && c.status != CapsuleStatus::Removed)
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(_, c)| c)
     }
 
-    /// Every address a capsule holds: (network, address).
+    /// Every address a capsule holds: (network, address), sorted.
     pub fn addresses_of(&self, capsule: &str) -> Vec<(String, Ipv4Addr)> {
         let mut out = Vec::new();
-        for (net, info) in &self.networks {
-            for (ip, holder) in &info.allocations {
+        for (net, info) in self.networks.iter_unordered() {
+            for (ip, holder) in info.allocations.iter_unordered() {
                 if holder == capsule {
                     out.push((net.clone(), *ip));
                 }
             }
         }
+        out.sort_unstable();
         out
     }
 }

@@ -426,3 +426,18 @@ fn every_capsule_keeps_the_spec_it_was_created_with_under_churn() {
         assert_eq!(*c.spec, shaped(i), "{id}");
     }
 }
+
+#[test]
+fn capsule_by_name_picks_the_smallest_id_of_several() {
+    // Two nodes may create the same name at once: every node must pick the same one.
+    let s = given(vec![
+        created("c2", "web"),
+        created("c1", "web"),
+        created("c0", "web"),
+        removed("c0"),
+        created("c3", "db"),
+    ]);
+    assert_eq!(s.capsule_by_name("web").map(|c| c.id.as_str()), Some("c1"));
+    assert_eq!(s.capsule_by_name("db").map(|c| c.id.as_str()), Some("c3"));
+    assert!(s.capsule_by_name("nope").is_none());
+}
