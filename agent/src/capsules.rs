@@ -1423,10 +1423,11 @@ impl Capsules {
     /// does not run is not an error.
     pub async fn stop(&self, key: &str, timeout: u64) -> Result<CapsuleView, CapsuleError> {
         let (id, restarts, running) = self.generation(key).await?;
+        // Also for an exited capsule: a restart its policy has scheduled is called off.
+        self.mark_stopped(&id);
         if !running {
             return self.view(&id).await;
         }
-        self.mark_stopped(&id);
         let record = match self.live_record(&id) {
             Ok(r) => r,
             Err(_) => return self.view(&id).await,
