@@ -194,6 +194,37 @@ fn pid_one_inside() {
 }
 
 #[test]
+fn ignored_signals_and_the_mask_are_not_inherited() {
+    if !root_or_skip("ignored_signals_and_the_mask_are_not_inherited") {
+        return;
+    }
+    // The test harness (Rust) ignores SIGPIPE; the capsule must start with every signal at its
+    // default disposition and none blocked, as runc does.
+    let fx = Fixture::new("sigs");
+    let out = run(&runtime(), &fx.spec(&["cat", "/proc/self/status"])).unwrap();
+    let field = |name: &str| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        field("SigIgn:"),
+        "0000000000000000",
+        "stdout: {}",
+        out.stdout
+    );
+    assert_eq!(
+        field("SigBlk:"),
+        "0000000000000000",
+        "stdout: {}",
+        out.stdout
+    );
+    fx.finish();
+}
+
+#[test]
 fn hostname_is_isolated() {
     if !root_or_skip("hostname_is_isolated") {
         return;

@@ -400,6 +400,35 @@ impl Syscall for LinuxSyscall {
     }
 
     fn execve(&self, path: &CStr, args: &ExecArgs) -> Errno {
+        // Ignored signals and the signal mask survive execve: a capsule must not inherit the
+        // caller's (Rust ignores SIGPIPE, a shell may ignore SIGINT). Handlers reset by
+        // themselves on exec; ignored dispositions do not, so every signal goes back to default.
+        // The raw syscall, because glibc refuses its reserved real-time signals (32, 33), which a
+        // caller may still have ignored. An all-zero kernel `sigaction` is SIG_DFL, no flags,
+        // empty mask.
+        let default_action = [0u64; 4];
+        for sig in 1..=64 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            // SAFETY: rt_sigaction reads 32 bytes from `default_action`, alive for the call,
+            // writes nothing (null old action), and is async-signal-safe.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    default_action.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                )
+            };
+        }
+        // SAFETY: an empty set built on the stack; sigprocmask is async-signal-safe.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        }
         // SAFETY: `path` is NUL-terminated and `args` holds NULL-terminated arrays of pointers
         // into `CString`s it owns, all alive for the call.
         unsafe {
