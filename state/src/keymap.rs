@@ -217,8 +217,21 @@ where
     K: Hash + Eq + Ord + Decode<Context>,
     V: Decode<Context>,
 {
+    /// Straight into the hash map (a snapshot decodes thousands of capsules), with the checks
+    /// `BTreeMap`'s decoder makes: the length against the decoder's limit, a later duplicate
+    /// key replacing an earlier one.
     fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
-        BTreeMap::<K, V>::decode(decoder).map(KeyMap::from)
+        let len = u64::decode(decoder)?;
+        let len = usize::try_from(len).map_err(|_| DecodeError::OutsideUsizeRange(len))?;
+        decoder.claim_container_read::<(K, V)>(len)?;
+        let mut map = HashMap::with_capacity_and_hasher(len, S::default());
+        for _ in 0..len {
+            decoder.unclaim_bytes_read(std::mem::size_of::<(K, V)>());
+            let k = K::decode(decoder)?;
+            let v = V::decode(decoder)?;
+            map.insert(k, v);
+        }
+        Ok(KeyMap { map })
     }
 }
 

@@ -40,16 +40,16 @@ pub(crate) fn spec(spec: &CapsuleSpec) -> Arc<CapsuleSpec> {
     Arc::new(spec.clone())
 }
 
-/// Drop a capsule, keeping its spec as a spare if nothing else holds it.
+/// Drop a capsule, keeping its spec as a spare.
 pub(crate) fn forget(capsule: CapsuleInfo) {
     keep(capsule.spec);
 }
 
-/// Keep `spec` as a spare if nothing else holds it (else just drop it).
-pub(crate) fn keep(mut spec: Arc<CapsuleSpec>) {
-    if Arc::get_mut(&mut spec).is_none() {
-        return;
-    }
+/// Keep `spec` as a spare (while there is room). Whether something else still holds it is
+/// checked when it is reused: the spec of a long-forgotten capsule is cold in the cache, and
+/// reading its counts now would cost a miss that the reuse, which writes next to them, pays
+/// anyway.
+pub(crate) fn keep(spec: Arc<CapsuleSpec>) {
     let _ = SPARE.try_with(|s| {
         if let Ok(mut s) = s.try_borrow_mut() {
             if s.len() < SPARE_MAX {
