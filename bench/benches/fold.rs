@@ -409,7 +409,14 @@ fn main() {
     };
     match only.as_deref() {
         Some("apply") => {
-            black_box(phase_apply(&events).applied);
+            // FOLD_BENCH_REPEAT: fold that many times (for a sampling profiler).
+            let repeat: usize = std::env::var("FOLD_BENCH_REPEAT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            for _ in 0..repeat {
+                black_box(phase_apply(&events).applied);
+            }
             return;
         }
         Some("decode") => {
