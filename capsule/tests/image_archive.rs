@@ -126,6 +126,26 @@ fn oci_layout_directory_and_tar_round_trip() {
             .is_err(),
         "export overwrote a file"
     );
+    // An export onto another filesystem than the store's (tmpfs at /dev/shm) works too.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let shm = std::path::Path::new("/dev/shm");
+        if shm.is_dir()
+            && std::fs::metadata(shm).unwrap().dev() != std::fs::metadata(tmp.path()).unwrap().dev()
+        {
+            let other = tempfile::tempdir_in(shm).unwrap();
+            let far = other.path().join("far.tar");
+            rt.block_on(store.export(&refs, &far, ExportFormat::OciTar))
+                .unwrap();
+            assert!(far.is_file());
+            let leftovers: Vec<_> = std::fs::read_dir(other.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains("bolt-tmp"))
+                .collect();
+            assert!(leftovers.is_empty(), "temp files left beside the export");
+        }
+    }
     for (i, src) in [&out_dir, &out_tar].into_iter().enumerate() {
         let s2 = common::store(&tmp.path().join(format!("b{i}")));
         let got = rt

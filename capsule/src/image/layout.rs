@@ -435,7 +435,6 @@ impl ImageStore {
         for r in references {
             records.push(self.require(r).await?);
         }
-        let paths = self.inner.paths.clone();
         let dest = dest.to_path_buf();
         let store = self.clone();
         blocking(move || {
@@ -495,7 +494,9 @@ impl ImageStore {
                         reason: e.to_string(),
                     }
                 })?;
-            let tmp = paths.tmp("export");
+            // The temp file sits beside the destination, not in the store: a rename across
+            // filesystems (store on one, `-o /dev/shm/x` on another) would fail with EXDEV.
+            let tmp = export_tmp_path(&dest);
             let res = match format {
                 ExportFormat::OciDir => write_dir(&tmp, &store, &blobs, &index_json, &layout_json),
                 ExportFormat::OciTar => write_tar(&tmp, &store, &blobs, &index_json, &layout_json),
@@ -509,6 +510,19 @@ impl ImageStore {
         })
         .await
     }
+}
+
+/// A hidden, unique sibling of `dest` to write an export into before renaming it into place.
+fn export_tmp_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    dest.with_file_name(format!(".{name}.bolt-tmp-{}-{nanos}", std::process::id()))
 }
 
 fn read_small(p: &Path, what: &str) -> Result<Vec<u8>, ImageError> {
