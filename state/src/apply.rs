@@ -76,7 +76,7 @@ pub enum Misfit {
 }
 
 /// One undo record: what a piece of state was before an event changed it. Whole entries are
-/// boxed so that the record stays small: the frequent ones (counters, last seen, a capsule's
+/// boxed so that the record stays small: the frequent ones (last seen, a capsule's
 /// run state, an address) are copied in and out of the journal on every event.
 ///
 /// The frequent records about the event's own capsule or network (`Created`, `Run`,
