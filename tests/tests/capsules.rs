@@ -648,6 +648,14 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     one_error_line(&out);
     nothing_left("bad network");
 
+    // Volumes are not wired into the agent yet: refused, never silently dropped.
+    for flags in [["-v", "/tmp:/data"], ["--tmpfs", "/scratch"]] {
+        let out = env.run(&flags, &["true"]);
+        assert_eq!(out.code, Some(125), "{out:?}");
+        assert!(one_error_line(&out).contains("not supported"), "{out:?}");
+        nothing_left("volume flags");
+    }
+
     // A duplicate name: refused; the first capsule is untouched.
     assert!(env.run(&["-d", "--name", "dup"], &["sleep", "1000"]).ok());
     let dirs = env.capsule_dirs();
