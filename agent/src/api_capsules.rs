@@ -456,14 +456,6 @@ async fn create(
     body: Result<Json<CreateRequest>, JsonRejection>,
 ) -> Res<(StatusCode, Json<CapsuleView>)> {
     let Json(req) = body?;
-    // Volumes and tmpfs mounts exist in the capsule library but are not wired into the agent
-    // yet: refuse them plainly rather than start a capsule without the mounts it asked for.
-    if !req.volumes.is_empty() || !req.tmpfs.is_empty() {
-        return Err(CapsuleApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "volumes (-v) and --tmpfs are not supported by this agent yet".to_string(),
-        ));
-    }
     let caps = manager(&node)?;
     Ok((StatusCode::CREATED, Json(caps.create(req).await?)))
 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use bolt_capsule::runtime::supervisor::{files, LogLine, PidRecord};
 use bolt_capsule::runtime::{adopt, Adopted, ExecSpec, Hierarchy, Process, Runtime, Stdio, User};
+use bolt_capsule::storage::mounts::{TmpfsSpec, VolumeSource, VolumeSpec};
 use bolt_events::payload::{CapsuleEvent, CapsuleSpec as EventSpec};
 use bolt_events::Payload;
 use bolt_state::{decide, CapsuleInfo, CapsuleStatus, Command, DecideError, ExitInfo, State};
@@ -492,6 +493,27 @@ struct ResolvedImage {
     user: Option<String>,
 }
 
+/// Parses every `-v` and `--tmpfs` spec (before anything is created); an error names the spec.
+pub fn parse_mount_specs(
+    volumes: &[String],
+    tmpfs: &[String],
+) -> Result<(Vec<VolumeSpec>, Vec<TmpfsSpec>), CapsuleError> {
+    let bad =
+        |e: bolt_capsule::storage::mounts::MountSpecError| CapsuleError::BadRequest(e.to_string());
+    let v = volumes
+        .iter()
+        .map(|s| VolumeSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    let t = tmpfs
+        .iter()
+        .map(|s| TmpfsSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    bolt_capsule::storage::mounts::check_targets(&v, &t).map_err(bad)?;
+    Ok((v, t))
+}
+
 /// The capsules of this node. One per agent, shared as `Arc`.
 pub struct Capsules {
     node: Arc<Node>,
@@ -502,6 +524,8 @@ pub struct Capsules {
     /// Names being created (not yet in the state).
     pending_names: Mutex<BTreeSet<String>>,
     runtime: std::sync::OnceLock<Result<Runtime, String>>,
+    /// Volumes (and layers) under the agent root.
+    storage: bolt_capsule::storage::Storage,
 }
 
 impl std::fmt::Debug for Capsules {
@@ -555,7 +579,10 @@ impl Capsules {
         let dir = root.join("capsules");
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let bin = std::env::current_exe().map_err(io_err("locate", Path::new("bolt")))?;
+        let storage = bolt_capsule::storage::Storage::open(root)
+            .map_err(|e| CapsuleError::Task(e.to_string()))?;
         Ok(Arc::new(Capsules {
+            storage,
             node,
             dir,
             bin,
@@ -568,6 +595,11 @@ impl Capsules {
     /// The directory of capsule `id`.
     pub fn dir_of(&self, id: &str) -> PathBuf {
         self.dir.join(id)
+    }
+
+    /// The storage of the agent root (volumes).
+    pub fn storage(&self) -> &bolt_capsule::storage::Storage {
+        &self.storage
     }
 
     /// The node.
@@ -710,6 +742,7 @@ impl Capsules {
                 return Err(bad(format!("the working directory {w:?} is not absolute")));
             }
         }
+        let (volume_specs, tmpfs_specs) = parse_mount_specs(&req.volumes, &req.tmpfs)?;
 
         let t0 = std::time::Instant::now();
         let image = self.ensure_image(&req.image).await?;
@@ -803,7 +836,11 @@ impl Capsules {
             pids_limit: req.pids_limit,
             restart: policy.to_string(),
             ports: port_specs.iter().map(ToString::to_string).collect(),
-            mounts: Vec::new(),
+            mounts: volume_specs
+                .iter()
+                .map(ToString::to_string)
+                .chain(tmpfs_specs.iter().map(ToString::to_string))
+                .collect(),
             labels,
         };
         let cfg = SupervisorConfig {
@@ -829,6 +866,7 @@ impl Capsules {
             mounts: Vec::new(),
         };
         let mut cfg = cfg;
+        cfg.mounts = self.resolve_mounts(&volume_specs, &tmpfs_specs).await?;
         let dir = self.dir_of(&id);
         std::fs::create_dir(&dir).map_err(io_err("create", &dir))?;
         let mut guard = DirGuard {
@@ -926,6 +964,85 @@ impl Capsules {
         drop(_reservation);
         self.spawn_watch(id.clone(), watch);
         self.view(&id).await
+    }
+
+    /// Resolves `-v` and `--tmpfs` specs to supervisor mounts: creates missing named volumes
+    /// (recorded as `volume.created` events when the state does not know them yet).
+    async fn resolve_mounts(
+        &self,
+        volumes: &[VolumeSpec],
+        tmpfs: &[TmpfsSpec],
+    ) -> Result<Vec<crate::volumes::MountConfig>, CapsuleError> {
+        use crate::volumes::MountConfig;
+        if volumes.is_empty() && tmpfs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let storage = self.storage.clone();
+        let (v, t) = (volumes.to_vec(), tmpfs.to_vec());
+        let resolved = self
+            .blocking(move || storage.resolve_mounts(&v, &t, &Default::default()))
+            .await?
+            .map_err(|e| CapsuleError::BadRequest(e.to_string()))?;
+        // Every named volume the capsule uses must be in the state (created here or earlier
+        // on disk without an event).
+        let names: Vec<String> = volumes
+            .iter()
+            .filter_map(|v| match &v.source {
+                VolumeSource::Named(n) => Some(n.clone()),
+                _ => None,
+            })
+            .chain(resolved.created.iter().map(|c| c.name.clone()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !names.is_empty() {
+            let store = self.storage.volumes();
+            let _ops = self.ops.lock().await;
+            let payloads = self
+                .state(move |s| -> Result<Vec<Payload>, DecideError> {
+                    let mut out = Vec::new();
+                    for n in names {
+                        if s.volumes.contains_key(&n) {
+                            continue;
+                        }
+                        let (driver, labels) = match store.get(&n) {
+                            Ok(v) => (v.driver, v.labels),
+                            Err(_) => (
+                                bolt_capsule::storage::volume::DRIVER.to_owned(),
+                                Default::default(),
+                            ),
+                        };
+                        out.extend(decide(
+                            s,
+                            Command::CreateVolume {
+                                name: n,
+                                driver,
+                                labels,
+                            },
+                        )?);
+                    }
+                    Ok(out)
+                })
+                .await??;
+            self.append(payloads).await?;
+        }
+        let mut out = Vec::with_capacity(resolved.mounts.len());
+        // The runtime mounts come in the order of the specs: volumes, then tmpfs.
+        for (spec, mount) in volumes.iter().zip(resolved.mounts.iter()) {
+            if let bolt_capsule::runtime::Mount::Bind { source, .. } = mount {
+                out.push(MountConfig::Bind {
+                    source: source.clone(),
+                    target: spec.target.clone(),
+                    readonly: spec.readonly,
+                });
+            }
+        }
+        for t in tmpfs {
+            out.push(MountConfig::Tmpfs {
+                spec: t.to_string(),
+            });
+        }
+        Ok(out)
     }
 
     /// Spawns `bolt supervise DIR` and waits for its first report. On a start failure the

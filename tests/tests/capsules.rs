@@ -96,6 +96,15 @@ impl Env {
             .collect()
     }
 
+    fn volume_events(&self) -> Vec<Value> {
+        self.ok(&["events", "--format", "json"])
+            .lines()
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["kind"].as_str().unwrap().starts_with("volume."))
+            .collect()
+    }
+
     fn events_of(&self, id: &str) -> Vec<(String, Value)> {
         self.capsule_events()
             .into_iter()
@@ -648,13 +657,35 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     one_error_line(&out);
     nothing_left("bad network");
 
-    // Volumes are not wired into the agent yet: refused, never silently dropped.
-    for flags in [["-v", "/tmp:/data"], ["--tmpfs", "/scratch"]] {
+    // Bad -v / --tmpfs specs: one line naming the spec; no volume made or recorded.
+    for flags in [
+        ["-v", "data:relative"],
+        ["-v", "b@d:/data"],
+        ["-v", "/tmp:/data:zz"],
+        ["--tmpfs", "/scratch:size=lots"],
+    ] {
         let out = env.run(&flags, &["true"]);
         assert_eq!(out.code, Some(125), "{out:?}");
-        assert!(one_error_line(&out).contains("not supported"), "{out:?}");
-        nothing_left("volume flags");
+        assert!(one_error_line(&out).contains(flags[1]), "{out:?}");
+        nothing_left("bad mount spec");
+        assert!(
+            env.volume_events().is_empty(),
+            "{flags:?}: a volume recorded"
+        );
+        let vols = env.node.root().join("volumes");
+        assert!(
+            std::fs::read_dir(&vols).map_or(true, |mut d| d.next().is_none()),
+            "{flags:?}: a volume left in {vols:?}"
+        );
     }
+    // A bind of a missing host path: refused the same way.
+    let out = env.run(&["-v", "/no/such/bolt/path:/data"], &["true"]);
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(
+        one_error_line(&out).contains("/no/such/bolt/path"),
+        "{out:?}"
+    );
+    nothing_left("missing bind source");
 
     // A duplicate name: refused; the first capsule is untouched.
     assert!(env.run(&["-d", "--name", "dup"], &["sleep", "1000"]).ok());
@@ -667,6 +698,64 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     assert_eq!(status_of(&env.inspect("dup")), "running");
     env.ok(&["rm", "-f", "dup"]);
     nothing_left_after_removal(&env, &cgroups);
+}
+
+#[test]
+fn named_volumes_persist_ro_refuses_writes_and_tmpfs_is_a_tmpfs() {
+    let Some(env) = setup(
+        "named_volumes_persist_ro_refuses_writes_and_tmpfs_is_a_tmpfs",
+        false,
+    ) else {
+        return;
+    };
+    // One capsule writes to a named volume (created on demand, recorded once).
+    let out = env.run(
+        &["--rm", "-v", "shared:/data"],
+        &["sh", "-c", "echo from-first > /data/note"],
+    );
+    assert!(out.ok(), "{out:?}");
+    let host = env.node.root().join("volumes/shared/_data/note");
+    assert_eq!(std::fs::read_to_string(&host).unwrap(), "from-first\n");
+    let created = env.volume_events();
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0]["kind"], "volume.created", "{created:?}");
+
+    // The next one reads it, read-only, and cannot write there.
+    let out = env.run(&["--rm", "-v", "shared:/data:ro"], &["cat", "/data/note"]);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(out.stdout, "from-first\n");
+    let out = env.run(
+        &["--rm", "-v", "shared:/data:ro"],
+        &["sh", "-c", "echo x > /data/other"],
+    );
+    assert!(
+        !out.ok(),
+        "a write to a read-only volume succeeded: {out:?}"
+    );
+    assert!(!env.node.root().join("volumes/shared/_data/other").exists());
+    assert_eq!(
+        env.volume_events().len(),
+        1,
+        "the volume was recorded again"
+    );
+
+    // A host bind, and a tmpfs.
+    let hostdir = tempfile::tempdir().unwrap();
+    std::fs::write(hostdir.path().join("in"), "bound\n").unwrap();
+    let bind = format!("{}:/host", hostdir.path().display());
+    let out = env.run(
+        &["--rm", "-v", &bind, "--tmpfs", "/scratch"],
+        &["sh", "-c", "cat /host/in && grep ' /scratch ' /proc/mounts"],
+    );
+    assert!(out.ok(), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"bound"), "{out:?}");
+    assert!(
+        lines
+            .get(1)
+            .is_some_and(|l| l.starts_with("tmpfs /scratch tmpfs ")),
+        "{out:?}"
+    );
 }
 
 fn nothing_left_after_removal(env: &Env, cgroups: &BTreeSet<String>) {
