@@ -38,7 +38,7 @@ pub const PATH_OPENAPI: &str = "/v1/openapi.json";
 pub const PATH_METRICS: &str = "/metrics";
 
 /// Every route the router serves.
-pub const ROUTES: [&str; 26] = [
+pub const ROUTES: [&str; 29] = [
     PATH_INFO,
     PATH_EVENTS,
     PATH_VERIFY,
@@ -65,6 +65,9 @@ pub const ROUTES: [&str; 26] = [
     crate::api_capsules::PATH_TOP,
     crate::api_networks::PATH_NETWORKS,
     crate::api_networks::PATH_NETWORK,
+    crate::api_volumes::PATH_VOLUMES,
+    crate::api_volumes::PATH_VOLUME,
+    crate::api_volumes::PATH_VOLUMES_PRUNE,
 ];
 
 /// Counter of HTTP requests, by method, route and status.
@@ -87,6 +90,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(crate::api_images::routes())
         .merge(crate::api_capsules::routes())
         .merge(crate::api_networks::routes())
+        .merge(crate::api_volumes::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(count_requests))
@@ -331,6 +335,7 @@ pub fn openapi_document() -> serde_json::Value {
     }
     crate::api_capsules::merge_openapi(&mut doc);
     crate::api_networks::merge_openapi(&mut doc);
+    crate::api_volumes::merge_openapi(&mut doc);
     doc
 }
 

@@ -632,6 +632,16 @@ impl Capsules {
         Ok(self.blocking(move || node.with_live_state(f)).await??)
     }
 
+    /// Holds the lock that serializes decide + append of commands (volumes use it too).
+    pub async fn lock_ops(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.ops.lock().await
+    }
+
+    /// Appends payloads (durable on return); call with [`Capsules::lock_ops`] held.
+    pub async fn record(&self, payloads: Vec<Payload>) -> Result<(), CapsuleError> {
+        self.append(payloads).await
+    }
+
     /// Appends payloads (durable on return).
     async fn append(&self, payloads: Vec<Payload>) -> Result<(), CapsuleError> {
         if payloads.is_empty() {

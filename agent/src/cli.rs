@@ -90,6 +90,9 @@ pub enum Command {
     /// Bridge networks: create, ls, rm, inspect.
     #[command(subcommand)]
     Network(crate::cli_networks::NetworkCommand),
+    /// Named volumes: create, ls, rm, inspect, prune.
+    #[command(subcommand)]
+    Volume(crate::cli_volumes::VolumeCommand),
 }
 
 /// `bolt events`.
@@ -165,6 +168,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Capsule(c) => crate::cli_capsules::run(cli.socket, c),
         Command::Network(c) => crate::cli_networks::run(cli.socket, c),
+        Command::Volume(c) => crate::cli_volumes::run(cli.socket, c),
         command => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -264,7 +268,11 @@ async fn run_client(client: Client, command: Command) -> Result<ExitCode, CliErr
             None => list(&client, Cursor(args.since), args.format, &mut out).await?,
         },
         Command::Images(cmd) => crate::cli_images::run(&client, cmd, &mut out).await?,
-        Command::Agent { .. } | Command::Version | Command::Capsule(_) | Command::Network(_) => {}
+        Command::Agent { .. }
+        | Command::Version
+        | Command::Capsule(_)
+        | Command::Network(_)
+        | Command::Volume(_) => {}
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

@@ -16,17 +16,20 @@
 //! - [`capsules`], [`supervisor`], [`api_capsules`], [`cli_capsules`]: capsules (create,
 //!   supervise, events, restart policies, re-adoption), their routes and commands.
 //! - [`networks`], [`api_networks`], [`cli_networks`]: bridge networks and capsule attachments.
-//! - [`volumes`]: mounts handed to the supervisor.
+//! - [`volumes`], [`api_volumes`], [`cli_volumes`]: mounts handed to the supervisor, named
+//!   volume routes and commands (`bolt volume ...`).
 
 pub mod api;
 pub mod api_capsules;
 pub mod api_images;
 pub mod api_networks;
+pub mod api_volumes;
 pub mod capsules;
 pub mod cli;
 pub mod cli_capsules;
 pub mod cli_images;
 pub mod cli_networks;
+pub mod cli_volumes;
 pub mod client;
 pub mod client_images;
 pub mod daemon;

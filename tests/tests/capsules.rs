@@ -758,6 +758,97 @@ fn named_volumes_persist_ro_refuses_writes_and_tmpfs_is_a_tmpfs() {
     );
 }
 
+#[test]
+fn volume_commands_create_list_inspect_refuse_in_use_removal_and_prune() {
+    let Some(env) = setup(
+        "volume_commands_create_list_inspect_refuse_in_use_removal_and_prune",
+        false,
+    ) else {
+        return;
+    };
+    assert_eq!(
+        env.ok(&["volume", "create", "--label", "k=v", "made"])
+            .stdout,
+        "made\n"
+    );
+    let out = env.bolt(&["volume", "create", "made"]);
+    assert!(one_error_line(&out).contains("made"), "{out:?}");
+    let out = env.bolt(&["volume", "create", "b@d"]);
+    assert!(one_error_line(&out).contains("b@d"), "{out:?}");
+
+    // Used by a capsule (named volume created on demand by run).
+    let id = env
+        .ok(&["run", "-d", "-v", "used:/data", &env.image, "sleep", "1000"])
+        .stdout
+        .trim()
+        .to_string();
+    let names: BTreeSet<String> = env
+        .ok(&["volume", "ls", "-q"])
+        .lines()
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["made".to_string(), "used".to_string()])
+    );
+    let table = env.ok(&["volume", "ls"]).stdout;
+    assert!(table.starts_with("VOLUME NAME"), "{table}");
+    let v: Value = serde_json::from_str(&env.ok(&["volume", "inspect", "made"]).stdout).unwrap();
+    assert_eq!(v[0]["name"], "made");
+    assert_eq!(v[0]["labels"]["k"], "v");
+    assert_eq!(
+        v[0]["mountpoint"].as_str().unwrap(),
+        env.node.root().join("volumes/made/_data").to_str().unwrap()
+    );
+    let out = env.bolt(&["volume", "inspect", "nope"]);
+    assert!(one_error_line(&out).contains("nope"), "{out:?}");
+
+    // In use while the capsule is not removed, running or stopped.
+    let out = env.bolt(&["volume", "rm", "used"]);
+    assert!(one_error_line(&out).contains("used"), "{out:?}");
+    env.ok(&["kill", &id]);
+    let out = env.bolt(&["volume", "rm", "used"]);
+    one_error_line(&out);
+    assert!(env.node.root().join("volumes/used").exists());
+    // A prune of everything unused leaves it too.
+    let pruned = env.ok(&["volume", "prune", "--all"]).stdout;
+    assert!(pruned.lines().any(|l| l == "made"), "{pruned}");
+    assert!(!pruned.lines().any(|l| l == "used"), "{pruned}");
+    assert!(!env.node.root().join("volumes/made").exists());
+
+    env.ok(&["rm", &id]);
+    assert_eq!(env.ok(&["volume", "rm", "used"]).stdout, "used\n");
+    assert!(!env.node.root().join("volumes/used").exists());
+    assert!(env.ok(&["volume", "ls", "-q"]).stdout.is_empty());
+    let kinds: Vec<String> = env
+        .volume_events()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["kind"].as_str().unwrap(),
+                e["payload"]["volume"]
+                    .as_object()
+                    .and_then(|o| o.values().next())
+                    .map(|f| f["name"].as_str().unwrap_or("").to_string())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "volume.created made",
+            "volume.created used",
+            "volume.removed made",
+            "volume.removed used"
+        ],
+        "{:?}",
+        env.volume_events()
+    );
+}
+
 fn nothing_left_after_removal(env: &Env, cgroups: &BTreeSet<String>) {
     assert!(env.capsule_dirs().is_empty());
     assert_eq!(&bolt_cgroups(), cgroups);

@@ -1,0 +1,181 @@
+//! `bolt volume create/ls/rm/inspect/prune`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use bolt_capsule::storage::{PruneReport, Volume};
+use clap::Subcommand;
+use hyper::Method;
+
+use crate::api_volumes::{CreateVolumeRequest, PATH_VOLUMES, PATH_VOLUMES_PRUNE};
+use crate::cli::CliError;
+use crate::cli_capsules::{call, encode, CapsuleCliError, CapsuleFormat};
+
+/// `bolt volume <command>`.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a named volume.
+    Create {
+        /// Labels, KEY=VALUE.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Name.
+        name: String,
+    },
+    /// List volumes.
+    #[command(alias = "list")]
+    Ls {
+        /// Print names only.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: CapsuleFormat,
+    },
+    /// Remove volumes no live capsule mounts.
+    #[command(alias = "remove")]
+    Rm {
+        /// Names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show volumes as JSON.
+    Inspect {
+        /// Names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove unused anonymous volumes (all unused ones with `--all`).
+    Prune {
+        /// Named volumes too.
+        #[arg(short, long)]
+        all: bool,
+    },
+}
+
+/// Runs a volume command.
+pub fn run(socket: PathBuf, cmd: VolumeCommand) -> Result<ExitCode, CliError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CapsuleCliError::Runtime)?;
+    Ok(rt.block_on(run_async(&socket, cmd))?)
+}
+
+fn json_err(e: serde_json::Error) -> CapsuleCliError {
+    CapsuleCliError::Decode(e.to_string())
+}
+
+/// Parses `KEY=VALUE` labels.
+pub fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, String> {
+    labels
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(format!("invalid label {l:?}: expected KEY=VALUE")),
+        })
+        .collect()
+}
+
+async fn run_async(socket: &Path, cmd: VolumeCommand) -> Result<ExitCode, CapsuleCliError> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        VolumeCommand::Create { labels, name } => {
+            let labels = match parse_labels(&labels) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("bolt: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let req = CreateVolumeRequest { name, labels };
+            let body = serde_json::to_vec(&req).map_err(json_err)?;
+            let v: Volume = call(socket, Method::POST, PATH_VOLUMES, Some(body)).await?;
+            writeln!(out, "{}", v.name)?;
+        }
+        VolumeCommand::Ls { quiet, format } => {
+            let list: Vec<Volume> = call(socket, Method::GET, PATH_VOLUMES, None).await?;
+            if quiet {
+                for v in &list {
+                    writeln!(out, "{}", v.name)?;
+                }
+            } else {
+                match format {
+                    CapsuleFormat::Json => {
+                        for v in &list {
+                            writeln!(out, "{}", serde_json::to_string(v).map_err(json_err)?)?;
+                        }
+                    }
+                    CapsuleFormat::Table => out.write_all(render_ls(&list).as_bytes())?,
+                }
+            }
+        }
+        VolumeCommand::Rm { names } => {
+            let mut failed = false;
+            for name in names {
+                let path = format!("{PATH_VOLUMES}/{}", encode(&name));
+                match call::<serde_json::Value>(socket, Method::DELETE, &path, None).await {
+                    Ok(_) => writeln!(out, "{name}")?,
+                    Err(e) => {
+                        eprintln!("bolt: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        VolumeCommand::Inspect { names } => {
+            let mut all = Vec::new();
+            for name in names {
+                let path = format!("{PATH_VOLUMES}/{}", encode(&name));
+                let v: Volume = call(socket, Method::GET, &path, None).await?;
+                all.push(v);
+            }
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&all).map_err(json_err)?
+            )?;
+        }
+        VolumeCommand::Prune { all } => {
+            let path = format!("{PATH_VOLUMES_PRUNE}?all={all}");
+            let r: PruneReport = call(socket, Method::POST, &path, None).await?;
+            for name in &r.removed {
+                writeln!(out, "{name}")?;
+            }
+            writeln!(out, "Total reclaimed space: {} B", r.bytes)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `bolt volume ls` table.
+pub fn render_ls(list: &[Volume]) -> String {
+    let mut out = String::new();
+    let width = list.iter().map(|v| v.name.len()).max().unwrap_or(0).max(11);
+    out.push_str(&format!("{:<width$}   DRIVER\n", "VOLUME NAME"));
+    for v in list {
+        out.push_str(&format!("{:<width$}   {}\n", v.name, v.driver));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn labels_need_a_key_and_an_equals_sign() {
+        let l = parse_labels(&["a=1".into(), "b=".into()]).unwrap();
+        assert_eq!(l.get("a").map(String::as_str), Some("1"));
+        assert_eq!(l.get("b").map(String::as_str), Some(""));
+        assert!(parse_labels(&["novalue".into()])
+            .unwrap_err()
+            .contains("novalue"));
+        assert!(parse_labels(&["=x".into()]).is_err());
+    }
+}
