@@ -846,11 +846,8 @@ impl Capsules {
             pids_limit: req.pids_limit,
             restart: policy.to_string(),
             ports: port_specs.iter().map(ToString::to_string).collect(),
-            mounts: volume_specs
-                .iter()
-                .map(ToString::to_string)
-                .chain(tmpfs_specs.iter().map(ToString::to_string))
-                .collect(),
+            // Set once the mounts are resolved (anonymous volumes get their names).
+            mounts: Vec::new(),
             labels,
         };
         let cfg = SupervisorConfig {
@@ -876,7 +873,10 @@ impl Capsules {
             mounts: Vec::new(),
         };
         let mut cfg = cfg;
-        cfg.mounts = self.resolve_mounts(&volume_specs, &tmpfs_specs).await?;
+        let (mounts, recorded) = self.resolve_mounts(&volume_specs, &tmpfs_specs).await?;
+        cfg.mounts = mounts;
+        let mut event_spec = event_spec;
+        event_spec.mounts = recorded;
         let dir = self.dir_of(&id);
         std::fs::create_dir(&dir).map_err(io_err("create", &dir))?;
         let mut guard = DirGuard {
@@ -977,15 +977,17 @@ impl Capsules {
     }
 
     /// Resolves `-v` and `--tmpfs` specs to supervisor mounts: creates missing named volumes
-    /// (recorded as `volume.created` events when the state does not know them yet).
+    /// (recorded as `volume.created` events when the state does not know them yet). Also gives
+    /// the specs to record in `capsule.created`: an anonymous volume as `NAME:/dst`, so its use
+    /// is seen by `volume rm` and `prune`.
     async fn resolve_mounts(
         &self,
         volumes: &[VolumeSpec],
         tmpfs: &[TmpfsSpec],
-    ) -> Result<Vec<crate::volumes::MountConfig>, CapsuleError> {
+    ) -> Result<(Vec<crate::volumes::MountConfig>, Vec<String>), CapsuleError> {
         use crate::volumes::MountConfig;
         if volumes.is_empty() && tmpfs.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let storage = self.storage.clone();
         let (v, t) = (volumes.to_vec(), tmpfs.to_vec());
@@ -1037,9 +1039,21 @@ impl Capsules {
             self.append(payloads).await?;
         }
         let mut out = Vec::with_capacity(resolved.mounts.len());
+        let mut recorded = Vec::with_capacity(resolved.mounts.len());
         // The runtime mounts come in the order of the specs: volumes, then tmpfs.
         for (spec, mount) in volumes.iter().zip(resolved.mounts.iter()) {
             if let bolt_capsule::runtime::Mount::Bind { source, .. } = mount {
+                let anonymous = matches!(spec.source, VolumeSource::Anonymous);
+                match resolved.created.iter().find(|c| &c.mountpoint == source) {
+                    Some(vol) if anonymous => recorded.push(
+                        VolumeSpec {
+                            source: VolumeSource::Named(vol.name.clone()),
+                            ..spec.clone()
+                        }
+                        .to_string(),
+                    ),
+                    _ => recorded.push(spec.to_string()),
+                }
                 out.push(MountConfig::Bind {
                     source: source.clone(),
                     target: spec.target.clone(),
@@ -1051,8 +1065,9 @@ impl Capsules {
             out.push(MountConfig::Tmpfs {
                 spec: t.to_string(),
             });
+            recorded.push(t.to_string());
         }
-        Ok(out)
+        Ok((out, recorded))
     }
 
     /// Spawns `bolt supervise DIR` and waits for its first report. On a start failure the

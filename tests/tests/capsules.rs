@@ -847,6 +847,24 @@ fn volume_commands_create_list_inspect_refuse_in_use_removal_and_prune() {
         "{:?}",
         env.volume_events()
     );
+
+    // An anonymous volume is recorded by its generated name: prune leaves it while used.
+    let id = env
+        .ok(&["run", "-d", "-v", "/anon", &env.image, "sleep", "1000"])
+        .stdout
+        .trim()
+        .to_string();
+    let anon = env.ok(&["volume", "ls", "-q"]).stdout.trim().to_string();
+    assert!(!anon.is_empty() && !anon.contains('\n'), "{anon:?}");
+    let mounts = env.inspect(&id)["spec"]["mounts"].clone();
+    assert_eq!(mounts, serde_json::json!([format!("{anon}:/anon")]));
+    let pruned = env.ok(&["volume", "prune"]).stdout;
+    assert!(!pruned.contains(&anon), "{pruned}");
+    assert!(env.node.root().join("volumes").join(&anon).exists());
+    env.ok(&["rm", "-f", &id]);
+    let pruned = env.ok(&["volume", "prune"]).stdout;
+    assert!(pruned.lines().any(|l| l == anon), "{pruned}");
+    assert!(!env.node.root().join("volumes").join(&anon).exists());
 }
 
 fn nothing_left_after_removal(env: &Env, cgroups: &BTreeSet<String>) {
