@@ -187,6 +187,8 @@ fn bench() -> Result<(), String> {
         .args(["-m", "--propagation", "private", "sh", "-c"])
         .arg(&script));
     agent.stop();
+    // runc (and crun) make `/bolt` in every cgroup hierarchy and remove only their leaf.
+    bolt_capsule::runtime::cgroup::remove_empty_parents();
     measured?;
     let table = fs::read_to_string(&md).map_err(|e| e.to_string())?;
     println!("\n{table}");

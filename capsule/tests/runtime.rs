@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use bolt_capsule::runtime::cgroup::BOLT_PARENT;
+use bolt_capsule::runtime::cgroup::{self, BOLT_PARENT};
 use bolt_capsule::runtime::supervisor::{self, Adopted, SuperviseOptions};
 use bolt_capsule::runtime::{
     oci, CapsuleSpec, ExecSpec, ExitStatus, Hierarchy, NetworkMode, Rlimit, RlimitKind, Rootfs,
@@ -707,6 +707,15 @@ fn runc_accepts_the_bundle_and_agrees() {
     oci::write_bundle(&spec, &bundle).unwrap();
     let rootfs = oci::mount_rootfs(&spec.rootfs).unwrap();
     let runc_root = fx.dir.path().join("runc-state");
+    // runc makes `/bolt` in every cgroup hierarchy and removes only its leaf: take the empty
+    // parents away after it, even when an assertion below fails.
+    struct RuncParents;
+    impl Drop for RuncParents {
+        fn drop(&mut self) {
+            cgroup::remove_empty_parents();
+        }
+    }
+    let _parents = RuncParents;
     let output = Command::new("runc")
         .arg("--root")
         .arg(&runc_root)

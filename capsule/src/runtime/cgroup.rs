@@ -349,7 +349,16 @@ fn create_dirs(dirs: &[PathBuf]) -> Result<(), CgroupError> {
                     source,
                 })?;
             }
-            match fs::create_dir(dir) {
+            // A concurrent removal of the last capsule may take the `bolt` parent away between
+            // the two calls (see `remove_empty_parent`): make it again once.
+            let made = match fs::create_dir(dir) {
+                Err(e) if e.kind() == ErrorKind::NotFound => dir
+                    .parent()
+                    .map_or(Err(e), fs::create_dir_all)
+                    .and_then(|()| fs::create_dir(dir)),
+                other => other,
+            };
+            match made {
                 Ok(()) => created.push(dir),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                     return Err(CgroupError::Exists(dir.clone()))
@@ -513,6 +522,37 @@ fn rmdir_retry(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
 
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Removes the `bolt` parent of a group's directory when it is empty, so the bolt-owned subtree
+/// goes away with its last capsule and nothing is left on the host. Fails silently while another
+/// capsule still lives there (the kernel refuses to remove a non-empty cgroup).
+fn remove_empty_parent(dir: &Path) {
+    if let Some(parent) = dir.parent() {
+        if parent.file_name().is_some_and(|n| n == BOLT_PARENT) {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Removes the empty `bolt` directory of every mounted cgroup hierarchy. An external runtime given
+/// our bundle (`runc`, whose `cgroupsPath` is `/bolt/<id>`) makes it in every hierarchy, including
+/// ones Bolt never uses (the named `systemd` one, `freezer`, `blkio`), and removes only the leaf.
+pub fn remove_empty_parents() {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in text.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        if !(post.starts_with("cgroup ") || post.starts_with("cgroup2 ")) {
+            continue;
+        }
+        if let Some(mount) = pre.split(' ').nth(4) {
+            let _ = fs::remove_dir(Path::new(&unescape_mountinfo(mount)).join(BOLT_PARENT));
+        }
+    }
+}
+
 /// A v1 group: one directory per hierarchy.
 #[derive(Debug)]
 pub struct CgroupV1 {
@@ -611,8 +651,11 @@ impl Cgroup for CgroupV1 {
         self.kill_all(REMOVE_TIMEOUT)?;
         let mut first_err = None;
         for (_, d) in &self.dirs {
-            if let Err(e) = rmdir_retry(d, REMOVE_TIMEOUT) {
-                first_err.get_or_insert(e);
+            match rmdir_retry(d, REMOVE_TIMEOUT) {
+                Ok(()) => remove_empty_parent(d),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -684,7 +727,9 @@ impl Cgroup for CgroupV2 {
             return Ok(());
         }
         self.kill_all(REMOVE_TIMEOUT)?;
-        rmdir_retry(&self.dir, REMOVE_TIMEOUT)
+        rmdir_retry(&self.dir, REMOVE_TIMEOUT)?;
+        remove_empty_parent(&self.dir);
+        Ok(())
     }
 }
 
