@@ -28,14 +28,14 @@
 //! agent restart there is no pipe: the agent watches the supervisor's pid instead.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bolt_capsule::runtime::supervisor::{files, proc_stat, ExitRecord, LogLine, PidRecord};
+use bolt_capsule::runtime::supervisor::{files, proc_stat, ExitRecord, PidRecord};
 use bolt_capsule::runtime::{
     CapsuleSpec, ExitStatus, NetworkMode, Resources, Rootfs, Runtime, Stdio, StdioSlot, User,
 };
@@ -87,6 +87,8 @@ pub enum SupervisorError {
     Runtime(#[from] bolt_capsule::runtime::RuntimeError),
     #[error("open a pty: {0}")]
     Pty(nix::Error),
+    #[error(transparent)]
+    Log(#[from] bolt_capsule::runtime::supervisor::SupervisorError),
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SupervisorError {
@@ -402,7 +404,7 @@ fn run(dir: &Path) -> Result<i32, SupervisorError> {
 
     let pidfd = rustix::process::Pid::from_raw(pid)
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
-    let log = RotatingLog::open(dir.join(files::LOG), cfg.log_max_bytes, cfg.log_keep)?;
+    let log = CapsuleLog::open(dir.join(files::LOG), cfg.log_max_bytes, cfg.log_keep)?;
     let mut lp = Loop {
         listener,
         clients: Vec::new(),
@@ -587,7 +589,7 @@ struct Loop {
     clients: Vec<Client>,
     outputs: Vec<Output>,
     stdin: Option<Input>,
-    log: RotatingLog,
+    log: CapsuleLog,
     first: Option<FirstBuffer>,
     attached_ever: bool,
     tty: bool,
@@ -941,31 +943,18 @@ impl Loop {
     }
 }
 
-/// `log` plus `log.1`..`log.N`, rotated when `log` exceeds the size limit; the format of
-/// `bolt_capsule::runtime::supervisor` (one [`LogLine`] per line).
-struct RotatingLog {
-    path: PathBuf,
-    file: File,
-    size: u64,
-    max: u64,
-    keep: usize,
-}
+/// The capsule crate's log writer; a terminal's lines lose their trailing `\r` first.
+struct CapsuleLog(bolt_capsule::runtime::supervisor::RotatingLog);
 
-impl RotatingLog {
+impl CapsuleLog {
     fn open(path: PathBuf, max: u64, keep: usize) -> Result<Self, SupervisorError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
-        let size = file.metadata().map_or(0, |m| m.len());
-        Ok(Self {
-            path,
-            file,
-            size,
-            max: max.max(1),
-            keep,
-        })
+        let opts = bolt_capsule::runtime::supervisor::SuperviseOptions {
+            log_max_bytes: max.max(1),
+            log_keep: keep,
+        };
+        Ok(Self(bolt_capsule::runtime::supervisor::RotatingLog::open(
+            path, opts,
+        )?))
     }
 
     fn line(&mut self, stream: &str, bytes: &[u8], tty: bool) -> Result<(), SupervisorError> {
@@ -974,51 +963,7 @@ impl RotatingLog {
         } else {
             bytes
         };
-        let entry = LogLine {
-            time_ms: now_ms(),
-            stream: stream.to_owned(),
-            line: String::from_utf8_lossy(bytes).into_owned(),
-        };
-        let mut text = serde_json::to_vec(&entry).map_err(|source| SupervisorError::Config {
-            path: self.path.clone(),
-            source,
-        })?;
-        text.push(b'\n');
-        self.file
-            .write_all(&text)
-            .map_err(io_err("write", &self.path))?;
-        self.size += text.len() as u64;
-        if self.size > self.max {
-            self.rotate()?;
-        }
-        Ok(())
-    }
-
-    fn rotated(&self, n: usize) -> PathBuf {
-        let mut name = self.path.as_os_str().to_owned();
-        name.push(format!(".{n}"));
-        PathBuf::from(name)
-    }
-
-    fn rotate(&mut self) -> Result<(), SupervisorError> {
-        if self.keep == 0 {
-            self.file
-                .set_len(0)
-                .map_err(io_err("truncate", &self.path))?;
-            self.size = 0;
-            return Ok(());
-        }
-        for n in (1..self.keep).rev() {
-            let from = self.rotated(n);
-            if from.exists() {
-                let to = self.rotated(n + 1);
-                fs::rename(&from, &to).map_err(io_err("rotate", &from))?;
-            }
-        }
-        let first = self.rotated(1);
-        fs::rename(&self.path, &first).map_err(io_err("rotate", &self.path))?;
-        *self = Self::open(self.path.clone(), self.max, self.keep)?;
-        Ok(())
+        Ok(self.0.line(stream, bytes)?)
     }
 }
 
@@ -1068,7 +1013,7 @@ mod tests {
     #[test]
     fn log_rotates_and_reads_back_with_the_capsule_crate() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = RotatingLog::open(dir.path().join(files::LOG), 300, 2).unwrap();
+        let mut log = CapsuleLog::open(dir.path().join(files::LOG), 300, 2).unwrap();
         for i in 0..30 {
             log.line("stdout", format!("line {i}\r").as_bytes(), true)
                 .unwrap();

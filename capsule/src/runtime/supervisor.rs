@@ -360,8 +360,10 @@ impl Stream {
     }
 }
 
-/// `log` plus `log.1`..`log.N`, rotated when `log` exceeds the size limit.
-struct RotatingLog {
+/// `log` plus `log.1`..`log.N`, rotated when `log` exceeds the size limit; one JSON
+/// [`LogLine`] per line. The agent's supervisor writes its logs with it too.
+#[derive(Debug)]
+pub struct RotatingLog {
     path: PathBuf,
     file: File,
     size: u64,
@@ -369,7 +371,8 @@ struct RotatingLog {
 }
 
 impl RotatingLog {
-    fn open(path: PathBuf, opts: SuperviseOptions) -> Result<Self, SupervisorError> {
+    /// Opens (appends to) the log at `path`.
+    pub fn open(path: PathBuf, opts: SuperviseOptions) -> Result<Self, SupervisorError> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -384,7 +387,8 @@ impl RotatingLog {
         })
     }
 
-    fn line(&mut self, stream: &str, bytes: &[u8]) -> Result<(), SupervisorError> {
+    /// Appends one line of `stream` (without its newline), rotating when the log is full.
+    pub fn line(&mut self, stream: &str, bytes: &[u8]) -> Result<(), SupervisorError> {
         let entry = LogLine {
             time_ms: now_ms(),
             stream: stream.to_owned(),
