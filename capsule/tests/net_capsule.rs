@@ -6,12 +6,13 @@
 //! Skipped with a message when not root; `BOLT_REQUIRE_ROOT_TESTS=1` makes that a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use bolt_capsule::net::{link, nft, BridgeNetwork, Host, Netns};
@@ -31,25 +32,7 @@ fn require_root(test: &str) -> bool {
 /// A busybox lower layer in `dir`.
 fn busybox_lower(dir: &Path) -> PathBuf {
     let lower = dir.join("lower");
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
-        fs::create_dir_all(lower.join(d)).unwrap();
-    }
-    fs::copy("/bin/busybox", lower.join("bin/busybox")).expect("busybox-static is installed");
-    let st = Command::new("/bin/busybox")
-        .arg("--install")
-        .arg("-s")
-        .arg(lower.join("bin"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-    // The applet links point at busybox's real path (/usr/bin/busybox on merged-/usr hosts).
-    let target = fs::read_link(lower.join("bin/sh")).unwrap();
-    let inside = lower.join(target.strip_prefix("/").unwrap());
-    if !inside.exists() {
-        fs::create_dir_all(inside.parent().unwrap()).unwrap();
-        fs::copy("/bin/busybox", &inside).unwrap();
-    }
-    fs::write(lower.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    common::busybox_lower(&lower);
     lower
 }
 

@@ -5,6 +5,8 @@
 //! left behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::fs;
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -48,25 +50,7 @@ impl Fixture {
             .tempdir_in("/var/tmp")
             .unwrap();
         let lower = dir.path().join("lower");
-        for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
-            fs::create_dir_all(lower.join(d)).unwrap();
-        }
-        fs::copy("/bin/busybox", lower.join("bin/busybox")).expect("busybox-static is installed");
-        let st = Command::new("/bin/busybox")
-            .arg("--install")
-            .arg("-s")
-            .arg(lower.join("bin"))
-            .status()
-            .unwrap();
-        assert!(st.success());
-        // The applet links point at busybox's real path (/usr/bin/busybox on merged-/usr hosts).
-        let target = fs::read_link(lower.join("bin/sh")).unwrap();
-        let inside = lower.join(target.strip_prefix("/").unwrap());
-        if !inside.exists() {
-            fs::create_dir_all(inside.parent().unwrap()).unwrap();
-            fs::copy("/bin/busybox", &inside).unwrap();
-        }
-        fs::write(lower.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        common::busybox_lower(&lower);
         let id = format!(
             "t{}-{}-{}",
             std::process::id(),

@@ -3,6 +3,7 @@
 //! by a drop guard even when a test fails; each test checks that afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod storage_support;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,7 @@
 //! image store that a new capsule then runs on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod storage_support;
 
 use std::collections::BTreeMap;

@@ -2,6 +2,7 @@
 //! the host and that the temporary root is removed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod storage_support;
 
 use std::collections::BTreeSet;

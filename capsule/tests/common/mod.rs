@@ -1,10 +1,12 @@
-//! Helpers shared by the image tests: registry discovery, store snapshots, layer inspection.
+//! Helpers shared by the capsule tests: registry discovery, store snapshots, layer inspection,
+//! and the busybox rootfs the runtime, network and storage tests run.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use bolt_capsule::image::{ImageStore, StoreConfig};
 
@@ -164,4 +166,27 @@ pub fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     let n = rustix::fs::lgetxattr(p, name, &mut buf[..]).ok()?;
     buf.truncate(n);
     Some(buf)
+}
+
+/// Builds a busybox rootfs in `dir` (bin with applet links, etc/passwd, mount points).
+pub fn busybox_lower(dir: &Path) {
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static is installed");
+    let st = Command::new("/bin/busybox")
+        .arg("--install")
+        .arg("-s")
+        .arg(dir.join("bin"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The applet links point at busybox's real path (/usr/bin/busybox on merged-/usr hosts).
+    let target = fs::read_link(dir.join("bin/sh")).unwrap();
+    let inside = dir.join(target.strip_prefix("/").unwrap());
+    if !inside.exists() {
+        fs::create_dir_all(inside.parent().unwrap()).unwrap();
+        fs::copy("/bin/busybox", &inside).unwrap();
+    }
+    fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
 }

@@ -50,28 +50,7 @@ pub fn capsule_id(name: &str) -> String {
     )
 }
 
-/// Builds a busybox rootfs in `dir` (bin with applet links, etc/passwd, mount points).
-pub fn busybox_lower(dir: &Path) {
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
-        fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static is installed");
-    let st = Command::new("/bin/busybox")
-        .arg("--install")
-        .arg("-s")
-        .arg(dir.join("bin"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-    // The applet links point at busybox's real path (/usr/bin/busybox on merged-/usr hosts).
-    let target = fs::read_link(dir.join("bin/sh")).unwrap();
-    let inside = dir.join(target.strip_prefix("/").unwrap());
-    if !inside.exists() {
-        fs::create_dir_all(inside.parent().unwrap()).unwrap();
-        fs::copy("/bin/busybox", &inside).unwrap();
-    }
-    fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-}
+pub use crate::common::busybox_lower;
 
 /// A spec running `sh -c script` on `rootfs`.
 pub fn shell(id: &str, rootfs: Rootfs, script: &str) -> CapsuleSpec {
