@@ -31,6 +31,8 @@ pub enum Payload {
     Migration(MigrationEvent),
     Volume(VolumeEvent),
     Network(NetworkEvent),
+    /// Appended after schema 2's first release: btrfs snapshots of capsule layers and volumes.
+    Snapshot(SnapshotEvent),
 }
 
 impl Payload {
@@ -78,6 +80,11 @@ impl Payload {
                 NetworkEvent::Removed { .. } => "network.removed",
                 NetworkEvent::AddressAllocated { .. } => "network.address_allocated",
                 NetworkEvent::AddressReleased { .. } => "network.address_released",
+            },
+            Payload::Snapshot(e) => match e {
+                SnapshotEvent::Created { .. } => "snapshot.created",
+                SnapshotEvent::Restored { .. } => "snapshot.restored",
+                SnapshotEvent::Removed { .. } => "snapshot.removed",
             },
         }
     }
@@ -275,6 +282,35 @@ pub enum NetworkEvent {
     },
 }
 
+/// What a snapshot is of: [`SnapshotEvent`]'s `target_kind`.
+pub const SNAPSHOT_CAPSULE: &str = "capsule";
+/// What a snapshot is of: [`SnapshotEvent`]'s `target_kind`.
+pub const SNAPSHOT_VOLUME: &str = "volume";
+
+/// A read-only btrfs snapshot of a capsule's writable layer or of a volume, taken, restored
+/// (the target's content replaced by the snapshot's) or removed. `target_kind` is
+/// [`SNAPSHOT_CAPSULE`] (then `target` is the capsule id) or [`SNAPSHOT_VOLUME`] (the volume
+/// name); a string so that later kinds need no new schema.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotEvent {
+    Created {
+        target_kind: String,
+        target: String,
+        name: String,
+    },
+    Restored {
+        target_kind: String,
+        target: String,
+        name: String,
+    },
+    Removed {
+        target_kind: String,
+        target: String,
+        name: String,
+    },
+}
+
 /// Schema 1: the first shape of the payloads. Only `Node` differs from schema 2; every other
 /// category is the current type, so its encoding is shared.
 pub mod v1 {
@@ -339,5 +375,27 @@ pub fn decode_payload(schema: u16, bytes: &[u8]) -> Result<Payload, CodecError> 
             found: other,
             newest: CURRENT_SCHEMA,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn snapshot_events_round_trip_after_every_older_variant() {
+        let p = Payload::Snapshot(SnapshotEvent::Restored {
+            target_kind: SNAPSHOT_VOLUME.into(),
+            target: "data".into(),
+            name: "before".into(),
+        });
+        let bytes = encode_payload(&p);
+        // Appended: its variant index follows the nine older categories.
+        assert_eq!(bytes[0], 9);
+        assert_eq!(decode_payload(CURRENT_SCHEMA, &bytes).unwrap(), p);
+        assert_eq!(p.kind(), "snapshot.restored");
+        // Schema 1 never had it: refused, not misread.
+        assert!(decode_payload(1, &bytes).is_err());
     }
 }
