@@ -10,15 +10,15 @@ use std::net::Ipv4Addr;
 
 use bolt_events::payload::{
     CapsuleEvent, ImageEvent, MigrationEvent, NetworkEvent, NodeEvent, PlacementEvent,
-    RevisionEvent, ServiceEvent, VolumeEvent,
+    RevisionEvent, ServiceEvent, SnapshotEvent, VolumeEvent, SNAPSHOT_CAPSULE, SNAPSHOT_VOLUME,
 };
 use bolt_events::{Event, Hlc, NodeId, OrderKey, Payload};
 
 use crate::keymap::KeyMap;
 use crate::model::{
-    CapsuleInfo, CapsuleStatus, ExitInfo, Ignored, ImageInfo, MigrationInfo, MigrationStatus,
-    NetworkInfo, NodeInfo, RevisionInfo, RollbackInfo, ServiceInfo, State, VolumeInfo,
-    REMOVED_RETAINED,
+    snapshot_key, CapsuleInfo, CapsuleStatus, ExitInfo, Ignored, ImageInfo, MigrationInfo,
+    MigrationStatus, NetworkInfo, NodeInfo, RevisionInfo, RollbackInfo, ServiceInfo, SnapshotInfo,
+    State, VolumeInfo, REMOVED_RETAINED,
 };
 use crate::spare;
 
@@ -73,6 +73,12 @@ pub enum Misfit {
         ip: Ipv4Addr,
         capsule: String,
     },
+    #[error("snapshot target {0} is not known")]
+    UnknownSnapshotTarget(String),
+    #[error("{target} already has a snapshot named {name}")]
+    SnapshotExists { target: String, name: String },
+    #[error("{target} has no snapshot named {name}")]
+    UnknownSnapshot { target: String, name: String },
 }
 
 /// One undo record: what a piece of state was before an event changed it. Whole entries are
@@ -108,6 +114,7 @@ pub(crate) enum Undo {
     Network(String, Option<Box<NetworkInfo>>),
     /// The holder of an address on the event's network.
     Address(Ipv4Addr, Option<String>),
+    Snapshots(String, Option<BTreeMap<String, SnapshotInfo>>),
 }
 
 /// The capsule a capsule event is about.
@@ -296,6 +303,7 @@ pub(crate) fn revert(
             Undo::Migration(k, v) => put!(s.migrations, k, v.map(|b| *b)),
             Undo::Volume(k, v) => put!(s.volumes, k, v.map(|b| *b)),
             Undo::Network(k, v) => put!(s.networks, k, v.map(|b| *b)),
+            Undo::Snapshots(k, v) => put!(s.snapshots, k, v),
             Undo::Address(ip, v) => {
                 if let Some(n) = payload
                     .and_then(network_of)
@@ -454,6 +462,17 @@ impl Tx<'_> {
         NetworkInfo,
         Network,
         Box::new
+    );
+    journaled_map!(
+        snapshots_mut,
+        snapshots_insert,
+        snapshots_remove,
+        snapshots,
+        String,
+        str,
+        BTreeMap<String, SnapshotInfo>,
+        Snapshots,
+        keep
     );
 
     /// Record the removal of `id` at `at`.
@@ -619,6 +638,7 @@ fn step(tx: &mut Tx<'_>, key: OrderKey, payload: &Payload) -> Result<(), Misfit>
         Payload::Migration(e) => migration(tx, key, e),
         Payload::Volume(e) => volume(tx, key, e),
         Payload::Network(e) => network(tx, key, e),
+        Payload::Snapshot(e) => snapshot(tx, key, e),
     }
 }
 
@@ -767,6 +787,7 @@ fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfi
             c.status = CapsuleStatus::Removed;
             c.pid = None;
             let at = tx.s.applied;
+            tx.snapshots_remove(&snapshot_key(SNAPSHOT_CAPSULE, id));
             tx.tombstone_insert(at, id.clone());
             if tx.s.tombstones.len() > REMOVED_RETAINED {
                 tx.forget_oldest();
@@ -975,6 +996,7 @@ fn volume(tx: &mut Tx<'_>, key: OrderKey, e: &VolumeEvent) -> Result<(), Misfit>
             if !tx.volume_remove(name) {
                 return Err(Misfit::UnknownVolume(name.clone()));
             }
+            tx.snapshots_remove(&snapshot_key(SNAPSHOT_VOLUME, name));
         }
     }
     Ok(())
@@ -1012,6 +1034,98 @@ fn network(tx: &mut Tx<'_>, key: OrderKey, e: &NetworkEvent) -> Result<(), Misfi
         }
         NetworkEvent::AddressAllocated { capsule, ip, .. } => tx.allocate(*ip, capsule)?,
         NetworkEvent::AddressReleased { capsule, ip, .. } => tx.release(*ip, capsule)?,
+    }
+    Ok(())
+}
+
+/// Whether a snapshot target exists: a capsule not removed, or a known volume.
+fn target_known(s: &State, kind: &str, target: &str) -> bool {
+    match kind {
+        SNAPSHOT_CAPSULE => s
+            .capsules
+            .get(target)
+            .is_some_and(|c| c.status != CapsuleStatus::Removed),
+        SNAPSHOT_VOLUME => s.volumes.contains_key(target),
+        _ => false,
+    }
+}
+
+fn snapshot(tx: &mut Tx<'_>, key: OrderKey, e: &SnapshotEvent) -> Result<(), Misfit> {
+    match e {
+        SnapshotEvent::Created {
+            target_kind,
+            target,
+            name,
+        } => {
+            let k = snapshot_key(target_kind, target);
+            if !target_known(tx.s, target_kind, target) {
+                return Err(Misfit::UnknownSnapshotTarget(k));
+            }
+            if tx.s.snapshots.get(&k).is_some_and(|m| m.contains_key(name)) {
+                return Err(Misfit::SnapshotExists {
+                    target: k,
+                    name: name.clone(),
+                });
+            }
+            let info = SnapshotInfo {
+                target_kind: target_kind.clone(),
+                target: target.clone(),
+                name: name.clone(),
+                node: key.origin,
+                created: key.hlc,
+                restores: 0,
+                restored: None,
+            };
+            match tx.snapshots_mut(&k) {
+                Some(m) => {
+                    m.insert(name.clone(), info);
+                }
+                None => tx.snapshots_insert(k, BTreeMap::from([(name.clone(), info)])),
+            }
+        }
+        SnapshotEvent::Restored {
+            target_kind,
+            target,
+            name,
+        } => {
+            let k = snapshot_key(target_kind, target);
+            let unknown = || Misfit::UnknownSnapshot {
+                target: k.clone(),
+                name: name.clone(),
+            };
+            if !tx.s.snapshots.get(&k).is_some_and(|m| m.contains_key(name)) {
+                return Err(unknown());
+            }
+            let info = tx
+                .snapshots_mut(&k)
+                .and_then(|m| m.get_mut(name))
+                .ok_or_else(unknown)?;
+            info.restores = info.restores.saturating_add(1);
+            info.restored = Some(key.hlc);
+        }
+        SnapshotEvent::Removed {
+            target_kind,
+            target,
+            name,
+        } => {
+            let k = snapshot_key(target_kind, target);
+            if !tx.s.snapshots.get(&k).is_some_and(|m| m.contains_key(name)) {
+                return Err(Misfit::UnknownSnapshot {
+                    target: k,
+                    name: name.clone(),
+                });
+            }
+            let empty = match tx.snapshots_mut(&k) {
+                Some(m) => {
+                    m.remove(name);
+                    m.is_empty()
+                }
+                None => false,
+            };
+            if empty {
+                tx.snapshots_remove(&k);
+            }
+        }
     }
     Ok(())
 }

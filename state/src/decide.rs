@@ -6,11 +6,12 @@ use std::net::Ipv4Addr;
 
 use bolt_events::payload::{
     CapsuleEvent, CapsuleSpec, ImageEvent, MigrationEvent, NetworkEvent, NodeEvent, PlacementEvent,
-    RevisionEvent, ServiceEvent, ServiceSpec, VolumeEvent,
+    RevisionEvent, ServiceEvent, ServiceSpec, SnapshotEvent, VolumeEvent, SNAPSHOT_CAPSULE,
+    SNAPSHOT_VOLUME,
 };
 use bolt_events::{Hash, NodeId, Payload};
 
-use crate::model::{CapsuleInfo, CapsuleStatus, MigrationStatus, State};
+use crate::model::{snapshot_key, CapsuleInfo, CapsuleStatus, MigrationStatus, State};
 
 /// MTU a network gets when the command leaves it at 0.
 pub const DEFAULT_MTU: u32 = 1500;
@@ -123,6 +124,26 @@ pub enum Command {
     },
     /// Remove a network no one holds an address on.
     RemoveNetwork { name: String },
+    /// Record a snapshot of a capsule's layer (`target_kind` `capsule`, `target` its id) or of
+    /// a volume (`volume`, its name); the name must be new for the target.
+    CreateSnapshot {
+        target_kind: String,
+        target: String,
+        name: String,
+    },
+    /// Record a restore: refused while the capsule runs, or while a running capsule mounts the
+    /// volume.
+    RestoreSnapshot {
+        target_kind: String,
+        target: String,
+        name: String,
+    },
+    /// Record a snapshot's removal.
+    RemoveSnapshot {
+        target_kind: String,
+        target: String,
+        name: String,
+    },
 }
 
 /// Why a command is refused.
@@ -226,6 +247,20 @@ pub enum DecideError {
         network: String,
         capsule: String,
     },
+    #[error("invalid snapshot target kind {0:?}: expected capsule or volume")]
+    SnapshotKind(String),
+    #[error(
+        "invalid snapshot name {0:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"
+    )]
+    SnapshotName(String),
+    #[error("{target} already has a snapshot named {name}")]
+    SnapshotExists { target: String, name: String },
+    #[error("{target} has no snapshot named {name}")]
+    UnknownSnapshot { target: String, name: String },
+    #[error("capsule {0} is running: stop it before restoring a snapshot")]
+    RestoreRunning(String),
+    #[error("volume {volume} is mounted by running capsule {capsule}: stop it before restoring a snapshot")]
+    RestoreVolumeInUse { volume: String, capsule: String },
 }
 
 /// An IPv4 subnet.
@@ -736,8 +771,128 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
             }
             Payload::Network(NetworkEvent::Removed { name })
         }
+        Command::CreateSnapshot {
+            target_kind,
+            target,
+            name,
+        } => {
+            snapshot_target(state, &target_kind, &target)?;
+            if !valid_snapshot_name(&name) {
+                return Err(E::SnapshotName(name));
+            }
+            let k = snapshot_key(&target_kind, &target);
+            if state
+                .snapshots
+                .get(&k)
+                .is_some_and(|m| m.contains_key(&name))
+            {
+                return Err(E::SnapshotExists { target: k, name });
+            }
+            Payload::Snapshot(SnapshotEvent::Created {
+                target_kind,
+                target,
+                name,
+            })
+        }
+        Command::RestoreSnapshot {
+            target_kind,
+            target,
+            name,
+        } => {
+            snapshot_target(state, &target_kind, &target)?;
+            known_snapshot(state, &target_kind, &target, &name)?;
+            if let Some(c) = restore_blocker(state, &target_kind, &target) {
+                return Err(if target_kind == SNAPSHOT_CAPSULE {
+                    E::RestoreRunning(target)
+                } else {
+                    E::RestoreVolumeInUse {
+                        volume: target,
+                        capsule: c.id.clone(),
+                    }
+                });
+            }
+            Payload::Snapshot(SnapshotEvent::Restored {
+                target_kind,
+                target,
+                name,
+            })
+        }
+        Command::RemoveSnapshot {
+            target_kind,
+            target,
+            name,
+        } => {
+            known_snapshot(state, &target_kind, &target, &name)?;
+            Payload::Snapshot(SnapshotEvent::Removed {
+                target_kind,
+                target,
+                name,
+            })
+        }
     };
     Ok(vec![payload])
+}
+
+/// The rule of the storage library's snapshot names: `[A-Za-z0-9][A-Za-z0-9_.-]*`, up to 200.
+fn valid_snapshot_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 200
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// A snapshot target that exists: a capsule not removed, or a known volume.
+fn snapshot_target(state: &State, kind: &str, target: &str) -> Result<(), DecideError> {
+    match kind {
+        SNAPSHOT_CAPSULE => live_capsule(state, target).map(|_| ()),
+        SNAPSHOT_VOLUME => {
+            if state.volumes.contains_key(target) {
+                Ok(())
+            } else {
+                Err(DecideError::UnknownVolume(target.to_owned()))
+            }
+        }
+        other => Err(DecideError::SnapshotKind(other.to_owned())),
+    }
+}
+
+fn known_snapshot(state: &State, kind: &str, target: &str, name: &str) -> Result<(), DecideError> {
+    let k = snapshot_key(kind, target);
+    if state
+        .snapshots
+        .get(&k)
+        .is_some_and(|m| m.contains_key(name))
+    {
+        Ok(())
+    } else {
+        Err(DecideError::UnknownSnapshot {
+            target: k,
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// The running capsule that keeps a target from being restored: the capsule itself, or one
+/// that mounts the volume (the source of a `-v NAME:/dst` spec).
+fn restore_blocker<'s>(state: &'s State, kind: &str, target: &str) -> Option<&'s CapsuleInfo> {
+    match kind {
+        SNAPSHOT_CAPSULE => state
+            .capsules
+            .get(target)
+            .filter(|c| c.status == CapsuleStatus::Running),
+        _ => state
+            .capsules
+            .values()
+            .filter(|c| c.status == CapsuleStatus::Running)
+            .find(|c| {
+                c.spec
+                    .mounts
+                    .iter()
+                    .any(|m| m.split(':').next() == Some(target))
+            }),
+    }
 }
 
 fn valid_name(name: &str) -> Result<(), DecideError> {

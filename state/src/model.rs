@@ -52,6 +52,9 @@ pub struct State {
     pub volumes: BTreeMap<String, VolumeInfo>,
     /// Networks by name, with their address allocations.
     pub networks: KeyMap<String, NetworkInfo>,
+    /// Snapshots by target ([`snapshot_key`]: `capsule:<id>` or `volume:<name>`), then by
+    /// name. A target's snapshots go with the capsule's or volume's removal.
+    pub snapshots: BTreeMap<String, BTreeMap<String, SnapshotInfo>>,
 }
 
 impl Default for State {
@@ -71,6 +74,7 @@ impl Default for State {
             migrations: BTreeMap::new(),
             volumes: BTreeMap::new(),
             networks: KeyMap::new(),
+            snapshots: BTreeMap::new(),
         }
     }
 }
@@ -286,7 +290,42 @@ pub struct NetworkInfo {
     pub allocations: KeyMap<Ipv4Addr, String>,
 }
 
+/// A btrfs snapshot of a capsule's writable layer or of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct SnapshotInfo {
+    /// `capsule` or `volume`.
+    pub target_kind: String,
+    /// The capsule id or the volume name.
+    pub target: String,
+    /// The snapshot's name, unique per target.
+    pub name: String,
+    /// The node that took it (and holds it: snapshots are local).
+    pub node: NodeId,
+    /// HLC of its creation.
+    pub created: Hlc,
+    /// How many times it was restored.
+    pub restores: u32,
+    /// HLC of its latest restore.
+    pub restored: Option<Hlc>,
+}
+
+/// The key of a target's snapshots in [`State::snapshots`]: `KIND:TARGET`.
+pub fn snapshot_key(target_kind: &str, target: &str) -> String {
+    format!("{target_kind}:{target}")
+}
+
 impl State {
+    /// The snapshots of one target, oldest first (by creation HLC, then name).
+    pub fn snapshots_of(&self, target_kind: &str, target: &str) -> Vec<&SnapshotInfo> {
+        let mut out: Vec<&SnapshotInfo> = self
+            .snapshots
+            .get(&snapshot_key(target_kind, target))
+            .map(|m| m.values().collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+        out
+    }
+
     /// A hash of the whole state: blake3 over its canonical bincode encoding (every map is a
     /// `BTreeMap`, so the encoding depends on content only). Equal on every node that folded
     /// the same set of events.

@@ -4,8 +4,9 @@
 
 use crate::model::State;
 
-/// The snapshot format this build writes and reads.
-pub const SNAPSHOT_FORMAT: u8 = 1;
+/// The snapshot format this build writes and reads. 2: [`State::snapshots`] added (a format-1
+/// snapshot is refused and the state is folded from the log instead).
+pub const SNAPSHOT_FORMAT: u8 = 2;
 
 const HEADER: usize = 1 + 32;
 
