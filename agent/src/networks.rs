@@ -317,6 +317,11 @@ impl Networks {
             let Some(host) = guard.as_mut() else {
                 return Ok(());
             };
+            // Already set up by this agent: `Host::add_network` would append the network's
+            // postrouting rules again (every `bolt run` on it added three duplicates).
+            if host.networks().get(&net.name) == Some(&net) {
+                return Ok(());
+            }
             me.ensure_forwarding(host)?;
             host.add_network(net)
         })

@@ -315,13 +315,187 @@ impl Node {
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
+impl Node {
+    /// `bolt <args>` that gives up after `patience` (the drop guard must not hang on a
+    /// stuck agent): stdout when it exited 0.
+    fn bolt_within(&self, args: &[&str], patience: Duration) -> Option<String> {
+        use std::io::Read;
+        let mut child = bolt_command(&self.bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let Some(status) = wait_for_exit(&mut child, patience) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        };
+        let mut out = String::new();
+        if let Some(mut s) = child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        status.success().then_some(out)
+    }
+
+    /// Everything this node's capsules left on the machine, ended: what a test that failed
+    /// half-way (or stopped its agent with capsules running) would otherwise leave behind.
+    ///
+    /// With the agent alive, its capsules are removed through it first (`bolt rm -f`: the
+    /// agent tears down veths, rules, cgroups and mounts). Then, after the agent is gone:
+    /// every `bolt supervise ROOT/capsules/ID` process of this node's root is killed (found in
+    /// `/proc/*/cmdline`, so only processes of this node), every process in the capsules'
+    /// cgroups (`<hierarchy>/bolt/ID` for the ids under `ROOT/capsules`) is killed and those
+    /// cgroups removed, and every mount below the node's directory is detached.
+    pub fn cleanup(&mut self) {
+        if self.is_running() {
+            let patience = Duration::from_secs(30);
+            if let Some(ids) = self.bolt_within(&["ps", "-a", "-q"], patience) {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm", "-f"];
+                    args.extend(ids);
+                    let _ = self.bolt_within(&args, patience);
+                }
+            }
+        }
         if let Some(mut child) = self.agent.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let capsules = self.root.join("capsules");
+        for pid in supervisors_under(&capsules) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let ids: Vec<String> = std::fs::read_dir(&capsules)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in &ids {
+            kill_cgroup(id);
+        }
+        let home = self.root.parent().map(Path::to_path_buf).unwrap_or_default();
+        for mount in mounts_under(&home) {
+            let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+        }
     }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// The pids of `bolt supervise DIR` processes whose DIR lies under `capsules`.
+pub fn supervisors_under(capsules: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        let supervised = args.windows(2).any(|w| {
+            w[0] == b"supervise"
+                && Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(w[1])).starts_with(capsules)
+        });
+        if supervised {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The mount points of cgroup hierarchies (`/proc/self/mountinfo`).
+pub fn cgroup_mounts() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            if !(post.starts_with("cgroup ") || post.starts_with("cgroup2 ")) {
+                return None;
+            }
+            pre.split(' ').nth(4).map(|m| PathBuf::from(unescape(m)))
+        })
+        .collect()
+}
+
+/// Kills every process in capsule `id`'s cgroups (`<hierarchy>/bolt/<id>`) and removes them,
+/// and Bolt's parent group where that left it empty.
+fn kill_cgroup(id: &str) {
+    if id.is_empty() || id.contains('/') || id.starts_with('.') {
+        return;
+    }
+    for mount in cgroup_mounts() {
+        let parent = mount.join("bolt");
+        let dir = parent.join(id);
+        if !dir.is_dir() {
+            continue;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            if pids.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in pids {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The last process may take a moment to leave the group.
+        while std::fs::remove_dir(&dir).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir(&parent);
+    }
+}
+
+/// Mount points below `dir`, deepest (latest) first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    if dir.as_os_str().is_empty() {
+        return Vec::new();
+    }
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape(m)))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    out.reverse();
+    out
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Some(v) = s.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok()) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Poll `child` until it exits or `patience` runs out.

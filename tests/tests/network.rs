@@ -8,10 +8,12 @@
 //! `BOLT_REQUIRE_ROOT_TESTS=1` (CI).
 #![allow(clippy::unwrap_used)]
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bolt_tests::{root_and_registry, Node, Output};
+use bolt_tests::{cgroup_mounts, root_and_registry, Node, Output};
 use serde_json::Value;
 
 /// A named network namespace, removed on drop.
@@ -48,6 +50,34 @@ impl NetnsGuard {
     fn links(&self) -> String {
         String::from_utf8_lossy(&self.exec(&["ip", "-o", "link"]).stdout).into_owned()
     }
+
+    /// Interface names in the namespace (`ip -o link`, without the `@peer` suffix).
+    fn link_names(&self) -> BTreeSet<String> {
+        self.links()
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .collect()
+    }
+
+    /// The `mtu` of one interface in the namespace.
+    fn mtu(&self, dev: &str) -> u32 {
+        let out = self.exec(&["ip", "-o", "link", "show", "dev", dev]);
+        assert!(out.status.success(), "no {dev} in the namespace");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut words = text.split_whitespace();
+        words
+            .find(|w| *w == "mtu")
+            .and_then(|_| words.next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("no mtu in {text}"))
+    }
+
+    /// `nft list table ip bolt` in the namespace (empty when there is no such table).
+    fn nft_table(&self) -> String {
+        let out = self.exec(&["nft", "list", "table", "ip", "bolt"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for NetnsGuard {
@@ -70,6 +100,115 @@ fn fails(node: &Node, args: &[&str]) -> String {
     let err = out.stderr.trim().to_owned();
     assert_eq!(err.lines().count(), 1, "one-line error expected: {err}");
     err
+}
+
+/// A `bolt run` that must be refused: one line and docker's 125.
+fn run_fails(node: &Node, args: &[&str]) -> String {
+    let out = node.bolt(args).unwrap();
+    assert_eq!(
+        out.code,
+        Some(125),
+        "bolt {args:?} should exit 125: {} {}",
+        out.stdout,
+        out.stderr
+    );
+    let err = out.stderr.trim().to_owned();
+    assert_eq!(err.lines().count(), 1, "one-line error expected: {err}");
+    err
+}
+
+/// An agent running in a namespace of its own, with the busybox image pulled. Field order is
+/// drop order: the node (its capsules and agent) goes before the namespace and the directory.
+struct Env {
+    node: Node,
+    ns: NetnsGuard,
+    image: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The agent pulls the image in the machine's namespace (the registry is on its
+/// 127.0.0.1), then runs in namespace `tag`.
+fn env(test: &str, tag: &str) -> Option<Env> {
+    let registry = root_and_registry(test)?;
+    let image = format!("{registry}/bolt-test/busybox:latest");
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("no-auth.json");
+    let mut node = Node::new(dir.path(), "n")
+        .unwrap()
+        .with_agent_args(&["--registry-auth", auth.to_str().unwrap()]);
+    node.start().unwrap();
+    ok(&node, &["pull", &image]);
+    node.stop().unwrap();
+    let ns = NetnsGuard::new(tag);
+    let nsenter = format!("--net={}", ns.path());
+    node.set_wrapper(&["nsenter", &nsenter]);
+    node.start().unwrap();
+    Some(Env {
+        node,
+        ns,
+        image,
+        _dir: dir,
+    })
+}
+
+/// `bolt inspect --format json` of one capsule.
+fn inspect(node: &Node, capsule: &str) -> Value {
+    let out = ok(node, &["inspect", "--format", "json", capsule]);
+    let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    if v.is_array() {
+        v[0].clone()
+    } else {
+        v
+    }
+}
+
+/// The host end of a capsule's veth (`bv` + the first 12 characters of its id).
+fn veth_of(node: &Node, capsule: &str) -> String {
+    let id = inspect(node, capsule)["id"].as_str().unwrap().to_owned();
+    format!("bv{}", &id[..12])
+}
+
+/// What a refused request could have left: capsules, capsule directories, Bolt's links, the
+/// nft table, the network's allocations, the cgroups of this node's capsules.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    ps: Vec<String>,
+    dirs: BTreeSet<String>,
+    links: BTreeSet<String>,
+    nft: String,
+    allocations: Vec<Value>,
+    cgroups: BTreeSet<PathBuf>,
+}
+
+fn snapshot(env: &Env, network: &str) -> Snapshot {
+    let dirs: BTreeSet<String> = std::fs::read_dir(env.node.root().join("capsules"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    // Only the cgroups named after this node's capsule directories (other tests' capsules
+    // may come and go on the machine meanwhile); a new directory shows up in `dirs`.
+    let cgroups = cgroup_mounts()
+        .into_iter()
+        .flat_map(|m| dirs.iter().map(move |d| m.join("bolt").join(d)))
+        .filter(|p| p.exists())
+        .collect();
+    Snapshot {
+        ps: ok(&env.node, &["ps", "-a", "-q"])
+            .lines()
+            .iter()
+            .map(|l| l.to_string())
+            .collect(),
+        dirs,
+        links: env
+            .ns
+            .link_names()
+            .into_iter()
+            .filter(|l| l.starts_with("bv") || l.starts_with("bolt"))
+            .collect(),
+        nft: env.ns.nft_table(),
+        allocations: allocations(&env.node, network),
+        cgroups,
+    }
 }
 
 fn ip_of(node: &Node, capsule: &str, network: &str) -> String {
@@ -283,4 +422,415 @@ fn capsules_on_a_bridge_talk_publish_ports_and_keep_addresses_unique_across_a_re
         !host.contains(&bolt_agent::networks::bridge_of("tnet")),
         "{host}"
     );
+}
+
+/// Interface names in `/proc/net/dev` output.
+fn proc_net_dev_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, _)| n.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn host_network_capsules_see_the_hosts_interfaces() {
+    let Some(env) = env("network host e2e", "host") else {
+        return;
+    };
+    let (node, ns) = (&env.node, &env.ns);
+    // Links only this namespace has: a veth pair and a bridge.
+    for cmd in [
+        &["ip", "link", "add", "bt-ha", "type", "veth", "peer", "name", "bt-hb"][..],
+        &["ip", "link", "add", "bt-hbr", "type", "bridge"],
+        &["ip", "link", "set", "bt-ha", "master", "bt-hbr"],
+        &["ip", "link", "set", "bt-hbr", "up"],
+    ] {
+        assert!(ns.exec(cmd).status.success(), "{cmd:?}");
+    }
+    let expected = ns.link_names();
+    for l in ["lo", "bt-ha", "bt-hb", "bt-hbr"] {
+        assert!(expected.contains(l), "{expected:?}");
+    }
+    let out = ok(
+        node,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            &env.image,
+            "sh",
+            "-c",
+            "cat /proc/net/dev; echo ---; ls /sys/class/net",
+        ],
+    );
+    let (dev, sys) = out.stdout.split_once("---").unwrap();
+    assert_eq!(proc_net_dev_names(dev), expected, "{}", out.stdout);
+    let sys: BTreeSet<String> = sys.split_whitespace().map(str::to_owned).collect();
+    assert_eq!(sys, expected, "{}", out.stdout);
+
+    // The contrast: `none` sees only its own lo, a bridge network lo and eth0.
+    let out = ok(
+        node,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &env.image,
+            "cat",
+            "/proc/net/dev",
+        ],
+    );
+    assert_eq!(
+        proc_net_dev_names(&out.stdout),
+        BTreeSet::from(["lo".to_owned()])
+    );
+    // Published ports need a bridge network.
+    let err = run_fails(
+        node,
+        &[
+            "run", "--rm", "--network", "host", "-p", "8080:80", &env.image, "true",
+        ],
+    );
+    assert!(err.contains("bridge"), "{err}");
+}
+
+/// The MTU of `eth0` as the capsule sees it, through netlink in its own namespace (busybox
+/// `ip`). Not `/sys/class/net/eth0/mtu`: the runtime mounts the capsule's sysfs before it
+/// joins the prepared namespace, so that sysfs shows the agent's interfaces (no `eth0`).
+fn mtu_inside(node: &Node, capsule: &str) -> u32 {
+    let out = ok(node, &["exec", capsule, "ip", "-o", "link", "show", "eth0"]).stdout;
+    let mut words = out.split_whitespace();
+    words
+        .find(|w| *w == "mtu")
+        .and_then(|_| words.next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no mtu in {out}"))
+}
+
+#[test]
+fn network_mtu_reaches_the_bridge_the_veth_and_eth0() {
+    let Some(env) = env("network mtu e2e", "mtu") else {
+        return;
+    };
+    let (node, ns) = (&env.node, &env.ns);
+    ok(
+        node,
+        &[
+            "network", "create", "--subnet", "10.126.0.0/24", "--mtu", "1400", "small",
+        ],
+    );
+    let view: Value =
+        serde_json::from_str(&ok(node, &["network", "inspect", "small"]).stdout).unwrap();
+    assert_eq!(view[0]["mtu"], 1400);
+    let bridge = view[0]["bridge"].as_str().unwrap().to_owned();
+    ok(
+        node,
+        &[
+            "run", "-d", "--name", "m", "--network", "small", &env.image, "sleep", "300",
+        ],
+    );
+    assert_eq!(ns.mtu(&bridge), 1400);
+    assert_eq!(ns.mtu(&veth_of(node, "m")), 1400);
+    assert_eq!(mtu_inside(node, "m"), 1400);
+
+    // The default stays 1500, and an MTU out of range is refused before anything is made.
+    ok(
+        node,
+        &["network", "create", "--subnet", "10.127.0.0/24", "plain"],
+    );
+    ok(
+        node,
+        &[
+            "run", "-d", "--name", "p", "--network", "plain", &env.image, "sleep", "300",
+        ],
+    );
+    assert_eq!(mtu_inside(node, "p"), 1500);
+    let err = fails(
+        node,
+        &[
+            "network", "create", "--subnet", "10.128.0.0/24", "--mtu", "40", "tiny",
+        ],
+    );
+    assert!(err.contains("mtu"), "{err}");
+    let ls = ok(node, &["network", "ls", "-q"]).stdout;
+    assert!(!ls.contains("tiny"), "{ls}");
+    for c in ["m", "p"] {
+        ok(node, &["rm", "-f", c]);
+    }
+}
+
+/// Waits until the namespace's `bv*` links are exactly `want` (a capsule's namespace ends
+/// asynchronously after its processes, taking its veth with it).
+fn wait_for_veths(ns: &NetnsGuard, want: &BTreeSet<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: BTreeSet<String> = ns
+            .link_names()
+            .into_iter()
+            .filter(|l| l.starts_with("bv"))
+            .collect();
+        if &got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "veths {got:?}, expected {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn addresses_stay_unique_over_fifty_cycles_and_an_agent_restart() {
+    let Some(mut env) = env("network ipam cycles e2e", "ipam") else {
+        return;
+    };
+    // A /28: 13 addresses for capsules, so 50 cycles must reuse released ones.
+    ok(
+        &env.node,
+        &["network", "create", "--subnet", "10.129.0.0/28", "cyc"],
+    );
+    let image = env.image.clone();
+    let run = |node: &Node, name: &str| -> String {
+        ok(
+            node,
+            &[
+                "run", "-d", "--name", name, "--network", "cyc", &image, "sleep", "600",
+            ],
+        );
+        ip_of(node, name, "cyc")
+    };
+    // name -> address of every capsule alive now.
+    let mut live: BTreeMap<String, String> = BTreeMap::new();
+    let mut handed_out: Vec<String> = Vec::new();
+    let check_new = |live: &BTreeMap<String, String>, name: &str, ip: &str| {
+        assert!(ip.starts_with("10.129.0."), "{ip}");
+        if let Some((holder, _)) = live.iter().find(|(_, a)| a.as_str() == ip) {
+            panic!("{ip} handed to {name} while {holder} holds it: {live:?}");
+        }
+    };
+    // Three capsules stay alive across all cycles and the restart.
+    for k in ["keep0", "keep1", "keep2"] {
+        let ip = run(&env.node, k);
+        check_new(&live, k, &ip);
+        live.insert(k.to_owned(), ip);
+    }
+    let mut window: Vec<String> = Vec::new();
+    let mut released_before_restart: BTreeSet<String> = BTreeSet::new();
+    for i in 0..50 {
+        if i == 25 {
+            // The state's view of the addresses before the restart.
+            let before = allocations(&env.node, "cyc");
+            env.node.stop().unwrap();
+            env.node.start().unwrap();
+            assert_eq!(allocations(&env.node, "cyc"), before);
+            for (name, ip) in &live {
+                assert_eq!(&ip_of(&env.node, name, "cyc"), ip, "{name} after restart");
+            }
+            released_before_restart = handed_out
+                .iter()
+                .filter(|ip| !live.values().any(|l| l == *ip))
+                .cloned()
+                .collect();
+            assert!(!released_before_restart.is_empty());
+        }
+        let name = format!("cyc{i}");
+        let ip = run(&env.node, &name);
+        check_new(&live, &name, &ip);
+        live.insert(name.clone(), ip.clone());
+        handed_out.push(ip);
+        window.push(name);
+        // At most four cycle capsules at a time; the oldest goes.
+        if window.len() > 4 {
+            let old = window.remove(0);
+            ok(&env.node, &["rm", "-f", &old]);
+            live.remove(&old);
+        }
+        // The state agrees: one allocation per live capsule, no address twice.
+        let allocs = allocations(&env.node, "cyc");
+        let ips: BTreeSet<&str> = allocs.iter().map(|a| a[0].as_str().unwrap()).collect();
+        assert_eq!(ips.len(), allocs.len(), "{allocs:?}");
+        assert_eq!(
+            ips,
+            live.values().map(String::as_str).collect::<BTreeSet<_>>()
+        );
+    }
+    let distinct: BTreeSet<&String> = handed_out.iter().collect();
+    assert!(
+        distinct.len() < handed_out.len(),
+        "no address was reused: {handed_out:?}"
+    );
+    // Addresses released before the restart were handed out again after it.
+    assert!(
+        handed_out[25..]
+            .iter()
+            .any(|ip| released_before_restart.contains(ip)),
+        "released before the restart: {released_before_restart:?}, after: {:?}",
+        &handed_out[25..]
+    );
+    // The kernel agrees: one veth per live capsule.
+    let want: BTreeSet<String> = live.keys().map(|n| veth_of(&env.node, n)).collect();
+    wait_for_veths(&env.ns, &want);
+
+    let names: Vec<String> = live.keys().cloned().collect();
+    for n in &names {
+        ok(&env.node, &["rm", "-f", n]);
+    }
+    assert!(allocations(&env.node, "cyc").is_empty());
+    wait_for_veths(&env.ns, &BTreeSet::new());
+}
+
+/// Binds `127.0.0.1:port` inside the namespace at `path` (a thread joins it, binds, and
+/// ends; the socket stays in the namespace it was made in).
+fn listen_in(path: &Path, port: u16) -> std::net::TcpListener {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn bad_input_is_refused_with_one_line_and_nothing_half_set() {
+    let Some(env) = env("network bad input e2e", "bad") else {
+        return;
+    };
+    let node = &env.node;
+    let image = env.image.as_str();
+    ok(
+        node,
+        &["network", "create", "--subnet", "10.130.0.0/24", "good"],
+    );
+    ok(
+        node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "holder",
+            "--network",
+            "good",
+            "-p",
+            "127.0.0.1:18081:8080",
+            image,
+            "sleep",
+            "600",
+        ],
+    );
+    let before = snapshot(&env, "good");
+    assert_eq!(before.ps.len(), 1);
+    assert!(before.nft.contains("dport 18081"), "{}", before.nft);
+
+    // Overlapping subnets, a subnet with host bits, a reserved name: no bridge, no rule.
+    for (subnet, name, says) in [
+        ("10.130.0.0/16", "wide", "overlap"),
+        ("10.130.0.128/25", "inner", "overlap"),
+        ("10.131.0.1/24", "hostbits", "10.131.0.0/24"),
+        ("10.132.0.0/24", "host", "reserved"),
+    ] {
+        let err = fails(node, &["network", "create", "--subnet", subnet, name]);
+        assert!(err.contains(says), "{subnet}: {err}");
+        assert_eq!(snapshot(&env, "good"), before, "after network {name}");
+    }
+    let ls = ok(node, &["network", "ls", "-q"]).stdout;
+    assert_eq!(ls.lines().collect::<Vec<_>>(), vec!["good"]);
+
+    // A host port another capsule publishes, and one a host socket holds.
+    let err = run_fails(
+        node,
+        &[
+            "run", "-d", "--network", "good", "-p", "18081:80", image, "sleep", "60",
+        ],
+    );
+    assert!(err.contains("18081"), "{err}");
+    assert_eq!(snapshot(&env, "good"), before, "after a capsule's port");
+    let _listener = listen_in(Path::new(&env.ns.path()), 18082);
+    for spec in ["127.0.0.1:18082:80", "18082:80"] {
+        let err = run_fails(
+            node,
+            &["run", "-d", "--network", "good", "-p", spec, image, "sleep", "60"],
+        );
+        assert!(err.contains("18082"), "{spec}: {err}");
+        assert_eq!(snapshot(&env, "good"), before, "after host socket {spec}");
+    }
+    // The second spec of a request is the taken one: the first is not left behind.
+    let err = run_fails(
+        node,
+        &[
+            "run", "-d", "--network", "good", "-p", "18083:80", "-p", "18081:81", image,
+            "sleep", "60",
+        ],
+    );
+    assert!(err.contains("18081"), "{err}");
+    assert_eq!(snapshot(&env, "good"), before, "after two specs");
+
+    // Bad -p and -v specs, and -p without a bridge network.
+    let bad_ports = [
+        "99999:80",
+        "80",
+        "127.0.0.1:x:80",
+        "8081:80/sctp",
+        "0:80",
+        "300.0.0.1:8081:80",
+        "",
+    ];
+    for spec in bad_ports {
+        run_fails(
+            node,
+            &["run", "-d", "--network", "good", "-p", spec, image, "true"],
+        );
+        assert_eq!(snapshot(&env, "good"), before, "after -p {spec:?}");
+    }
+    let bad_volumes = [
+        "a:b:c:d",
+        ":/data",
+        "bad name!:/data",
+        "/tmp:relative",
+        "/tmp:/data:zz",
+        "",
+    ];
+    for spec in bad_volumes {
+        run_fails(
+            node,
+            &["run", "-d", "--network", "good", "-v", spec, image, "true"],
+        );
+        assert_eq!(snapshot(&env, "good"), before, "after -v {spec:?}");
+    }
+    run_fails(
+        node,
+        &[
+            "run", "-d", "--network", "good", "-v", "/tmp:/data", "-v", "/var:/data", image,
+            "true",
+        ],
+    );
+    let err = run_fails(
+        node,
+        &["run", "-d", "--network", "none", "-p", "8081:80", image, "true"],
+    );
+    assert!(err.contains("bridge"), "{err}");
+    let err = run_fails(
+        node,
+        &["run", "-d", "--network", "nosuchnet", image, "true"],
+    );
+    assert!(err.contains("nosuchnet"), "{err}");
+    assert_eq!(snapshot(&env, "good"), before, "at the end");
+
+    // The port is free again once its holder goes.
+    ok(node, &["rm", "-f", "holder"]);
+    ok(
+        node,
+        &[
+            "run", "-d", "--name", "next", "--network", "good", "-p", "18081:80", image, "sleep",
+            "60",
+        ],
+    );
+    ok(node, &["rm", "-f", "next"]);
+    let after = env.ns.nft_table();
+    assert!(!after.contains("dport"), "{after}");
 }
