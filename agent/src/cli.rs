@@ -383,7 +383,7 @@ fn event_row(ev: &EventView) -> [String; 6] {
 pub fn render_events(events: &[EventView]) -> String {
     let mut rows = vec![EVENT_HEADER.map(String::from).to_vec()];
     rows.extend(events.iter().map(|e| event_row(e).to_vec()));
-    align(&rows)
+    crate::table::align(&rows, 2)
 }
 
 /// `bolt info` for people.
@@ -398,7 +398,7 @@ pub fn render_info(info: &InfoView) -> String {
         ["state hash", &info.state_hash.to_string()],
         ["uptime", &format_duration(info.uptime_s)],
     ];
-    align(&rows.map(|r| r.map(String::from).to_vec()))
+    crate::table::align(&rows.map(|r| r.map(String::from).to_vec()), 2)
 }
 
 /// `bolt events verify` for people.
@@ -443,7 +443,7 @@ pub fn render_state(view: &StateView) -> String {
         }
         other => fields.push(vec!["state".to_string(), cell(other)]),
     }
-    let mut s = align(&fields);
+    let mut s = crate::table::align(&fields, 2);
     s.push_str(&tables);
     s
 }
@@ -487,37 +487,7 @@ fn record_table(rows: &[(String, &serde_json::Map<String, Value>)]) -> String {
                 .collect(),
         );
     }
-    align(&table)
-}
-
-/// Align rows into columns two spaces apart (the last column is not padded).
-fn align(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 < row.len() {
-                let pad = widths[i].saturating_sub(cell.chars().count());
-                line.push_str(cell);
-                line.push_str(&" ".repeat(pad + 2));
-            } else {
-                line.push_str(cell);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    crate::table::align(&table, 2)
 }
 
 /// One value in a cell: scalars as they are, 64-hex ids shortened, the rest as compact JSON.
@@ -663,7 +633,7 @@ mod tests {
                 "last column".to_string(),
             ],
         ];
-        let t = align(&rows);
+        let t = crate::table::align(&rows, 2);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0], "A       LONG HEADER  Z");
         assert_eq!(lines[1], "longer  b            last column");

@@ -1121,33 +1121,6 @@ async fn logs(
 // Rendering
 // ---------------------------------------------------------------------------------------------
 
-fn align(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            line.push_str(cell);
-            if i + 1 < row.len() {
-                let w = widths.get(i).copied().unwrap_or(0);
-                line.push_str(&" ".repeat(w.saturating_sub(cell.chars().count()) + 3));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 /// docker's human duration: `Less than a second`, `5 seconds`, `About a minute`, `3 hours`...
 pub fn human_duration(ms: u64) -> String {
     let s = ms / 1000;
@@ -1237,14 +1210,14 @@ pub fn render_ps(list: &[CapsuleView], now_ms: u64) -> String {
             c.name.clone(),
         ]);
     }
-    align(&rows)
+    crate::table::align(&rows, 3)
 }
 
 /// `bolt top`.
 pub fn render_top(top: &TopView) -> String {
     let mut rows = vec![top.titles.clone()];
     rows.extend(top.processes.iter().cloned());
-    align(&rows)
+    crate::table::align(&rows, 3)
 }
 
 /// `bolt inspect` for people: one `key  value` line per field.
@@ -1308,7 +1281,7 @@ pub fn render_inspect(c: &CapsuleView) -> String {
     for (k, v) in &spec.labels {
         rows.push(vec!["label".into(), format!("{k}={v}")]);
     }
-    let mut s = align(&rows);
+    let mut s = crate::table::align(&rows, 3);
     s.push('\n');
     s
 }

@@ -458,22 +458,7 @@ pub fn render_images(images: &[ImageView], now_ms: u64) -> String {
             human_ago(now_ms.saturating_sub(created_ms)),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut s = String::new();
-    for r in &rows {
-        let mut line = String::new();
-        for (c, cell) in r.iter().enumerate() {
-            line.push_str(cell);
-            if c + 1 < r.len() {
-                line.push_str(&" ".repeat(widths[c] - cell.chars().count() + 3));
-            }
-        }
-        s.push_str(line.trim_end());
-        s.push('\n');
-    }
-    s
+    crate::table::align(&rows, 3)
 }
 
 /// Sizes as docker prints them: decimal units, three significant digits (`4.26MB`).

@@ -154,13 +154,9 @@ async fn run_async(socket: &Path, cmd: VolumeCommand) -> Result<ExitCode, Capsul
 
 /// The `bolt volume ls` table.
 pub fn render_ls(list: &[Volume]) -> String {
-    let mut out = String::new();
-    let width = list.iter().map(|v| v.name.len()).max().unwrap_or(0).max(11);
-    out.push_str(&format!("{:<width$}   DRIVER\n", "VOLUME NAME"));
-    for v in list {
-        out.push_str(&format!("{:<width$}   {}\n", v.name, v.driver));
-    }
-    out
+    let mut rows = vec![["VOLUME NAME".to_owned(), "DRIVER".to_owned()]];
+    rows.extend(list.iter().map(|v| [v.name.clone(), v.driver.clone()]));
+    crate::table::align(&rows, 3)
 }
 
 #[cfg(test)]

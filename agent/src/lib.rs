@@ -37,5 +37,6 @@ pub mod images;
 pub mod networks;
 pub mod node;
 pub mod supervisor;
+pub mod table;
 pub mod volumes;
 pub mod wire;

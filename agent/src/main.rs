@@ -12,6 +12,17 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // `bolt supervise DIR` is on the path of every capsule start: skip building clap's whole
+    // command tree for it (the agent spawns it with exactly these arguments).
+    let mut args = std::env::args_os();
+    if let (Some(_), Some(cmd), Some(dir), None) =
+        (args.next(), args.next(), args.next(), args.next())
+    {
+        if cmd == "supervise" {
+            let code = bolt_agent::supervisor::main(std::path::Path::new(&dir));
+            return ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255));
+        }
+    }
     let cli = Cli::parse();
     match cli::run(cli) {
         Ok(code) => code,
