@@ -834,3 +834,60 @@ fn bad_input_is_refused_with_one_line_and_nothing_half_set() {
     let after = env.ns.nft_table();
     assert!(!after.contains("dport"), "{after}");
 }
+
+/// The harness's guard (`Node::cleanup`, run on drop): capsules an agent left running when
+/// it stopped (a test that failed half-way) are ended by pid, their cgroups removed.
+#[test]
+fn the_harness_ends_capsules_a_stopped_agent_left_running() {
+    let Some(mut env) = env("harness cleanup e2e", "left") else {
+        return;
+    };
+    ok(
+        &env.node,
+        &["network", "create", "--subnet", "10.133.0.0/24", "left"],
+    );
+    ok(
+        &env.node,
+        &[
+            "run", "-d", "--name", "l", "--network", "left", &env.image, "sleep", "600",
+        ],
+    );
+    let id = inspect(&env.node, "l")["id"].as_str().unwrap().to_owned();
+    let veth = veth_of(&env.node, "l");
+    env.node.stop().unwrap();
+    let capsules = env.node.root().join("capsules");
+    assert_eq!(bolt_tests::supervisors_under(&capsules).len(), 1);
+    let procs: Vec<PathBuf> = cgroup_mounts()
+        .into_iter()
+        .map(|m| m.join("bolt").join(&id))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(!procs.is_empty(), "the capsule runs in no cgroup");
+    let pids = std::fs::read_to_string(procs[0].join("cgroup.procs")).unwrap();
+    let pids: Vec<i32> = pids.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(!pids.is_empty());
+    assert!(env.ns.link_names().contains(&veth));
+
+    env.node.cleanup();
+    assert!(bolt_tests::supervisors_under(&capsules).is_empty());
+    for p in &procs {
+        assert!(!p.exists(), "{} left", p.display());
+    }
+    for pid in pids {
+        // Gone, or a zombie its new parent has not reaped yet.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, r)| &r[..1]);
+        assert!(
+            matches!(state, None | Some("Z") | Some("X")),
+            "capsule process {pid} left: {stat}"
+        );
+    }
+    // The capsule's namespace ended with its processes, and its veth with it.
+    let gone = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.ns.link_names().contains(&veth) {
+        assert!(Instant::now() < deadline, "{veth} left");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_veths(&env.ns, &gone);
+}
