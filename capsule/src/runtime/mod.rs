@@ -15,6 +15,7 @@ mod plan;
 pub mod seccomp;
 pub mod spec;
 pub mod supervisor;
+pub mod userns;
 
 use std::ffi::CString;
 use std::fs::File;
@@ -38,6 +39,7 @@ pub use spec::{
     TmpfsOptions, User,
 };
 pub use supervisor::{adopt, supervise, Adopted, SuperviseOptions, SupervisorError};
+pub use userns::{IdMap, MapWriter, UserNamespace, UserNamespaceError};
 
 use crate::sys::{clone_child, detached_tree, ns, ExecArgs, LinuxSyscall};
 use plan::{child_main, Failure, FailureKind, Op};
@@ -54,6 +56,12 @@ pub enum RuntimeError {
     /// The seccomp filter could not be built.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The user namespace of a rootless capsule could not be set up.
+    #[error(transparent)]
+    UserNamespace(#[from] UserNamespaceError),
+    /// What a rootless runtime cannot do.
+    #[error("rootless: {0}")]
+    Rootless(&'static str),
     /// Host-side preparation failed (directories, pipes, namespace files).
     #[error("{what}: {source}")]
     Io {
@@ -323,6 +331,8 @@ struct Security {
     uid: u32,
     gid: u32,
     groups: Vec<u32>,
+    /// False in a user namespace whose `setgroups` is denied (a self-map).
+    setgroups: bool,
     no_new_privs: bool,
     seccomp: Option<Vec<libc::sock_filter>>,
 }
@@ -352,7 +362,7 @@ impl Security {
         plan.push(Op::SetIds {
             uid: self.uid,
             gid: self.gid,
-            groups: self.groups.clone(),
+            groups: self.setgroups.then(|| self.groups.clone()),
         });
         // A non-root user keeps no capabilities after setresuid (docker's behaviour too).
         plan.push(Op::Capset {
@@ -409,6 +419,17 @@ struct PlanFds {
     cgroup_ns: bool,
     /// One entry per `spec.mounts` entry, in the same order.
     mounts: Vec<HostMount>,
+    /// Set for a capsule in its own user namespace (rootless).
+    rootless: Option<RootlessPlan>,
+    /// Bind sources the child clones itself (rootless): source, read-only, the fd slot.
+    child_trees: Vec<(CString, bool, RawFd)>,
+}
+
+/// What a rootless capsule's plan needs to know about its user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RootlessPlan {
+    /// gid 5 (`tty`, devpts' `gid=`) is mapped.
+    tty_gid: bool,
 }
 
 /// What the parent prepared for one [`Mount`].
@@ -420,11 +441,20 @@ struct HostMount {
     file: bool,
 }
 
+/// Bind sources the child clones itself: source, read-only, the fd slot it fills.
+type ChildTrees = Vec<(CString, bool, RawFd)>;
+
 /// Opens each bind source as a detached tree (see [`crate::sys::detached_tree`]); the fds
-/// must stay open until the child has attached them.
-fn prepare_mounts(spec: &CapsuleSpec) -> Result<(Vec<HostMount>, Vec<OwnedFd>), RuntimeError> {
+/// must stay open until the child has attached them. `in_child` (rootless, where only the
+/// child in its user namespace may clone mounts): each fd is a placeholder on `/dev/null` that
+/// the child replaces with its own clone of the source.
+fn prepare_mounts(
+    spec: &CapsuleSpec,
+    in_child: bool,
+) -> Result<(Vec<HostMount>, Vec<OwnedFd>, ChildTrees), RuntimeError> {
     let mut out = Vec::with_capacity(spec.mounts.len());
     let mut keep = Vec::new();
+    let mut child_trees = Vec::new();
     for m in &spec.mounts {
         match m {
             Mount::Bind {
@@ -432,10 +462,17 @@ fn prepare_mounts(spec: &CapsuleSpec) -> Result<(Vec<HostMount>, Vec<OwnedFd>), 
             } => {
                 let what = || format!("bind source {}", source.display());
                 let meta = std::fs::metadata(source).map_err(io(what()))?;
-                let fd = detached_tree(source, *readonly).map_err(|e| RuntimeError::Io {
-                    what: format!("clone the mount tree of {}", what()),
-                    source: e.into(),
-                })?;
+                let fd = if in_child {
+                    let slot =
+                        OwnedFd::from(File::open("/dev/null").map_err(io("open /dev/null"))?);
+                    child_trees.push((cpath("bind source", source)?, *readonly, slot.as_raw_fd()));
+                    slot
+                } else {
+                    detached_tree(source, *readonly).map_err(|e| RuntimeError::Io {
+                        what: format!("clone the mount tree of {}", what()),
+                        source: e.into(),
+                    })?
+                };
                 out.push(HostMount {
                     tree: Some(fd.as_raw_fd()),
                     file: !meta.is_dir(),
@@ -448,7 +485,7 @@ fn prepare_mounts(spec: &CapsuleSpec) -> Result<(Vec<HostMount>, Vec<OwnedFd>), 
             }),
         }
     }
-    Ok((out, keep))
+    Ok((out, keep, child_trees))
 }
 
 /// The steps for the spec's extra mounts, run after `pivot_root` (so targets resolve inside
@@ -561,6 +598,10 @@ fn capsule_plan(
     for fd in &fds.close {
         plan.push(Op::Close(*fd));
     }
+    // In a new user namespace nothing is allowed until the parent has written the id maps.
+    if fds.rootless.is_some() {
+        plan.push(Op::WaitParent(fds.go_read));
+    }
     plan.push(Op::Umask(0));
     // Nothing we mount may propagate back to the host.
     plan.push(Op::Mount {
@@ -570,14 +611,36 @@ fn capsule_plan(
         flags: plan::ms::REC | plan::ms::PRIVATE,
         data: None,
     });
+    // Clone the bind sources the parent could not (rootless), before anything is mounted
+    // here: a source above the rootfs must not show the capsule's own mounts.
+    for (source, readonly, fd) in &fds.child_trees {
+        plan.push(Op::OpenTree {
+            source: source.clone(),
+            readonly: *readonly,
+            fd: *fd,
+        });
+    }
+    let mut overlay = spec.rootfs.overlay_options();
+    if fds.rootless.is_some() {
+        // Overlay metadata (whiteouts, opaque dirs) in user.overlay.* xattrs, which a user
+        // namespace may write; the rootless unpacker writes them that way.
+        overlay.push_str(",userxattr");
+    }
     plan.push(Op::Mount {
         source: Some(cstring("source", "overlay")?),
         target: cpath("rootfs target", root)?,
         fstype: Some(cstring("fstype", "overlay")?),
         flags: 0,
-        data: Some(cstring("overlay options", spec.rootfs.overlay_options())?),
+        data: Some(cstring("overlay options", overlay)?),
     });
-    use plan::ms::{NODEV, NOEXEC, NOSUID, RDONLY, STRICTATIME};
+    use plan::ms::{BIND, NODEV, NOEXEC, NOSUID, RDONLY, REC, REMOUNT, STRICTATIME};
+    // devpts' gid=5 needs gid 5 mapped; sysfs needs a network namespace owned by the capsule's
+    // user namespace (its own), else the host's /sys is bound read-only (as runc does).
+    let pts = match fds.rootless {
+        Some(r) if !r.tty_gid => "newinstance,ptmxmode=0666,mode=0620",
+        _ => "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    };
+    let bind_sys = fds.rootless.is_some() && spec.network != NetworkMode::None;
     let mounts: [(&str, &str, u64, Option<&str>); 6] = [
         ("/proc", "proc", NOSUID | NOEXEC | NODEV, None),
         (
@@ -586,12 +649,7 @@ fn capsule_plan(
             NOSUID | STRICTATIME,
             Some("mode=755,size=65536k"),
         ),
-        (
-            "/dev/pts",
-            "devpts",
-            NOSUID | NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        ),
+        ("/dev/pts", "devpts", NOSUID | NOEXEC, Some(pts)),
         (
             "/dev/shm",
             "tmpfs",
@@ -606,6 +664,23 @@ fn capsule_plan(
             path: at(dest)?,
             mode: 0o755,
         });
+        if dest == "/sys" && bind_sys {
+            plan.push(Op::Mount {
+                source: Some(cstring("source", "/sys")?),
+                target: at(dest)?,
+                fstype: None,
+                flags: BIND | REC,
+                data: None,
+            });
+            plan.push(Op::Mount {
+                source: None,
+                target: at(dest)?,
+                fstype: None,
+                flags: BIND | REMOUNT | flags,
+                data: None,
+            });
+            continue;
+        }
         plan.push(Op::Mount {
             source: Some(cstring("source", fstype)?),
             target: at(dest)?,
@@ -615,11 +690,24 @@ fn capsule_plan(
         });
     }
     for (name, major, minor) in DEVICES {
-        plan.push(Op::Mknod {
-            path: at(&format!("/dev/{name}"))?,
-            mode: 0o666,
-            dev: crate::sys::makedev(major, minor),
-        });
+        let path = at(&format!("/dev/{name}"))?;
+        if fds.rootless.is_some() {
+            // A user namespace cannot create device nodes: bind the host's (runc's way).
+            plan.push(Op::CreateFile { path: path.clone() });
+            plan.push(Op::Mount {
+                source: Some(cstring("source", format!("/dev/{name}"))?),
+                target: path,
+                fstype: None,
+                flags: BIND,
+                data: None,
+            });
+        } else {
+            plan.push(Op::Mknod {
+                path,
+                mode: 0o666,
+                dev: crate::sys::makedev(major, minor),
+            });
+        }
     }
     for (target, link) in DEV_SYMLINKS {
         plan.push(Op::Symlink {
@@ -748,6 +836,8 @@ pub struct Runtime {
     cgroup_ns: bool,
     last_cap: u32,
     filter: Vec<libc::sock_filter>,
+    /// Rootless: every capsule gets its own user namespace with these maps.
+    userns: Option<UserNamespace>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -757,6 +847,7 @@ impl std::fmt::Debug for Runtime {
             .field("cgroup_ns", &self.cgroup_ns)
             .field("last_cap", &self.last_cap)
             .field("seccomp_insns", &self.filter.len())
+            .field("userns", &self.userns)
             .finish()
     }
 }
@@ -775,7 +866,35 @@ impl Runtime {
             cgroup_ns: Path::new("/proc/self/ns/cgroup").exists(),
             last_cap: read_last_cap(),
             filter: seccomp::default_filter()?,
+            userns: None,
         })
+    }
+
+    /// A rootless runtime for the calling (non-root) user: each capsule in its own user
+    /// namespace mapped from `/etc/subuid` and `/etc/subgid` (see [`userns`]), and no cgroup
+    /// limits (none are delegated to users on a v1 or hybrid host).
+    pub fn rootless() -> Result<Self, RuntimeError> {
+        Ok(Self::with_hierarchy(None)?.with_user_namespace(UserNamespace::for_current_user()?))
+    }
+
+    /// [`Runtime::new`] as root, [`Runtime::rootless`] otherwise.
+    pub fn for_this_user() -> Result<Self, RuntimeError> {
+        if nix::unistd::geteuid().is_root() {
+            Self::new()
+        } else {
+            Self::rootless()
+        }
+    }
+
+    /// Runs every capsule in a new user namespace with the given maps.
+    pub fn with_user_namespace(mut self, userns: UserNamespace) -> Self {
+        self.userns = Some(userns);
+        self
+    }
+
+    /// The user namespace of rootless capsules, when this runtime is rootless.
+    pub fn user_namespace(&self) -> Option<&UserNamespace> {
+        self.userns.as_ref()
     }
 
     /// The cgroup hierarchy in use.
@@ -796,12 +915,18 @@ impl Runtime {
         }
         // Supplementary groups are exactly the configured ones (as runc does).
         let groups = spec.additional_gids.clone();
+        let mut setgroups = true;
+        if let Some(ns) = &self.userns {
+            ns.check_user(user.uid, user.gid, &groups)?;
+            setgroups = ns.setgroups_allowed();
+        }
         Ok(Security {
             cap_mask,
             last_cap: self.last_cap,
             uid: user.uid,
             gid: user.gid,
             groups,
+            setgroups,
             no_new_privs: spec.no_new_privileges,
             seccomp: spec.seccomp.then(|| self.filter.clone()),
         })
@@ -810,6 +935,10 @@ impl Runtime {
     /// Starts a capsule. On error nothing is left behind (no process, cgroup or mount).
     pub fn spawn(&self, spec: &CapsuleSpec, stdio: Stdio) -> Result<Capsule, RuntimeError> {
         spec.validate()?;
+        if self.userns.is_some() && matches!(spec.network, NetworkMode::Join(_)) {
+            // A namespace made by root is not ours to join (and bridges need root to make).
+            return Err(RuntimeError::Rootless("bridge networking needs root"));
+        }
         check_rlimits(&spec.rlimits)?;
         spec.rootfs
             .prepare()
@@ -822,7 +951,7 @@ impl Runtime {
             )),
             _ => None,
         };
-        let (host_mounts, mount_fds) = prepare_mounts(spec)?;
+        let (host_mounts, mount_fds, child_trees) = prepare_mounts(spec, self.userns.is_some())?;
         let (go_r, go_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let fds = PlanFds {
@@ -832,6 +961,10 @@ impl Runtime {
             netns: netns.as_ref().map(AsRawFd::as_raw_fd),
             cgroup_ns: self.cgroup_ns,
             mounts: host_mounts,
+            rootless: self.userns.as_ref().map(|ns| RootlessPlan {
+                tty_gid: ns.maps_gid(5),
+            }),
+            child_trees,
         };
         let plan = capsule_plan(spec, &sec, &fds)?;
 
@@ -849,6 +982,10 @@ impl Runtime {
         if spec.network == NetworkMode::None {
             flags |= ns::NEWNET;
         }
+        if self.userns.is_some() {
+            // Created first by the kernel, it owns the other new namespaces.
+            flags |= ns::NEWUSER;
+        }
         let err_fd = err_w.as_raw_fd();
         let pid = match clone_child(flags, &mut || child_main(&LinuxSyscall, &plan, err_fd)) {
             Ok(pid) => pid,
@@ -858,6 +995,15 @@ impl Runtime {
             }
         };
         drop((go_r, err_w, netns, mount_fds));
+        if let Some(userns) = &self.userns {
+            if let Err(e) = userns.write_maps(pid) {
+                reap_failed(pid);
+                remove_cgroup(&cgroup);
+                return Err(e.into());
+            }
+            // The first release: the maps are written (the second comes after the cgroups).
+            let _ = nix::unistd::write(&go_w, &[1]);
+        }
         if let Some(cg) = &cgroup {
             if let Err(e) = cg.add_pid(pid) {
                 reap_failed(pid);
@@ -911,7 +1057,12 @@ impl Runtime {
         let env = spec::effective_env(&env, user.uid);
         let workdir = exec.workdir.clone().unwrap_or_else(|| spec.workdir.clone());
 
-        let mut kinds = vec![("ipc", ns::NEWIPC), ("uts", ns::NEWUTS)];
+        let mut kinds = Vec::new();
+        if self.userns.is_some() {
+            // First: it gives the capabilities needed to join the others, which it owns.
+            kinds.push(("user", ns::NEWUSER));
+        }
+        kinds.extend([("ipc", ns::NEWIPC), ("uts", ns::NEWUTS)]);
         if spec.network != NetworkMode::Host {
             kinds.push(("net", ns::NEWNET));
         }

@@ -48,6 +48,12 @@ pub(crate) enum Op {
     CreateFile { path: CString },
     /// Attach the detached mount tree behind `fd` on `target`.
     MoveMount { fd: RawFd, target: CString },
+    /// Clone the host's mount tree at `source` onto fd `fd` (rootless: the parent cannot).
+    OpenTree {
+        source: CString,
+        readonly: bool,
+        fd: RawFd,
+    },
     /// A symlink; an existing entry is fine.
     Symlink { target: CString, link: CString },
     /// `chdir(root)`, `pivot_root(".", ".")`, detach the old root, `chdir("/")`.
@@ -73,11 +79,12 @@ pub(crate) enum Op {
     Rlimit { resource: u32, soft: u64, hard: u64 },
     /// Drop one capability from the bounding set.
     DropBounding(u32),
-    /// `setgroups`, `setresgid`, `setresuid`.
+    /// `setgroups` (skipped when `None`: a user namespace that denies it), `setresgid`,
+    /// `setresuid`.
     SetIds {
         uid: u32,
         gid: u32,
-        groups: Vec<u32>,
+        groups: Option<Vec<u32>>,
     },
     /// Effective and permitted capabilities (inheritable cleared).
     Capset { mask: u64 },
@@ -128,6 +135,7 @@ impl Op {
             Op::Mknod { path, .. } => format!("create device {}", lossy(path)),
             Op::CreateFile { path } => format!("create mount point file {}", lossy(path)),
             Op::MoveMount { target, .. } => format!("bind mount on {}", lossy(target)),
+            Op::OpenTree { source, .. } => format!("clone the mount tree of {}", lossy(source)),
             Op::Symlink { link, .. } => format!("create symlink {}", lossy(link)),
             Op::PivotRoot { root } => format!("pivot_root into {}", lossy(root)),
             Op::Mask { path } => format!("mask {}", lossy(path)),
@@ -266,6 +274,11 @@ fn run_op(sys: &dyn Syscall, op: &Op) -> Result<(), (Errno, FailureKind)> {
             ok_if_exists(sys.mknod(path, libc::S_IFREG | 0o644, 0)).map_err(setup)
         }
         Op::MoveMount { fd, target } => sys.move_mount(*fd, target).map_err(setup),
+        Op::OpenTree {
+            source,
+            readonly,
+            fd,
+        } => sys.open_tree_clone(source, *readonly, *fd).map_err(setup),
         Op::Symlink { target, link } => ok_if_exists(sys.symlink(target, link)).map_err(setup),
         Op::PivotRoot { root } => (|| {
             sys.chdir(root)?;
@@ -325,7 +338,9 @@ fn run_op(sys: &dyn Syscall, op: &Op) -> Result<(), (Errno, FailureKind)> {
             other => other.map_err(setup),
         },
         Op::SetIds { uid, gid, groups } => (|| {
-            sys.setgroups(groups)?;
+            if let Some(groups) = groups {
+                sys.setgroups(groups)?;
+            }
             sys.setresgid(*gid)?;
             sys.setresuid(*uid)
         })()

@@ -25,6 +25,7 @@ fn security(s: &CapsuleSpec) -> Security {
         uid: s.user.uid,
         gid: s.user.gid,
         groups: vec![s.user.gid],
+        setgroups: true,
         no_new_privs: true,
         seccomp: Some(seccomp::default_filter().unwrap()),
     }
@@ -38,6 +39,8 @@ fn fds() -> PlanFds {
         netns: None,
         cgroup_ns: true,
         mounts: Vec::new(),
+        rootless: None,
+        child_trees: Vec::new(),
     }
 }
 
@@ -299,4 +302,142 @@ fn failure_records_round_trip() {
     };
     assert_eq!(plan::Failure::decode(&f.encode()), Some(f));
     assert_eq!(plan::Failure::decode(&[1, 2, 3]), None);
+}
+
+fn rootless_fds(tty_gid: bool) -> PlanFds {
+    PlanFds {
+        rootless: Some(RootlessPlan { tty_gid }),
+        ..fds()
+    }
+}
+
+fn rootless_security(s: &CapsuleSpec, ns: &UserNamespace) -> Security {
+    Security {
+        setgroups: ns.setgroups_allowed(),
+        groups: Vec::new(),
+        ..security(s)
+    }
+}
+
+#[test]
+fn rootless_waits_for_the_maps_then_mounts_without_device_nodes() {
+    let sys = RecordingSyscall::new();
+    let s = spec();
+    let ns = UserNamespace::for_user("u", 1000, 1000, "u:100000:65536", "u:100000:65536", true);
+    let plan = capsule_plan(&s, &rootless_security(&s, &ns), &rootless_fds(true)).unwrap();
+    let _ = run_plan(&sys, &plan);
+    let calls = sys.calls();
+    // The maps come first: nothing privileged before the parent released us.
+    let wait = position(&calls, "read_byte 13");
+    assert!(wait < position(&calls, "umask 0"));
+    assert!(wait < position(&calls, "mount - / - "));
+    // Overlay metadata in user.* xattrs.
+    let overlay = &calls[position(&calls, "mount overlay /run/c1/rootfs overlay")];
+    assert!(overlay.ends_with(",userxattr"), "{overlay}");
+    // Host device nodes bound on files: no mknod of a device.
+    assert!(!calls
+        .iter()
+        .any(|c| c.starts_with("mknod") && !c.contains(" 100644 ")));
+    for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let file = position(&calls, &format!("mknod /run/c1/rootfs/dev/{dev} 100644"));
+        let bind = position(
+            &calls,
+            &format!("mount /dev/{dev} /run/c1/rootfs/dev/{dev} - 0x1000 "),
+        );
+        assert!(file < bind);
+    }
+    // Its own network namespace: a fresh (read-only) sysfs; devpts keeps gid=5 (mapped).
+    assert!(calls
+        .iter()
+        .any(|c| c.starts_with("mount sysfs /run/c1/rootfs/sys sysfs")));
+    assert!(calls
+        .iter()
+        .any(|c| c.starts_with("mount devpts") && c.ends_with(",gid=5")));
+    // A second wait (cgroups) still comes before the cgroup namespace.
+    let waits: Vec<usize> = calls
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.as_str() == "read_byte 13")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(waits.len(), 2);
+    assert!(waits[1] < position(&calls, "unshare 0x2000000"));
+    // The subordinate range allows setgroups.
+    assert!(calls.iter().any(|c| c.starts_with("setgroups")));
+}
+
+#[test]
+fn rootless_host_network_binds_the_hosts_sys_read_only() {
+    let sys = RecordingSyscall::new();
+    let mut s = spec();
+    s.network = NetworkMode::Host;
+    let ns = UserNamespace::for_user("u", 1000, 1000, "", "", true);
+    let plan = capsule_plan(&s, &rootless_security(&s, &ns), &rootless_fds(false)).unwrap();
+    let _ = run_plan(&sys, &plan);
+    let calls = sys.calls();
+    assert!(!calls.iter().any(|c| c.contains(" sysfs ")), "{calls:#?}");
+    let bind = position(&calls, "mount /sys /run/c1/rootfs/sys - 0x5000 ");
+    let remount = position(&calls, "mount - /run/c1/rootfs/sys - ");
+    assert!(bind < remount);
+    let flags = calls[remount].split(' ').nth(4).unwrap();
+    let flags = u64::from_str_radix(flags.trim_start_matches("0x"), 16).unwrap();
+    use plan::ms::{BIND, NODEV, NOEXEC, NOSUID, RDONLY, REMOUNT};
+    assert_eq!(flags, BIND | REMOUNT | RDONLY | NOSUID | NODEV | NOEXEC);
+    // gid 5 is not mapped (a self-map): devpts without gid=5, and no setgroups (denied).
+    let pts = &calls[position(&calls, "mount devpts")];
+    assert!(!pts.contains("gid=5"), "{pts}");
+    assert!(!calls.iter().any(|c| c.starts_with("setgroups")));
+    assert!(calls.iter().any(|c| c == "setresuid 1000"));
+}
+
+#[test]
+fn rootless_binds_are_cloned_by_the_child_before_the_rootfs_is_mounted() {
+    let sys = RecordingSyscall::new();
+    let mut s = spec();
+    s.mounts = vec![Mount::Bind {
+        source: "/home/u/vol".into(),
+        target: "/data".into(),
+        readonly: true,
+    }];
+    let ns = UserNamespace::for_user("u", 1000, 1000, "", "", true);
+    let fds = PlanFds {
+        mounts: vec![HostMount {
+            tree: Some(40),
+            file: false,
+        }],
+        child_trees: vec![(c"/home/u/vol".to_owned(), true, 40)],
+        ..rootless_fds(false)
+    };
+    let plan = capsule_plan(&s, &rootless_security(&s, &ns), &fds).unwrap();
+    let _ = run_plan(&sys, &plan);
+    let calls = sys.calls();
+    let clone = position(&calls, "open_tree_clone /home/u/vol ro 40");
+    assert!(position(&calls, "read_byte 13") < clone);
+    assert!(clone < position(&calls, "mount overlay"));
+    assert!(position(&calls, "pivot_root") < position(&calls, "move_mount 40 /data"));
+}
+
+#[test]
+fn rootless_refuses_unmapped_users_and_joined_networks() {
+    let ns = UserNamespace::for_user("u", 1000, 1000, "", "", true);
+    let rt = Runtime::with_hierarchy(None)
+        .unwrap()
+        .with_user_namespace(ns);
+    // uid 1000 inside has no mapping in a self-mapped namespace: refused before any clone.
+    let s = spec();
+    assert!(matches!(
+        rt.security(&s, s.user),
+        Err(RuntimeError::UserNamespace(UserNamespaceError::Unmapped {
+            uid: 1000,
+            ..
+        }))
+    ));
+    let mut s = spec();
+    s.user = User::default();
+    s.network = NetworkMode::Join("/run/netns/x".into());
+    let err = rt.spawn(&s, Stdio::null()).unwrap_err();
+    assert!(
+        err.to_string().contains("bridge networking needs root"),
+        "{err}"
+    );
 }

@@ -69,6 +69,10 @@ impl Syscall for RecordingSyscall {
     fn move_mount(&self, fd: RawFd, target: &CStr) -> Result<(), Errno> {
         self.record(format!("move_mount {fd} {}", s(Some(target))))
     }
+    fn open_tree_clone(&self, source: &CStr, readonly: bool, fd: RawFd) -> Result<(), Errno> {
+        let mode = if readonly { "ro" } else { "rw" };
+        self.record(format!("open_tree_clone {} {mode} {fd}", s(Some(source))))
+    }
     fn umount2(&self, target: &CStr, flags: i32) -> Result<(), Errno> {
         self.record(format!("umount2 {} {flags}", s(Some(target))))
     }

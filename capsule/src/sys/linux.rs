@@ -32,6 +32,8 @@ fn opt_ptr(s: Option<&CStr>) -> *const libc::c_char {
 
 /// `MOVE_MOUNT_F_EMPTY_PATH` (linux/mount.h).
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+/// `OPEN_TREE_CLONE` (linux/mount.h).
+const OPEN_TREE_CLONE: libc::c_uint = 1;
 /// `MOUNT_ATTR_RDONLY` (linux/mount.h).
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 
@@ -139,6 +141,44 @@ impl Syscall for LinuxSyscall {
             )
         })
         .map(drop)
+    }
+
+    fn open_tree_clone(&self, source: &CStr, readonly: bool, fd: RawFd) -> Result<(), Errno> {
+        // SAFETY: open_tree has no glibc wrapper; it gets AT_FDCWD, the live NUL-terminated
+        // `source` and integer flags, and returns a new fd (owned here, closed below).
+        let tree = check_long(unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                source.as_ptr(),
+                (OPEN_TREE_CLONE
+                    | libc::O_CLOEXEC as libc::c_uint
+                    | libc::AT_RECURSIVE as libc::c_uint) as libc::c_uint,
+            )
+        })? as RawFd;
+        let attr = MountAttr {
+            attr_set: if readonly { MOUNT_ATTR_RDONLY } else { 0 },
+            attr_clr: 0,
+            propagation: libc::MS_PRIVATE,
+            userns_fd: 0,
+        };
+        // SAFETY: as in `detached_tree`: our open fd, a live empty path, integer flags and a
+        // pointer to the live repr(C) `attr` with its size; the kernel only reads it.
+        let set = check_long(unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree,
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+                std::ptr::addr_of!(attr),
+                std::mem::size_of::<MountAttr>(),
+            )
+        });
+        // SAFETY: dup3 only reads its integer arguments; `fd` is the slot the parent reserved.
+        let moved = set.and_then(|_| check(unsafe { libc::dup3(tree, fd, libc::O_CLOEXEC) }));
+        // SAFETY: `tree` is our own fd, closed exactly once (the copy on `fd` stays).
+        unsafe { libc::close(tree) };
+        moved
     }
 
     fn umount2(&self, target: &CStr, flags: i32) -> Result<(), Errno> {

@@ -34,6 +34,7 @@ pub(crate) mod ns {
     pub const NEWPID: i32 = libc::CLONE_NEWPID;
     pub const NEWNET: i32 = libc::CLONE_NEWNET;
     pub const NEWCGROUP: i32 = libc::CLONE_NEWCGROUP;
+    pub const NEWUSER: i32 = libc::CLONE_NEWUSER;
 }
 
 /// An `argv`/`envp` pair prepared for `execve(2)` before the clone, so the child does not
@@ -100,6 +101,11 @@ pub(crate) trait Syscall {
     /// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attaches the detached
     /// mount tree behind `fd` (made by [`detached_tree`]) on `target`.
     fn move_mount(&self, fd: RawFd, target: &CStr) -> Result<(), Errno>;
+    /// A detached, private, recursive copy of the mount tree at `source` (`open_tree(
+    /// OPEN_TREE_CLONE | AT_RECURSIVE)`), read-only throughout when `readonly`, put on fd `fd`
+    /// (close-on-exec, replacing what was there). The in-child twin of [`detached_tree`], for
+    /// a capsule in its own user namespace: only there may an unprivileged caller clone mounts.
+    fn open_tree_clone(&self, source: &CStr, readonly: bool, fd: RawFd) -> Result<(), Errno>;
     /// `umount2(2)`.
     fn umount2(&self, target: &CStr, flags: i32) -> Result<(), Errno>;
     /// `pivot_root(2)`.
