@@ -41,6 +41,31 @@ pub const LABEL_AUTO_REMOVE: &str = "bolt.auto_remove";
 pub const LABEL_TTY: &str = "bolt.tty";
 /// Label: the capsule's stdin stays open for attach clients (`-i`).
 pub const LABEL_STDIN: &str = "bolt.stdin";
+/// Label: what the agent ignored of the request (one warning per line), printed by `bolt run`.
+pub const LABEL_WARNINGS: &str = "bolt.warnings";
+
+/// Why a rootless agent refuses `--network bridge`.
+pub const ROOTLESS_BRIDGE: &str =
+    "bridge networking needs root: a rootless agent runs capsules with --network none or host";
+
+/// The warning of a rootless agent (no cgroup controllers are delegated to users, so limits
+/// cannot be applied) for the limit flags given, like podman's; `None` without any.
+pub fn rootless_limits_warning(memory: bool, cpus: bool, pids: bool) -> Option<String> {
+    let flags: Vec<&str> = [
+        (memory, "--memory"),
+        (cpus, "--cpus"),
+        (pids, "--pids-limit"),
+    ]
+    .into_iter()
+    .filter_map(|(given, flag)| given.then_some(flag))
+    .collect();
+    (!flags.is_empty()).then(|| {
+        format!(
+            "rootless: no cgroup controllers delegated; {} ignored",
+            flags.join(", ")
+        )
+    })
+}
 
 /// How long a start may take before the supervisor is called hung (a guard, not a timing).
 const START_PATIENCE: Duration = Duration::from_secs(120);
@@ -722,6 +747,10 @@ impl Capsules {
         }
         let network = req.network.clone().unwrap_or_else(|| "none".to_owned());
         let (net_choice, port_specs) = crate::networks::plan(&network, &req.ports).map_err(bad)?;
+        let rootless = !nix::unistd::geteuid().is_root();
+        if rootless && matches!(net_choice, crate::networks::NetworkChoice::Bridge(_)) {
+            return Err(bad(ROOTLESS_BRIDGE.to_owned()));
+        }
         if let Some(name) = &req.name {
             if !valid_name(name) {
                 return Err(bad(format!(
@@ -831,6 +860,19 @@ impl Capsules {
         }
         if req.stdin {
             labels.insert(LABEL_STDIN.to_owned(), "true".to_owned());
+        }
+        let limits_ignored = rootless
+            .then(|| {
+                rootless_limits_warning(
+                    req.memory_bytes.is_some(),
+                    req.cpu_millis.is_some(),
+                    req.pids_limit.is_some(),
+                )
+            })
+            .flatten();
+        if let Some(w) = limits_ignored {
+            tracing::warn!("{w}");
+            labels.insert(LABEL_WARNINGS.to_owned(), w);
         }
         let event_spec = EventSpec {
             image: image.reference.clone(),
@@ -1675,7 +1717,7 @@ impl Capsules {
         }
         let runtime = self
             .runtime
-            .get_or_init(|| Runtime::new().map_err(|e| e.to_string()));
+            .get_or_init(|| Runtime::for_this_user().map_err(|e| e.to_string()));
         let runtime = runtime
             .as_ref()
             .map_err(|e| CapsuleError::Task(e.clone()))?;
@@ -1806,6 +1848,21 @@ mod tests {
             signal: None,
             oom: false,
         }
+    }
+
+    #[test]
+    fn rootless_limits_warn_once_naming_each_flag() {
+        assert_eq!(rootless_limits_warning(false, false, false), None);
+        assert_eq!(
+            rootless_limits_warning(true, false, false).as_deref(),
+            Some("rootless: no cgroup controllers delegated; --memory ignored")
+        );
+        assert_eq!(
+            rootless_limits_warning(true, true, true).as_deref(),
+            Some(
+                "rootless: no cgroup controllers delegated; --memory, --cpus, --pids-limit ignored"
+            )
+        );
     }
 
     #[test]

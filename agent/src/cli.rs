@@ -22,6 +22,39 @@ pub const DEFAULT_ROOT: &str = "/var/lib/bolt";
 /// Default API socket.
 pub const DEFAULT_SOCKET: &str = "/run/bolt/bolt.sock";
 
+/// The agent root and API socket a user gets without `--root`/`--socket`: root's are
+/// [`DEFAULT_ROOT`] and [`DEFAULT_SOCKET`]; another user's (rootless) are
+/// `$XDG_DATA_HOME/bolt` (else `~/.local/share/bolt`) and `$XDG_RUNTIME_DIR/bolt.sock` (else
+/// `bolt.sock` in that root), as podman does. Pure: the caller passes the environment.
+pub fn default_paths(root_user: bool, var: impl Fn(&str) -> Option<String>) -> (PathBuf, PathBuf) {
+    if root_user {
+        return (DEFAULT_ROOT.into(), DEFAULT_SOCKET.into());
+    }
+    let set = |k: &str| var(k).filter(|v| v.starts_with('/'));
+    let root = set("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| set("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| std::env::temp_dir())
+        .join("bolt");
+    let socket = set("XDG_RUNTIME_DIR").map_or_else(
+        || root.join("bolt.sock"),
+        |d| PathBuf::from(d).join("bolt.sock"),
+    );
+    (root, socket)
+}
+
+fn this_users_paths() -> (PathBuf, PathBuf) {
+    default_paths(nix::unistd::geteuid().is_root(), |k| std::env::var(k).ok())
+}
+
+fn default_root() -> PathBuf {
+    this_users_paths().0
+}
+
+fn default_socket() -> PathBuf {
+    this_users_paths().1
+}
+
 /// How long `events --follow` keeps trying to reconnect after the agent went away.
 const RECONNECT_FOR: Duration = Duration::from_secs(30);
 const RECONNECT_EVERY: Duration = Duration::from_millis(200);
@@ -31,7 +64,7 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(200);
 #[command(name = "bolt", version, about)]
 pub struct Cli {
     /// The agent's API socket.
-    #[arg(long, global = true, env = "BOLT_SOCKET", default_value = DEFAULT_SOCKET)]
+    #[arg(long, global = true, env = "BOLT_SOCKET", default_value_os_t = default_socket())]
     pub socket: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -53,7 +86,7 @@ pub enum Command {
     /// Run the agent daemon (one per root).
     Agent {
         /// Where the node key, the event log and the lock live.
-        #[arg(long, env = "BOLT_ROOT", default_value = DEFAULT_ROOT)]
+        #[arg(long, env = "BOLT_ROOT", default_value_os_t = default_root())]
         root: PathBuf,
         /// Store a state snapshot every this many events (0: never).
         #[arg(long, env = "BOLT_SNAPSHOT_EVERY", default_value_t = DEFAULT_SNAPSHOT_EVERY)]
@@ -599,6 +632,40 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn root_and_socket_defaults_follow_the_user() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let all = env(&[
+            ("XDG_DATA_HOME", "/home/u/data"),
+            ("XDG_RUNTIME_DIR", "/run/user/1000"),
+            ("HOME", "/home/u"),
+        ]);
+        assert_eq!(
+            default_paths(true, &all),
+            (PathBuf::from(DEFAULT_ROOT), PathBuf::from(DEFAULT_SOCKET))
+        );
+        assert_eq!(
+            default_paths(false, &all),
+            (
+                PathBuf::from("/home/u/data/bolt"),
+                PathBuf::from("/run/user/1000/bolt.sock")
+            )
+        );
+        assert_eq!(
+            default_paths(false, env(&[("HOME", "/home/u"), ("XDG_RUNTIME_DIR", "")])),
+            (
+                PathBuf::from("/home/u/.local/share/bolt"),
+                PathBuf::from("/home/u/.local/share/bolt/bolt.sock")
+            )
+        );
+    }
 
     #[test]
     fn times_are_utc_iso8601_with_milliseconds() {

@@ -656,6 +656,12 @@ async fn run_capsule(socket: &Path, args: RunArgs) -> CliResult<ExitCode> {
     let req = create_request(&args)?;
     let body = serde_json::to_vec(&req).map_err(json_err)?;
     let view: CapsuleView = call(socket, Method::POST, PATH_CAPSULES, Some(body)).await?;
+    // What the agent ignored (a rootless agent's limits), as podman prints it.
+    if let Some(w) = view.spec.labels.get(crate::capsules::LABEL_WARNINGS) {
+        for line in w.lines() {
+            eprintln!("warning: {line}");
+        }
+    }
     if args.detach {
         println!("{}", view.id);
         return Ok(ExitCode::SUCCESS);

@@ -365,7 +365,7 @@ fn run(dir: &Path) -> Result<i32, SupervisorError> {
         .map_err(io_err("configure", &sock_path))?;
 
     let (stdio, outputs, stdin_w) = stdio_for(&cfg)?;
-    let started = Runtime::new().and_then(|rt| rt.spawn(&spec, stdio));
+    let started = Runtime::for_this_user().and_then(|rt| rt.spawn(&spec, stdio));
     let mut capsule = match started {
         Ok(c) => c,
         Err(e) => {
