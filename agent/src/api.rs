@@ -38,7 +38,7 @@ pub const PATH_OPENAPI: &str = "/v1/openapi.json";
 pub const PATH_METRICS: &str = "/metrics";
 
 /// Every route the router serves.
-pub const ROUTES: [&str; 29] = [
+pub const ROUTES: [&str; 33] = [
     PATH_INFO,
     PATH_EVENTS,
     PATH_VERIFY,
@@ -68,6 +68,10 @@ pub const ROUTES: [&str; 29] = [
     crate::api_volumes::PATH_VOLUMES,
     crate::api_volumes::PATH_VOLUME,
     crate::api_volumes::PATH_VOLUMES_PRUNE,
+    crate::api_snapshots::PATH_SNAPSHOTS,
+    crate::api_snapshots::PATH_SNAPSHOT,
+    crate::api_snapshots::PATH_SNAPSHOT_RESTORE,
+    crate::api_snapshots::PATH_COMMIT,
 ];
 
 /// Counter of HTTP requests, by method, route and status.
@@ -91,6 +95,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(crate::api_capsules::routes())
         .merge(crate::api_networks::routes())
         .merge(crate::api_volumes::routes())
+        .merge(crate::api_snapshots::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(count_requests))
@@ -336,6 +341,7 @@ pub fn openapi_document() -> serde_json::Value {
     crate::api_capsules::merge_openapi(&mut doc);
     crate::api_networks::merge_openapi(&mut doc);
     crate::api_volumes::merge_openapi(&mut doc);
+    crate::api_snapshots::merge_openapi(&mut doc);
     doc
 }
 

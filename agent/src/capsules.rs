@@ -924,6 +924,13 @@ impl Capsules {
         let mut guard = DirGuard {
             path: Some(dir.clone()),
         };
+        // The writable layer: `dir/layer/{upper,work}`, one btrfs subvolume when the root is
+        // on btrfs (snapshots); the supervisor mounts the overlay from it.
+        let layers = self.storage.layers();
+        let (idc, lower) = (id.clone(), cfg.lower.clone());
+        self.blocking(move || layers.create(&idc, lower))
+            .await?
+            .map_err(|e| CapsuleError::Task(e.to_string()))?;
         // Bridge networks: address (an event), namespace, veth, ports; undone on failure.
         let prepared = match &net_choice {
             crate::networks::NetworkChoice::Bridge(net) => {
@@ -1392,10 +1399,15 @@ impl Capsules {
         }
         let dir = self.dir_of(id);
         let idc = id.to_owned();
+        let layers = self.storage.layers();
         let _ = self
             .blocking(move || {
                 if let Ok(h) = Hierarchy::detect() {
                     let _ = h.open(&idc).remove();
+                }
+                // The layer (a subvolume on btrfs) and the capsule's snapshots.
+                if let Err(e) = layers.remove(&idc) {
+                    tracing::warn!("remove the layer of {idc}: {e}");
                 }
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -1698,7 +1710,7 @@ impl Capsules {
         let spec = cfg.runtime_spec(&dir);
         let user = match user {
             Some(u) => {
-                let mut layers = vec![dir.join("upper")];
+                let mut layers = vec![spec.rootfs.upper.clone()];
                 layers.extend(cfg.lower.iter().rev().cloned());
                 Some(
                     resolve_user(&u, &layers)

@@ -126,6 +126,12 @@ pub enum Command {
     /// Named volumes: create, ls, rm, inspect, prune.
     #[command(subcommand)]
     Volume(crate::cli_volumes::VolumeCommand),
+    /// Btrfs snapshots of a capsule's writable layer or a volume (no docker equivalent):
+    /// create, ls, restore, rm; targets are capsule:NAME or volume:NAME.
+    #[command(subcommand)]
+    Snapshot(crate::cli_snapshots::SnapshotCommand),
+    /// Make a new image from a capsule's changes.
+    Commit(crate::cli_snapshots::CommitArgs),
 }
 
 /// `bolt events`.
@@ -202,6 +208,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Capsule(c) => crate::cli_capsules::run(cli.socket, c),
         Command::Network(c) => crate::cli_networks::run(cli.socket, c),
         Command::Volume(c) => crate::cli_volumes::run(cli.socket, c),
+        Command::Snapshot(c) => crate::cli_snapshots::run(cli.socket, c),
+        Command::Commit(a) => crate::cli_snapshots::commit(cli.socket, a),
         command => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -305,7 +313,9 @@ async fn run_client(client: Client, command: Command) -> Result<ExitCode, CliErr
         | Command::Version
         | Command::Capsule(_)
         | Command::Network(_)
-        | Command::Volume(_) => {}
+        | Command::Volume(_)
+        | Command::Snapshot(_)
+        | Command::Commit(_) => {}
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

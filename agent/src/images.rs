@@ -64,6 +64,8 @@ pub enum ImagesError {
     InUse { digest: String, capsule: String },
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("commit: {0}")]
+    Commit(#[from] bolt_capsule::storage::CommitError),
 }
 
 /// Registry settings of the agent's image store.
@@ -892,6 +894,28 @@ impl Node {
             format: format_name(format).to_string(),
             references: refs,
         })
+    }
+
+    /// `bolt commit`: a capsule's writable layer (`req.upper`) becomes a new image
+    /// `req.reference` on top of `req.base`, stored through the store's import and recorded
+    /// like one (`image.pulled`, after an `image.removed` of the image the reference named
+    /// before when nothing else names it here), so `bolt images` lists it and `bolt run` runs
+    /// it. Returns the new layer's diff_id and the stored image.
+    pub async fn commit_image(
+        self: &Arc<Self>,
+        req: &bolt_capsule::storage::commit::ImageCommit,
+    ) -> Result<(String, PullView), ImagesError> {
+        let store = self.image_store()?;
+        let before = names(&store).await?;
+        let done = bolt_capsule::storage::commit::commit_image(&store, req).await?;
+        let _g = self.images()?.changes.lock().await;
+        let pulled = std::slice::from_ref(&done.pulled);
+        let cursor = record_stored(self, &store, pulled, &before).await?;
+        let created = created_of(&store, &done.pulled.record.reference).await;
+        Ok((
+            done.layer.diff_id.to_string(),
+            PullView::new(&done.pulled, created, cursor),
+        ))
     }
 
     /// Make the state say what the store holds (what an agent that stopped between a store

@@ -18,17 +18,21 @@
 //! - [`networks`], [`api_networks`], [`cli_networks`]: bridge networks and capsule attachments.
 //! - [`volumes`], [`api_volumes`], [`cli_volumes`]: mounts handed to the supervisor, named
 //!   volume routes and commands (`bolt volume ...`).
+//! - [`snapshots`], [`api_snapshots`], [`cli_snapshots`]: btrfs snapshots of capsule layers and
+//!   volumes (`bolt snapshot ...`) and `bolt commit`.
 
 pub mod api;
 pub mod api_capsules;
 pub mod api_images;
 pub mod api_networks;
+pub mod api_snapshots;
 pub mod api_volumes;
 pub mod capsules;
 pub mod cli;
 pub mod cli_capsules;
 pub mod cli_images;
 pub mod cli_networks;
+pub mod cli_snapshots;
 pub mod cli_volumes;
 pub mod client;
 pub mod client_images;
@@ -36,6 +40,7 @@ pub mod daemon;
 pub mod images;
 pub mod networks;
 pub mod node;
+pub mod snapshots;
 pub mod supervisor;
 pub mod table;
 pub mod volumes;

@@ -21,7 +21,7 @@
 //! | `log`, `log.N` | supervisor | output as JSON lines, rotated by size |
 //! | `attach.sock` | supervisor | attach clients (framed stdio, see [`frame`]) |
 //! | `supervisor.log` | supervisor's stderr | its own errors |
-//! | `upper/`, `work/`, `rootfs/` | runtime | the overlay's writable layer and mount point |
+//! | `layer/{upper,work}/`, `rootfs/` | agent, runtime | the overlay's writable layer (a btrfs subvolume on btrfs) and mount point |
 //!
 //! The agent reads one JSON line ([`Report`]) from the supervisor's stdout when the capsule
 //! started (or failed to), and a second one when it ended; then stdout is closed. After an
@@ -146,9 +146,21 @@ pub struct SupervisorConfig {
 }
 
 impl SupervisorConfig {
-    /// The runtime spec, with the overlay's writable parts in `dir`.
+    /// The runtime spec, with the overlay's writable parts in `dir`: `dir/layer/{upper,work}`
+    /// (the storage library's per-capsule layer, a btrfs subvolume on btrfs) when the agent made
+    /// one, else `dir/{upper,work}` (capsules created before layers).
     pub fn runtime_spec(&self, dir: &Path) -> CapsuleSpec {
-        let rootfs = Rootfs::in_dir(self.lower.clone(), dir);
+        let layer = dir.join("layer");
+        let rootfs = if layer.is_dir() {
+            Rootfs {
+                lower: self.lower.clone(),
+                upper: layer.join("upper"),
+                work: layer.join("work"),
+                target: dir.join("rootfs"),
+            }
+        } else {
+            Rootfs::in_dir(self.lower.clone(), dir)
+        };
         let mut spec = CapsuleSpec::new(self.id.clone(), rootfs, self.args.clone());
         spec.env = self.env.clone();
         spec.workdir = self.workdir.clone();
@@ -1058,5 +1070,11 @@ mod tests {
         assert_eq!(spec.resources.memory_bytes, Some(1 << 20));
         assert_eq!(spec.rootfs.upper, dir.path().join("upper"));
         assert!(spec.validate().is_ok());
+        // With a layer directory (made by the agent since layers), the overlay lives there.
+        std::fs::create_dir(dir.path().join("layer")).unwrap();
+        let spec = cfg.runtime_spec(dir.path());
+        assert_eq!(spec.rootfs.upper, dir.path().join("layer/upper"));
+        assert_eq!(spec.rootfs.work, dir.path().join("layer/work"));
+        assert_eq!(spec.rootfs.target, dir.path().join("rootfs"));
     }
 }

@@ -1,0 +1,262 @@
+//! `bolt snapshot create/ls/restore/rm` and `bolt commit`.
+//!
+//! Snapshot targets are written `capsule:NAME` (a capsule's writable layer) or `volume:NAME`;
+//! docker has no snapshots, so the kind is always spelled out.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use hyper::Method;
+
+use crate::api_snapshots::{CreateSnapshotRequest, PATH_COMMIT, PATH_SNAPSHOTS};
+use crate::cli::CliError;
+use crate::cli_capsules::{call, encode, CapsuleCliError, CapsuleFormat};
+use crate::snapshots::{CommitRequest, CommitView, SnapshotView};
+
+/// `bolt snapshot <command>`. TARGET is `capsule:NAME` or `volume:NAME`; the agent root must
+/// be on btrfs.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a read-only snapshot of a capsule's writable layer or of a volume.
+    Create {
+        /// `capsule:NAME` or `volume:NAME`.
+        target: String,
+        /// Snapshot name: letters, digits, `_`, `.`, `-`.
+        name: String,
+    },
+    /// List snapshots (of one target when given), oldest first.
+    #[command(alias = "list")]
+    Ls {
+        /// `capsule:NAME` or `volume:NAME`.
+        target: Option<String>,
+        /// Print `TARGET NAME` only.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: CapsuleFormat,
+    },
+    /// Replace the target's content with a snapshot's (stop the capsule, or the capsules that
+    /// mount the volume, first). The snapshot stays.
+    Restore {
+        /// `capsule:NAME` or `volume:NAME`.
+        target: String,
+        /// Snapshot name.
+        name: String,
+    },
+    /// Delete snapshots of a target.
+    #[command(alias = "remove")]
+    Rm {
+        /// `capsule:NAME` or `volume:NAME`.
+        target: String,
+        /// Snapshot names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// `bolt commit [-m MSG] [-a AUTHOR] [-c INSTR]... CAPSULE IMAGE[:TAG]`.
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// Commit message (the history entry's comment).
+    #[arg(short, long)]
+    pub message: Option<String>,
+    /// Author.
+    #[arg(short, long)]
+    pub author: Option<String>,
+    /// Apply a Dockerfile instruction: CMD, ENTRYPOINT or ENV.
+    #[arg(short, long = "change", value_name = "INSTRUCTION")]
+    pub change: Vec<String>,
+    /// Capsule name, id or id prefix.
+    pub capsule: String,
+    /// The new image's reference, `repo[:tag]`.
+    pub reference: String,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CapsuleCliError::Runtime)?)
+}
+
+fn json_err(e: serde_json::Error) -> CapsuleCliError {
+    CapsuleCliError::Decode(e.to_string())
+}
+
+/// Runs a snapshot command.
+pub fn run(socket: PathBuf, cmd: SnapshotCommand) -> Result<ExitCode, CliError> {
+    Ok(runtime()?.block_on(run_async(&socket, cmd))?)
+}
+
+/// Runs `bolt commit`: prints the new image's id (manifest digest).
+pub fn commit(socket: PathBuf, args: CommitArgs) -> Result<ExitCode, CliError> {
+    let rt = runtime()?;
+    let req = CommitRequest {
+        capsule: args.capsule,
+        reference: args.reference,
+        comment: args.message,
+        author: args.author,
+        changes: args.change,
+    };
+    let v: CommitView = rt.block_on(async {
+        let body = serde_json::to_vec(&req).map_err(json_err)?;
+        call(&socket, Method::POST, PATH_COMMIT, Some(body)).await
+    })?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", v.image.image.digest)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn snapshot_path(target: &str, name: &str, suffix: &str) -> String {
+    format!(
+        "{PATH_SNAPSHOTS}/{}/{}{suffix}",
+        encode(target),
+        encode(name)
+    )
+}
+
+async fn run_async(socket: &Path, cmd: SnapshotCommand) -> Result<ExitCode, CapsuleCliError> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        SnapshotCommand::Create { target, name } => {
+            let req = CreateSnapshotRequest { target, name };
+            let body = serde_json::to_vec(&req).map_err(json_err)?;
+            let v: SnapshotView = call(socket, Method::POST, PATH_SNAPSHOTS, Some(body)).await?;
+            writeln!(out, "{}", v.name)?;
+        }
+        SnapshotCommand::Ls {
+            target,
+            quiet,
+            format,
+        } => {
+            let path = match &target {
+                Some(t) => format!("{PATH_SNAPSHOTS}?target={}", encode(t)),
+                None => PATH_SNAPSHOTS.to_owned(),
+            };
+            let list: Vec<SnapshotView> = call(socket, Method::GET, &path, None).await?;
+            if quiet {
+                for v in &list {
+                    writeln!(out, "{}:{} {}", v.target_kind, v.target_name, v.name)?;
+                }
+            } else {
+                match format {
+                    CapsuleFormat::Json => {
+                        for v in &list {
+                            writeln!(out, "{}", serde_json::to_string(v).map_err(json_err)?)?;
+                        }
+                    }
+                    CapsuleFormat::Table => out.write_all(render_ls(&list, now_ms()).as_bytes())?,
+                }
+            }
+        }
+        SnapshotCommand::Restore { target, name } => {
+            let path = snapshot_path(&target, &name, "/restore");
+            call::<serde_json::Value>(socket, Method::POST, &path, None).await?;
+            writeln!(out, "{name}")?;
+        }
+        SnapshotCommand::Rm { target, names } => {
+            let mut failed = false;
+            for name in names {
+                let path = snapshot_path(&target, &name, "");
+                match call::<serde_json::Value>(socket, Method::DELETE, &path, None).await {
+                    Ok(_) => writeln!(out, "{name}")?,
+                    Err(e) => {
+                        eprintln!("bolt: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// "3 minutes ago", docker style.
+fn ago(now_ms: u64, then_ms: u64) -> String {
+    let s = now_ms.saturating_sub(then_ms) / 1000;
+    let (n, unit) = match s {
+        0..=59 => return "less than a minute ago".to_owned(),
+        60..=3599 => (s / 60, "minute"),
+        3600..=86_399 => (s / 3600, "hour"),
+        _ => (s / 86_400, "day"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+/// The `bolt snapshot ls` table.
+pub fn render_ls(list: &[SnapshotView], now_ms: u64) -> String {
+    let rows: Vec<[String; 4]> = list
+        .iter()
+        .map(|v| {
+            [
+                format!("{}:{}", v.target_kind, v.target_name),
+                v.name.clone(),
+                ago(now_ms, v.created_ms),
+                v.restores.to_string(),
+            ]
+        })
+        .collect();
+    let head = ["TARGET", "SNAPSHOT", "CREATED", "RESTORES"].map(str::to_owned);
+    let all: Vec<[String; 4]> = std::iter::once(head).chain(rows).collect();
+    crate::table::align(&all, 3)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn snap(kind: &str, target: &str, name: &str, created_ms: u64) -> SnapshotView {
+        SnapshotView {
+            target_kind: kind.into(),
+            target: format!("id-{target}"),
+            target_name: target.into(),
+            name: name.into(),
+            created_ms,
+            restores: 2,
+            restored_ms: None,
+            node: "abc".into(),
+            path: "/x".into(),
+        }
+    }
+
+    #[test]
+    fn ls_shows_kind_and_name_of_each_target() {
+        let now = 10_000_000;
+        let t = render_ls(
+            &[
+                snap("capsule", "web", "before-upgrade", now - 120_000),
+                snap("volume", "data", "v1", now - 5_000),
+            ],
+            now,
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(lines[0].starts_with("TARGET"), "{t}");
+        assert!(lines[1].starts_with("capsule:web"), "{t}");
+        assert!(lines[1].contains("before-upgrade   2 minutes ago"), "{t}");
+        assert!(lines[1].ends_with(" 2"), "{t}");
+        assert!(lines[2].starts_with("volume:data"), "{t}");
+        assert!(lines[2].contains("less than a minute ago"), "{t}");
+        assert_eq!(render_ls(&[], now).lines().count(), 1);
+    }
+
+    #[test]
+    fn snapshot_paths_encode_the_target() {
+        assert_eq!(
+            snapshot_path("capsule:web", "s1", "/restore"),
+            "/v1/snapshots/capsule%3Aweb/s1/restore"
+        );
+    }
+}
