@@ -50,3 +50,18 @@ bolt_install_deps() {
     fi
     echo "deps: installed"
 }
+
+# The non-root user of the rootless test (tests/tests/rootless.rs), with a subordinate id range
+# in /etc/subuid and /etc/subgid for newuidmap/newgidmap (as root). Idempotent.
+BOLT_ROOTLESS_USER=bolt-rootless-test
+BOLT_ROOTLESS_RANGE=524288-589823
+bolt_rootless_user() {
+    id -u "$BOLT_ROOTLESS_USER" >/dev/null 2>&1 ||
+        useradd --system --create-home --shell /usr/sbin/nologin "$BOLT_ROOTLESS_USER" || return 1
+    if ! grep -q "^$BOLT_ROOTLESS_USER:" /etc/subuid 2>/dev/null ||
+        ! grep -q "^$BOLT_ROOTLESS_USER:" /etc/subgid 2>/dev/null; then
+        usermod --add-subuids "$BOLT_ROOTLESS_RANGE" --add-subgids "$BOLT_ROOTLESS_RANGE" \
+            "$BOLT_ROOTLESS_USER" || return 1
+    fi
+    echo "deps: rootless test user $BOLT_ROOTLESS_USER ($(grep "^$BOLT_ROOTLESS_USER:" /etc/subuid))"
+}
