@@ -258,6 +258,15 @@ fn a_btrfs_snapshot_restore_brings_back_the_earlier_content() {
         return;
     };
     let root = env.node.root().to_path_buf();
+    // A create that fails leaves no layer (subvolume) behind.
+    let out = env.bolt(&["run", "--name", "broken", &env.image, "/no/such/command"]);
+    assert!(!out.ok(), "{out:?}");
+    let left: Vec<_> = std::fs::read_dir(root.join("capsules"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     // `--restart always`: the capsule starts again on its own layer when the agent restarts
     // (Bolt has no `start` command yet).
     let id = env
