@@ -34,7 +34,7 @@ pub fn default_paths(root_user: bool, var: impl Fn(&str) -> Option<String>) -> (
     let root = set("XDG_DATA_HOME")
         .map(PathBuf::from)
         .or_else(|| set("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| std::env::temp_dir())
+        .unwrap_or_else(std::env::temp_dir)
         .join("bolt");
     let socket = set("XDG_RUNTIME_DIR").map_or_else(
         || root.join("bolt.sock"),
@@ -658,11 +658,11 @@ mod tests {
             ("HOME", "/home/u"),
         ]);
         assert_eq!(
-            default_paths(true, &all),
+            default_paths(true, all),
             (PathBuf::from(DEFAULT_ROOT), PathBuf::from(DEFAULT_SOCKET))
         );
         assert_eq!(
-            default_paths(false, &all),
+            default_paths(false, all),
             (
                 PathBuf::from("/home/u/data/bolt"),
                 PathBuf::from("/run/user/1000/bolt.sock")
