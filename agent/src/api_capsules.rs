@@ -817,6 +817,7 @@ fn exec_stdio(req: &ExecRequest) -> std::io::Result<(Stdio, ExecIo)> {
             stdin: StdioSlot::Fd(slave.try_clone()?),
             stdout: StdioSlot::Fd(slave.try_clone()?),
             stderr: StdioSlot::Fd(slave),
+            terminal: true,
         };
         let writer = master.try_clone()?;
         set_nonblocking(&master);
@@ -846,6 +847,7 @@ fn exec_stdio(req: &ExecRequest) -> std::io::Result<(Stdio, ExecIo)> {
         stdin: stdin_slot,
         stdout: StdioSlot::Fd(out_w),
         stderr: StdioSlot::Fd(err_w),
+        terminal: false,
     };
     Ok((
         stdio,

@@ -485,6 +485,7 @@ fn stdio_for(
             stdin: StdioSlot::Fd(dup(&slave)?),
             stdout: StdioSlot::Fd(dup(&slave)?),
             stderr: StdioSlot::Fd(slave),
+            terminal: true,
         };
         let writer = dup(&master)?;
         set_nonblocking(&writer);
@@ -507,6 +508,7 @@ fn stdio_for(
         stdin: stdin_slot,
         stdout: StdioSlot::Fd(out_w),
         stderr: StdioSlot::Fd(err_w),
+        terminal: false,
     };
     Ok((
         stdio,

@@ -52,6 +52,7 @@ fn run_capsule(dir: &Path, id: &str, netns: PathBuf, script: &str) -> (i32, Stri
         stdin: StdioSlot::Null,
         stdout: StdioSlot::Fd(out_w),
         stderr: StdioSlot::Fd(err_w),
+        terminal: false,
     };
     let out = reader(out_r);
     let err = reader(err_r);

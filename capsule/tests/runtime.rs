@@ -146,6 +146,7 @@ fn captured() -> (
         stdin: StdioSlot::Null,
         stdout: StdioSlot::Fd(out_w),
         stderr: StdioSlot::Fd(err_w),
+        terminal: false,
     };
     (stdio, reader(out_r), reader(err_r))
 }

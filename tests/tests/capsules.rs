@@ -894,6 +894,29 @@ fn tty_gives_the_capsule_and_exec_a_terminal() {
     assert_eq!(out.stdout, "exec-tty\r\n");
     let out = env.ok(&["exec", "t", "sh", "-c", "test -t 1 || echo no-tty"]);
     assert_eq!(out.stdout, "no-tty\n");
+    // The pty is the controlling terminal of a session the process leads (so ^C and job
+    // control work): /proc/PID/stat's session is the shell itself and tty_nr is set.
+    let stat = "read pid comm state ppid pgrp sid tty rest < /proc/$$/stat; echo $pid $sid $tty";
+    for (how, out) in [
+        ("run -t", env.run(&["--rm", "-t"], &["sh", "-c", stat])),
+        ("exec -t", env.ok(&["exec", "-t", "t", "sh", "-c", stat])),
+    ] {
+        let f: Vec<&str> = out.stdout.split_whitespace().collect();
+        assert_eq!(f.len(), 3, "{how}: {out:?}");
+        assert_eq!(
+            f[0], f[1],
+            "{how}: the shell leads its own session: {out:?}"
+        );
+        assert_ne!(
+            f[2], "0",
+            "{how}: the shell has a controlling terminal: {out:?}"
+        );
+    }
+    let out = env.ok(&["exec", "t", "sh", "-c", stat]);
+    assert!(
+        out.stdout.trim_end().ends_with(" 0"),
+        "no -t, no controlling terminal: {out:?}"
+    );
     env.ok(&["rm", "-f", "t"]);
 }
 

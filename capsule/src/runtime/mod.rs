@@ -197,6 +197,10 @@ pub struct Stdio {
     pub stdout: StdioSlot,
     /// fd 2.
     pub stderr: StdioSlot,
+    /// fd 0 is a terminal (a pty slave): the process leads a new session with it as its
+    /// controlling terminal, so ^C and job control work as on a login terminal (runc's
+    /// `process.terminal`).
+    pub terminal: bool,
 }
 
 impl Stdio {
@@ -211,12 +215,14 @@ impl Stdio {
             stdin: StdioSlot::Null,
             stdout: StdioSlot::Null,
             stderr: StdioSlot::Null,
+            terminal: false,
         }
     }
 
     /// Opens what is needed and returns `(fd, target)` pairs plus the owned fds to keep alive
     /// until the clone.
     fn prepare(self) -> Result<StdioFds, RuntimeError> {
+        let terminal = self.terminal;
         let mut pairs = Vec::new();
         let mut keep = Vec::new();
         for (slot, target) in [(self.stdin, 0), (self.stdout, 1), (self.stderr, 2)] {
@@ -234,12 +240,13 @@ impl Stdio {
             pairs.push((fd.as_raw_fd(), target));
             keep.push(fd);
         }
-        Ok((pairs, keep))
+        Ok((pairs, keep, terminal))
     }
 }
 
-/// `(fd, target)` pairs for the child, and the fds to keep open until the clone.
-type StdioFds = (Vec<(RawFd, RawFd)>, Vec<OwnedFd>);
+/// `(fd, target)` pairs for the child, the fds to keep open until the clone, and whether fd 0
+/// becomes the controlling terminal.
+type StdioFds = (Vec<(RawFd, RawFd)>, Vec<OwnedFd>, bool);
 
 /// A process to start inside a running capsule (`bolt exec`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -412,6 +419,8 @@ fn exec_args(args: &[String], env: &[String]) -> Result<ExecArgs, RuntimeError> 
 /// Inputs of [`capsule_plan`] that come from the host rather than the spec.
 struct PlanFds {
     stdio: Vec<(RawFd, RawFd)>,
+    /// fd 0 becomes the controlling terminal of a new session.
+    terminal: bool,
     /// Parent-side pipe ends the child must close.
     close: Vec<RawFd>,
     go_read: RawFd,
@@ -598,6 +607,9 @@ fn capsule_plan(
     for fd in &fds.close {
         plan.push(Op::Close(*fd));
     }
+    if fds.terminal {
+        plan.push(Op::ControllingTerminal(0));
+    }
     // In a new user namespace nothing is allowed until the parent has written the id maps.
     if fds.rootless.is_some() {
         plan.push(Op::WaitParent(fds.go_read));
@@ -763,6 +775,8 @@ fn capsule_plan(
 /// Host-side fds an `exec` plan uses.
 struct ExecFds {
     stdio: Vec<(RawFd, RawFd)>,
+    /// fd 0 becomes the controlling terminal of a new session (in the forked process).
+    terminal: bool,
     close: Vec<RawFd>,
     go_read: RawFd,
     namespaces: Vec<(RawFd, i32)>,
@@ -795,6 +809,9 @@ fn exec_plan(
         report_fd: fds.report,
     });
     plan.push(Op::Close(fds.report));
+    if fds.terminal {
+        plan.push(Op::ControllingTerminal(0));
+    }
     push_workdir(&mut plan, workdir)?;
     let command = args.first().map(String::as_str).unwrap_or_default();
     sec.push_tail(
@@ -944,7 +961,7 @@ impl Runtime {
             .prepare()
             .map_err(io("create the capsule's rootfs directories"))?;
         let sec = self.security(spec, spec.user)?;
-        let (stdio_pairs, _stdio_keep) = stdio.prepare()?;
+        let (stdio_pairs, _stdio_keep, terminal) = stdio.prepare()?;
         let netns = match &spec.network {
             NetworkMode::Join(p) => Some(OwnedFd::from(
                 File::open(p).map_err(io(format!("open network namespace {}", p.display())))?,
@@ -956,6 +973,7 @@ impl Runtime {
         let (err_r, err_w) = pipe()?;
         let fds = PlanFds {
             stdio: stdio_pairs,
+            terminal,
             close: vec![go_w.as_raw_fd(), err_r.as_raw_fd()],
             go_read: go_r.as_raw_fd(),
             netns: netns.as_ref().map(AsRawFd::as_raw_fd),
@@ -1078,7 +1096,7 @@ impl Runtime {
             ns_fds.push((OwnedFd::from(f), kind));
         }
 
-        let (stdio_pairs, _stdio_keep) = stdio.prepare()?;
+        let (stdio_pairs, _stdio_keep, terminal) = stdio.prepare()?;
         let (go_r, go_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let (report_r, report_w) = pipe()?;
@@ -1088,6 +1106,7 @@ impl Runtime {
             &spec.rlimits,
             ExecFds {
                 stdio: stdio_pairs,
+                terminal,
                 close: vec![go_w.as_raw_fd(), err_r.as_raw_fd(), report_r.as_raw_fd()],
                 go_read: go_r.as_raw_fd(),
                 namespaces: ns_raw,

@@ -28,6 +28,8 @@ pub(crate) mod ms {
 pub(crate) enum Op {
     /// Put a stdio fd in place (`from == to` clears close-on-exec).
     Dup2 { from: RawFd, to: RawFd },
+    /// Lead a new session with this fd (a pty) as the controlling terminal.
+    ControllingTerminal(RawFd),
     /// Close an inherited fd the child must not hold (the parent's end of a pipe).
     Close(RawFd),
     /// Set the umask.
@@ -118,6 +120,7 @@ impl Op {
     pub(crate) fn describe(&self) -> String {
         match self {
             Op::Dup2 { from, to } => format!("set up stdio fd {to} from {from}"),
+            Op::ControllingTerminal(fd) => format!("make fd {fd} the controlling terminal"),
             Op::Close(fd) => format!("close fd {fd}"),
             Op::Umask(m) => format!("umask {m:o}"),
             Op::Mount {
@@ -246,6 +249,7 @@ fn run_op(sys: &dyn Syscall, op: &Op) -> Result<(), (Errno, FailureKind)> {
     let setup = |e: Errno| (e, FailureKind::Setup);
     match op {
         Op::Dup2 { from, to } => sys.dup2(*from, *to).map_err(setup),
+        Op::ControllingTerminal(fd) => sys.set_controlling_terminal(*fd).map_err(setup),
         Op::Close(fd) => sys.close(*fd).map_err(setup),
         Op::Umask(m) => {
             sys.umask(*m);

@@ -235,6 +235,7 @@ pub fn supervise_with(
         stdin: StdioSlot::Null,
         stdout: StdioSlot::Fd(out_w),
         stderr: StdioSlot::Fd(err_w),
+        terminal: false,
     };
     let mut capsule = match runtime.spawn(spec, stdio) {
         Ok(c) => c,

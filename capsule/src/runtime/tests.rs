@@ -34,6 +34,7 @@ fn security(s: &CapsuleSpec) -> Security {
 fn fds() -> PlanFds {
     PlanFds {
         stdio: vec![(10, 1)],
+        terminal: false,
         close: vec![11, 12],
         go_read: 13,
         netns: None,
@@ -42,6 +43,28 @@ fn fds() -> PlanFds {
         rootless: None,
         child_trees: Vec::new(),
     }
+}
+
+#[test]
+fn a_terminal_becomes_the_controlling_terminal_of_a_new_session() {
+    let s = spec();
+    let mut with = fds();
+    with.terminal = true;
+    let sys = RecordingSyscall::new();
+    let plan = capsule_plan(&s, &security(&s), &with).unwrap();
+    let _ = run_plan(&sys, &plan);
+    let calls = sys.calls();
+    // After stdio is in place (fd 0 is the pty) and before anything else is set up.
+    let ctty = position(&calls, "set_controlling_terminal 0");
+    assert!(ctty > position(&calls, "close 12"));
+    assert!(ctty < position(&calls, "umask 0"));
+    // Without a terminal the step is not there.
+    let sys = RecordingSyscall::new();
+    let _ = run_plan(&sys, &capsule_plan(&s, &security(&s), &fds()).unwrap());
+    assert!(!sys
+        .calls()
+        .iter()
+        .any(|c| c.starts_with("set_controlling_terminal")));
 }
 
 fn position(calls: &[String], prefix: &str) -> usize {
@@ -198,6 +221,7 @@ fn exec_plan_joins_namespaces_then_forks_then_drops_privileges() {
     let sec = security(&s);
     let fds = ExecFds {
         stdio: vec![],
+        terminal: false,
         close: vec![20, 21, 22],
         go_read: 23,
         namespaces: vec![(30, ns::NEWIPC), (31, ns::NEWPID), (32, ns::NEWNS)],

@@ -98,6 +98,9 @@ impl Syscall for RecordingSyscall {
     fn sethostname(&self, name: &[u8]) -> Result<(), Errno> {
         self.record(format!("sethostname {}", String::from_utf8_lossy(name)))
     }
+    fn set_controlling_terminal(&self, fd: RawFd) -> Result<(), Errno> {
+        self.record(format!("set_controlling_terminal {fd}"))
+    }
     fn loopback_up(&self) -> Result<(), Errno> {
         self.record("loopback_up".to_owned())
     }

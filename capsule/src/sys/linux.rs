@@ -221,6 +221,14 @@ impl Syscall for LinuxSyscall {
         check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
     }
 
+    fn set_controlling_terminal(&self, fd: RawFd) -> Result<(), Errno> {
+        // SAFETY: setsid takes no arguments and touches no memory.
+        check(unsafe { libc::setsid() })?;
+        // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal a terminal another
+        // session holds); `fd` is only read by the kernel.
+        check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) })
+    }
+
     fn loopback_up(&self) -> Result<(), Errno> {
         // SAFETY: plain socket(2) call; the fd it returns is closed below on every path.
         let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };

@@ -148,6 +148,9 @@ pub(crate) trait Syscall {
     fn umask(&self, mode: u32);
     /// `dup2(2)`; when `from == to` it clears `FD_CLOEXEC` instead.
     fn dup2(&self, from: RawFd, to: RawFd) -> Result<(), Errno>;
+    /// `setsid(2)`, then `ioctl(fd, TIOCSCTTY)`: the caller leads a new session whose
+    /// controlling terminal is `fd` (job control and ^C for `-t`).
+    fn set_controlling_terminal(&self, fd: RawFd) -> Result<(), Errno>;
     /// `close(2)`.
     fn close(&self, fd: RawFd) -> Result<(), Errno>;
     /// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`: every fd from `first` closes on exec.

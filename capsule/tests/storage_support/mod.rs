@@ -89,6 +89,7 @@ pub fn run(rt: &Runtime, spec: &CapsuleSpec) -> Result<Output, RuntimeError> {
         stdin: StdioSlot::Null,
         stdout: StdioSlot::Fd(out_w),
         stderr: StdioSlot::Fd(err_w),
+        terminal: false,
     };
     let (out, err) = (reader(out_r), reader(err_r));
     let mut capsule = rt.spawn(spec, stdio)?;
