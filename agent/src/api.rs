@@ -38,7 +38,7 @@ pub const PATH_OPENAPI: &str = "/v1/openapi.json";
 pub const PATH_METRICS: &str = "/metrics";
 
 /// Every route the router serves.
-pub const ROUTES: [&str; 33] = [
+pub const ROUTES: [&str; 34] = [
     PATH_INFO,
     PATH_EVENTS,
     PATH_VERIFY,
@@ -58,6 +58,7 @@ pub const ROUTES: [&str; 33] = [
     crate::api_capsules::PATH_CAPSULES,
     crate::api_capsules::PATH_CAPSULE,
     crate::api_capsules::PATH_STOP,
+    crate::api_capsules::PATH_START,
     crate::api_capsules::PATH_KILL,
     crate::api_capsules::PATH_LOGS,
     crate::api_capsules::PATH_ATTACH,

@@ -41,6 +41,8 @@ pub const PATH_CAPSULES: &str = "/v1/capsules";
 pub const PATH_CAPSULE: &str = "/v1/capsules/{id}";
 /// `POST`: stop (SIGTERM, then SIGKILL after the timeout).
 pub const PATH_STOP: &str = "/v1/capsules/{id}/stop";
+/// `POST`: start an exited capsule again (docker's `start`).
+pub const PATH_START: &str = "/v1/capsules/{id}/start";
 /// `POST`: send a signal.
 pub const PATH_KILL: &str = "/v1/capsules/{id}/kill";
 /// `GET`: log lines as NDJSON, optionally followed.
@@ -53,10 +55,11 @@ pub const PATH_EXEC: &str = "/v1/capsules/{id}/exec";
 pub const PATH_TOP: &str = "/v1/capsules/{id}/top";
 
 /// Every capsule route.
-pub const ROUTES: [&str; 8] = [
+pub const ROUTES: [&str; 9] = [
     PATH_CAPSULES,
     PATH_CAPSULE,
     PATH_STOP,
+    PATH_START,
     PATH_KILL,
     PATH_LOGS,
     PATH_ATTACH,
@@ -435,6 +438,7 @@ pub fn routes() -> Router<Arc<Node>> {
         .route(PATH_CAPSULES, get(list).post(create))
         .route(PATH_CAPSULE, get(inspect).delete(remove))
         .route(PATH_STOP, post(stop))
+        .route(PATH_START, post(start))
         .route(PATH_KILL, post(kill))
         .route(PATH_LOGS, get(logs))
         .route(PATH_ATTACH, get(attach))
@@ -484,6 +488,10 @@ async fn stop(
     let Query(q) = q?;
     let timeout = q.timeout.unwrap_or(capsules::DEFAULT_STOP_TIMEOUT);
     Ok(Json(manager(&node)?.stop(&id, timeout).await?))
+}
+
+async fn start(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Res<Json<CapsuleView>> {
+    Ok(Json(manager(&node)?.start(&id).await?))
 }
 
 async fn kill(
@@ -1178,6 +1186,11 @@ pub fn openapi_paths() -> serde_json::Map<String, serde_json::Value> {
                    "responses": {"200": ok("removed", json!({"type": "object"})), "404": err("no such capsule"),
                                  "409": err("the capsule runs")}}
     }));
+    m.insert(PATH_START.into(), json!({"post": {"operationId": "startCapsule",
+        "summary": "Start an exited capsule again in its own layer (its writes kept); a running one is left as it is.",
+        "parameters": [id.clone()],
+        "responses": {"200": ok("capsule", capsule.clone()), "404": err("no such capsule"),
+                      "409": err("the capsule is being removed")}}}));
     m.insert(PATH_STOP.into(), json!({"post": {"operationId": "stopCapsule",
         "summary": "SIGTERM, then SIGKILL after the timeout; marks it stopped for restart policies.",
         "parameters": [id.clone(), q("timeout", "integer", "seconds before SIGKILL (default 10)")],

@@ -1611,6 +1611,18 @@ impl Capsules {
         self.view(&id).await
     }
 
+    /// docker's start: runs an exited capsule again in its directory (same writable layer,
+    /// same spec), appending `capsule.started`. Clears a manual stop, so restart policies apply
+    /// again. A running capsule is left as it is.
+    pub async fn start(self: &Arc<Self>, key: &str) -> Result<CapsuleView, CapsuleError> {
+        let (id, _, running) = self.generation(key).await?;
+        if !running {
+            let _ = std::fs::remove_file(self.dir_of(&id).join(STOPPED));
+            self.restart(&id, false).await?;
+        }
+        self.view(&id).await
+    }
+
     fn mark_stopped(&self, id: &str) {
         let _ = std::fs::write(self.dir_of(id).join(STOPPED), b"");
     }

@@ -87,6 +87,12 @@ pub enum CapsuleCommand {
         /// Capsule name or id.
         capsule: String,
     },
+    /// Start exited capsules again (their writable layer kept).
+    Start {
+        /// Capsule names or ids.
+        #[arg(required = true)]
+        capsules: Vec<String>,
+    },
     /// Stop capsules: SIGTERM, then SIGKILL after the timeout.
     Stop {
         /// Seconds to wait before SIGKILL.
@@ -368,6 +374,21 @@ async fn run_async(socket: &Path, cmd: CapsuleCommand) -> CliResult<ExitCode> {
             let top: TopView =
                 call(socket, Method::GET, &capsule_path(&capsule, "/top"), None).await?;
             out.write_all(render_top(&top).as_bytes())?;
+        }
+        CapsuleCommand::Start { capsules } => {
+            let mut failed = false;
+            for c in capsules {
+                match call::<CapsuleView>(socket, Method::POST, &capsule_path(&c, "/start"), None)
+                    .await
+                {
+                    Ok(_) => writeln!(out, "{c}")?,
+                    Err(e) => failed = report_one(e),
+                }
+            }
+            if failed {
+                out.flush()?;
+                return Ok(ExitCode::FAILURE);
+            }
         }
         CapsuleCommand::Stop { time, capsules } => {
             let mut failed = false;

@@ -970,3 +970,48 @@ fn limits_from_the_flags_reach_the_capsules_cgroup() {
     env.ok(&["rm", "-f", "lim"]);
     env.assert_gone(&id);
 }
+
+#[test]
+fn start_runs_an_exited_capsule_again_in_its_own_layer() {
+    let Some(env) = setup("start_runs_an_exited_capsule_again_in_its_own_layer", false) else {
+        return;
+    };
+    // Each run appends to a file in the capsule's writable layer and prints the count.
+    let count = "echo x >> /runs; wc -l < /runs; exit 3";
+    let out = env.run(&["--name", "again"], &["sh", "-c", count]);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert_eq!(out.stdout.trim(), "1");
+    let id = env.inspect("again")["id"].as_str().unwrap().to_owned();
+    assert_eq!(env.ok(&["start", "again"]).stdout, "again\n");
+    wait_until("the second run to be recorded", || {
+        env.events_of(&id)
+            .iter()
+            .filter(|(k, _)| k == "capsule.exited")
+            .count()
+            == 2
+    });
+    let logs = env.ok(&["logs", "again"]).stdout;
+    assert_eq!(logs.lines().collect::<Vec<_>>(), ["1", "2"], "{logs:?}");
+    let kinds: Vec<String> = env.events_of(&id).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        [
+            "capsule.created",
+            "capsule.started",
+            "capsule.exited",
+            "capsule.started",
+            "capsule.exited"
+        ]
+    );
+    assert_eq!(env.inspect("again")["exit"]["exit_code"], 3);
+    // A running capsule is left as it is; an unknown one is an error naming it.
+    assert!(env.run(&["-d", "--name", "up"], &["sleep", "1000"]).ok());
+    let pid = env.inspect("up")["pid"].clone();
+    assert!(pid.is_u64(), "{pid}");
+    env.ok(&["start", "up"]);
+    assert_eq!(env.inspect("up")["pid"], pid);
+    let out = env.bolt(&["start", "nosuch"]);
+    assert!(!out.ok());
+    assert!(one_error_line(&out).contains("nosuch"), "{out:?}");
+    env.ok(&["rm", "-f", "up", "again"]);
+}
