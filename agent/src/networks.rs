@@ -500,6 +500,18 @@ impl Networks {
                 if h.attachments().contains_key(&c) {
                     h.detach(&c)?;
                 }
+                // The state just handed out `ip`, so whoever the model still has on it was
+                // removed and its detach has not run yet (the removal event releases the
+                // address first): detach it now instead of refusing the address.
+                let stale: Vec<String> = h
+                    .attachments()
+                    .iter()
+                    .filter(|(holder, a)| a.network == n && a.ip == ip && **holder != c)
+                    .map(|(holder, _)| holder.clone())
+                    .collect();
+                for holder in stale {
+                    h.detach(&holder)?;
+                }
                 let netns = Netns::new_unnamed()?;
                 let att = h.attach(&n, &c, ip, &ports, &netns)?.clone();
                 Ok((netns, att))
@@ -548,7 +560,36 @@ impl Networks {
     }
 
     /// A removed capsule: its veth and rules go (its addresses were released by the removal).
+    ///
+    /// The veth is deleted first, outside the locks: deleting a link waits for the kernel (an
+    /// RCU grace period, 15-30 ms here), and under the locks it held up every `bolt run` on a
+    /// bridge network that came meanwhile (`--bench net`, back to back). `Host::detach` then
+    /// finds it gone and only updates the model and the rules. A start that gets the released
+    /// address before that detaches this capsule itself ([`Networks::prepare`]). Only called
+    /// for a removed capsule, which nothing attaches again.
     pub async fn detach(self: &Arc<Self>, capsule: &str) {
+        let c = capsule.to_owned();
+        let target = self
+            .blocking(move |me| {
+                let guard = plock(&me.host);
+                let h = guard.as_ref()?;
+                let veth = h.attachments().get(&c)?.veth.clone();
+                Some((h.netns().try_clone().ok(), veth))
+            })
+            .await
+            .ok()
+            .flatten();
+        let Some((ns, veth)) = target else {
+            return;
+        };
+        if let Some(ns) = ns {
+            let removed = self
+                .blocking(move |_| bolt_capsule::net::link::remove(&ns, &veth))
+                .await;
+            if let Ok(Err(e)) = removed {
+                tracing::debug!(capsule = %crate::capsules::short(capsule), "delete the veth: {e}");
+            }
+        }
         let _ops = self.ops.lock().await;
         let c = capsule.to_owned();
         let attached = self

@@ -379,7 +379,11 @@ impl Node {
         for id in &ids {
             kill_cgroup(id);
         }
-        let home = self.root.parent().map(Path::to_path_buf).unwrap_or_default();
+        let home = self
+            .root
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         for mount in mounts_under(&home) {
             let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
         }
@@ -408,7 +412,8 @@ pub fn supervisors_under(capsules: &Path) -> Vec<i32> {
         let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
         let supervised = args.windows(2).any(|w| {
             w[0] == b"supervise"
-                && Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(w[1])).starts_with(capsules)
+                && Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(w[1]))
+                    .starts_with(capsules)
         });
         if supervised {
             out.push(pid);
@@ -446,7 +451,10 @@ fn kill_cgroup(id: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            let pids: Vec<i32> = procs
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
             if pids.is_empty() || Instant::now() > deadline {
                 break;
             }
@@ -486,7 +494,10 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Some(v) = s.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok()) {
+            if let Some(v) = s
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+            {
                 out.push(v);
                 i += 4;
                 continue;

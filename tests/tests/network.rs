@@ -441,7 +441,9 @@ fn host_network_capsules_see_the_hosts_interfaces() {
     let (node, ns) = (&env.node, &env.ns);
     // Links only this namespace has: a veth pair and a bridge.
     for cmd in [
-        &["ip", "link", "add", "bt-ha", "type", "veth", "peer", "name", "bt-hb"][..],
+        &[
+            "ip", "link", "add", "bt-ha", "type", "veth", "peer", "name", "bt-hb",
+        ][..],
         &["ip", "link", "add", "bt-hbr", "type", "bridge"],
         &["ip", "link", "set", "bt-ha", "master", "bt-hbr"],
         &["ip", "link", "set", "bt-hbr", "up"],
@@ -491,7 +493,14 @@ fn host_network_capsules_see_the_hosts_interfaces() {
     let err = run_fails(
         node,
         &[
-            "run", "--rm", "--network", "host", "-p", "8080:80", &env.image, "true",
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "-p",
+            "8080:80",
+            &env.image,
+            "true",
         ],
     );
     assert!(err.contains("bridge"), "{err}");
@@ -519,7 +528,13 @@ fn network_mtu_reaches_the_bridge_the_veth_and_eth0() {
     ok(
         node,
         &[
-            "network", "create", "--subnet", "10.126.0.0/24", "--mtu", "1400", "small",
+            "network",
+            "create",
+            "--subnet",
+            "10.126.0.0/24",
+            "--mtu",
+            "1400",
+            "small",
         ],
     );
     let view: Value =
@@ -529,7 +544,15 @@ fn network_mtu_reaches_the_bridge_the_veth_and_eth0() {
     ok(
         node,
         &[
-            "run", "-d", "--name", "m", "--network", "small", &env.image, "sleep", "300",
+            "run",
+            "-d",
+            "--name",
+            "m",
+            "--network",
+            "small",
+            &env.image,
+            "sleep",
+            "300",
         ],
     );
     assert_eq!(ns.mtu(&bridge), 1400);
@@ -544,14 +567,28 @@ fn network_mtu_reaches_the_bridge_the_veth_and_eth0() {
     ok(
         node,
         &[
-            "run", "-d", "--name", "p", "--network", "plain", &env.image, "sleep", "300",
+            "run",
+            "-d",
+            "--name",
+            "p",
+            "--network",
+            "plain",
+            &env.image,
+            "sleep",
+            "300",
         ],
     );
     assert_eq!(mtu_inside(node, "p"), 1500);
     let err = fails(
         node,
         &[
-            "network", "create", "--subnet", "10.128.0.0/24", "--mtu", "40", "tiny",
+            "network",
+            "create",
+            "--subnet",
+            "10.128.0.0/24",
+            "--mtu",
+            "40",
+            "tiny",
         ],
     );
     assert!(err.contains("mtu"), "{err}");
@@ -598,7 +635,15 @@ fn addresses_stay_unique_over_fifty_cycles_and_an_agent_restart() {
         ok(
             node,
             &[
-                "run", "-d", "--name", name, "--network", "cyc", &image, "sleep", "600",
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "cyc",
+                &image,
+                "sleep",
+                "600",
             ],
         );
         ip_of(node, name, "cyc")
@@ -681,6 +726,33 @@ fn addresses_stay_unique_over_fifty_cycles_and_an_agent_restart() {
     }
     assert!(allocations(&env.node, "cyc").is_empty());
     wait_for_veths(&env.ns, &BTreeSet::new());
+
+    // `run --rm` back to back, four at a time: the CLI returns once the exit and removal are
+    // recorded, so a start can get an address whose last holder's detach has not run yet.
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (node, image) = (&env.node, &image);
+            s.spawn(move || {
+                for i in 0..8 {
+                    let out = ok(
+                        node,
+                        &[
+                            "run",
+                            "--rm",
+                            "--network",
+                            "cyc",
+                            image,
+                            "cat",
+                            "/proc/net/dev",
+                        ],
+                    );
+                    assert!(out.stdout.contains("eth0"), "{t}/{i}: {}", out.stdout);
+                }
+            });
+        }
+    });
+    wait_for_veths(&env.ns, &BTreeSet::new());
+    assert!(allocations(&env.node, "cyc").is_empty());
 }
 
 /// Binds `127.0.0.1:port` inside the namespace at `path` (a thread joins it, binds, and
@@ -745,7 +817,15 @@ fn bad_input_is_refused_with_one_line_and_nothing_half_set() {
     let err = run_fails(
         node,
         &[
-            "run", "-d", "--network", "good", "-p", "18081:80", image, "sleep", "60",
+            "run",
+            "-d",
+            "--network",
+            "good",
+            "-p",
+            "18081:80",
+            image,
+            "sleep",
+            "60",
         ],
     );
     assert!(err.contains("18081"), "{err}");
@@ -754,7 +834,17 @@ fn bad_input_is_refused_with_one_line_and_nothing_half_set() {
     for spec in ["127.0.0.1:18082:80", "18082:80"] {
         let err = run_fails(
             node,
-            &["run", "-d", "--network", "good", "-p", spec, image, "sleep", "60"],
+            &[
+                "run",
+                "-d",
+                "--network",
+                "good",
+                "-p",
+                spec,
+                image,
+                "sleep",
+                "60",
+            ],
         );
         assert!(err.contains("18082"), "{spec}: {err}");
         assert_eq!(snapshot(&env, "good"), before, "after host socket {spec}");
@@ -763,8 +853,17 @@ fn bad_input_is_refused_with_one_line_and_nothing_half_set() {
     let err = run_fails(
         node,
         &[
-            "run", "-d", "--network", "good", "-p", "18083:80", "-p", "18081:81", image,
-            "sleep", "60",
+            "run",
+            "-d",
+            "--network",
+            "good",
+            "-p",
+            "18083:80",
+            "-p",
+            "18081:81",
+            image,
+            "sleep",
+            "60",
         ],
     );
     assert!(err.contains("18081"), "{err}");
@@ -805,13 +904,30 @@ fn bad_input_is_refused_with_one_line_and_nothing_half_set() {
     run_fails(
         node,
         &[
-            "run", "-d", "--network", "good", "-v", "/tmp:/data", "-v", "/var:/data", image,
+            "run",
+            "-d",
+            "--network",
+            "good",
+            "-v",
+            "/tmp:/data",
+            "-v",
+            "/var:/data",
+            image,
             "true",
         ],
     );
     let err = run_fails(
         node,
-        &["run", "-d", "--network", "none", "-p", "8081:80", image, "true"],
+        &[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "-p",
+            "8081:80",
+            image,
+            "true",
+        ],
     );
     assert!(err.contains("bridge"), "{err}");
     let err = run_fails(
@@ -826,7 +942,16 @@ fn bad_input_is_refused_with_one_line_and_nothing_half_set() {
     ok(
         node,
         &[
-            "run", "-d", "--name", "next", "--network", "good", "-p", "18081:80", image, "sleep",
+            "run",
+            "-d",
+            "--name",
+            "next",
+            "--network",
+            "good",
+            "-p",
+            "18081:80",
+            image,
+            "sleep",
             "60",
         ],
     );
@@ -849,7 +974,15 @@ fn the_harness_ends_capsules_a_stopped_agent_left_running() {
     ok(
         &env.node,
         &[
-            "run", "-d", "--name", "l", "--network", "left", &env.image, "sleep", "600",
+            "run",
+            "-d",
+            "--name",
+            "l",
+            "--network",
+            "left",
+            &env.image,
+            "sleep",
+            "600",
         ],
     );
     let id = inspect(&env.node, "l")["id"].as_str().unwrap().to_owned();
