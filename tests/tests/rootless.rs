@@ -208,8 +208,13 @@ fn a_non_root_user_runs_busybox_in_a_user_namespace() {
         Some(nix::unistd::Gid::from_raw(gid)),
     )
     .unwrap();
+    // A copy the user can reach: the checkout may sit below a directory only root may enter
+    // (/root), which would make the user's exec fail with EACCES.
+    let bin = dir.path().join("bolt");
+    std::fs::copy(bolt_bin().unwrap(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut env = Rootless {
-        bin: bolt_bin().unwrap(),
+        bin,
         home,
         agent: None,
         uid,
