@@ -506,17 +506,24 @@ fn host_network_capsules_see_the_hosts_interfaces() {
     assert!(err.contains("bridge"), "{err}");
 }
 
-/// The MTU of `eth0` as the capsule sees it, through netlink in its own namespace (busybox
-/// `ip`). Not `/sys/class/net/eth0/mtu`: the runtime mounts the capsule's sysfs before it
-/// joins the prepared namespace, so that sysfs shows the agent's interfaces (no `eth0`).
+/// The MTU of `eth0` as the capsule sees it, two ways that must agree: netlink in its own
+/// namespace (busybox `ip`) and its sysfs (`/sys/class/net/eth0/mtu`, which shows the
+/// interfaces of the namespace the runtime was in when it mounted sysfs).
 fn mtu_inside(node: &Node, capsule: &str) -> u32 {
     let out = ok(node, &["exec", capsule, "ip", "-o", "link", "show", "eth0"]).stdout;
     let mut words = out.split_whitespace();
-    words
+    let netlink: u32 = words
         .find(|w| *w == "mtu")
         .and_then(|_| words.next())
         .and_then(|m| m.parse().ok())
-        .unwrap_or_else(|| panic!("no mtu in {out}"))
+        .unwrap_or_else(|| panic!("no mtu in {out}"));
+    let sysfs = ok(node, &["exec", capsule, "cat", "/sys/class/net/eth0/mtu"]).stdout;
+    assert_eq!(
+        sysfs.trim(),
+        netlink.to_string(),
+        "sysfs and netlink disagree"
+    );
+    netlink
 }
 
 #[test]

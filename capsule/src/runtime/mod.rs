@@ -614,6 +614,14 @@ fn capsule_plan(
     if fds.rootless.is_some() {
         plan.push(Op::WaitParent(fds.go_read));
     }
+    // A joined network namespace (bridge networking) before anything is mounted: sysfs shows
+    // the interfaces of the namespace that mounts it, so /sys/class/net must be the capsule's.
+    if let (NetworkMode::Join(_), Some(fd)) = (&spec.network, fds.netns) {
+        plan.push(Op::Setns {
+            fd,
+            nstype: ns::NEWNET,
+        });
+    }
     plan.push(Op::Umask(0));
     // Nothing we mount may propagate back to the host.
     plan.push(Op::Mount {
@@ -728,13 +736,8 @@ fn capsule_plan(
         });
     }
     plan.push(Op::Hostname(spec.effective_hostname().into_bytes()));
-    match (&spec.network, fds.netns) {
-        (NetworkMode::None, _) => plan.push(Op::LoopbackUp),
-        (NetworkMode::Join(_), Some(fd)) => plan.push(Op::Setns {
-            fd,
-            nstype: ns::NEWNET,
-        }),
-        _ => {}
+    if spec.network == NetworkMode::None {
+        plan.push(Op::LoopbackUp);
     }
     plan.push(Op::PivotRoot {
         root: cpath("rootfs target", root)?,

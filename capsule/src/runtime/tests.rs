@@ -67,6 +67,22 @@ fn a_terminal_becomes_the_controlling_terminal_of_a_new_session() {
         .any(|c| c.starts_with("set_controlling_terminal")));
 }
 
+#[test]
+fn a_joined_network_namespace_is_entered_before_sysfs_is_mounted() {
+    let mut s = spec();
+    s.network = NetworkMode::Join("/run/netns/x".into());
+    let mut with = fds();
+    with.netns = Some(20);
+    let sys = RecordingSyscall::new();
+    let _ = run_plan(&sys, &capsule_plan(&s, &security(&s), &with).unwrap());
+    let calls = sys.calls();
+    // sysfs lists the interfaces of the mounting process's network namespace.
+    let setns = position(&calls, "setns 20");
+    assert!(setns < position(&calls, "mount sysfs "), "{calls:#?}");
+    assert!(setns < position(&calls, "mount overlay "), "{calls:#?}");
+    assert!(!calls.iter().any(|c| c == "loopback_up"), "{calls:#?}");
+}
+
 fn position(calls: &[String], prefix: &str) -> usize {
     calls
         .iter()
