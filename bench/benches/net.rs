@@ -100,7 +100,7 @@ fn bench() -> Result<(), String> {
     write_oci_layout(&dir.join("lower"), &dir.join("oci"))?;
     let ns = NamedNetns::new(&format!("bolt-bench-net-{}", std::process::id()))?;
     let agent = Agent::start(dir, &ns)?;
-    let out_dir = target_dir().join("bolt-bench");
+    let out_dir = bolt_bench::target_dir().join("bolt-bench");
     fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
 
     let result = (|| -> Result<(), String> {
@@ -314,7 +314,7 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &Path, ns: &NamedNetns) -> Result<Agent, String> {
-        let bin = bolt_binary()?;
+        let bin = bolt_bench::bolt_binary()?;
         let socket = dir.join("bolt.sock");
         let log = fs::File::create(dir.join("agent.log")).map_err(|e| e.to_string())?;
         let child = Command::new("nsenter")
@@ -412,22 +412,6 @@ impl Drop for Agent {
     }
 }
 
-fn bolt_binary() -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("BOLT_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    sh(Command::new(cargo)
-        .args(["build", "--release", "-p", "bolt-agent", "--bin", "bolt"])
-        .current_dir(env!("CARGO_MANIFEST_DIR")))?;
-    let bin = target_dir().join("release").join("bolt");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!("no {}", bin.display()))
-    }
-}
-
 /// The busybox lower directory: /bin/busybox plus its applet links.
 fn build_lower(lower: &Path) -> Result<(), String> {
     for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
@@ -511,15 +495,4 @@ fn write_oci_layout(tree: &Path, out: &Path) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     fs::write(out.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
         .map_err(|e| e.to_string())
-}
-
-fn target_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(d);
-    }
-    // benches run from target/release/deps/net-HASH
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent()?.parent()?.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("target"))
 }

@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,11 +41,11 @@ fn main() {
     let events = env_or("BOLT_BENCH_EVENTS", 1_000_000);
     let runs = env_or("BOLT_BENCH_RUNS", 5).max(1) as usize;
     let every = env_or("BOLT_BENCH_SNAPSHOT_EVERY", 10_000);
-    let bin = bolt_binary();
+    let bin = bolt_bench::bolt_binary().unwrap();
 
     let work = tempfile::Builder::new()
         .prefix("bolt-bench-restart-")
-        .tempdir_in(target_dir())
+        .tempdir_in(bolt_bench::target_dir())
         .unwrap();
     let with = work.path().join("with-snapshots");
     let without = work.path().join("without-snapshots");
@@ -109,38 +109,6 @@ fn main() {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// `target/` (the bench executable lives in `target/release/deps/`).
-fn target_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir);
-    }
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors()
-        .nth(3)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(std::env::temp_dir)
-}
-
-/// The release `bolt`: `$BOLT_BIN`, or built now with cargo (a no-op when it is fresh).
-fn bolt_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("BOLT_BIN") {
-        return PathBuf::from(bin);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "bolt-agent", "--bin", "bolt"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "cargo build --release -p bolt-agent failed (or set BOLT_BIN to a built bolt)"
-    );
-    let bin = target_dir().join("release").join("bolt");
-    assert!(bin.is_file(), "no {}", bin.display());
-    bin
 }
 
 /// The synthetic history: the node starts, creates its capsules, then they start and exit in

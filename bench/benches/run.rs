@@ -145,7 +145,7 @@ fn bench() -> Result<(), String> {
     oci::write_bundle(&spec, &bundle).map_err(|e| e.to_string())?;
 
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out_dir = target_dir().join("bolt-bench");
+    let out_dir = bolt_bench::target_dir().join("bolt-bench");
     fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
     let md = out_dir.join("run.md");
     let q = |p: &Path| p.display().to_string();
@@ -208,7 +208,7 @@ const BENCH_IMAGE: &str = "bench/busybox:latest";
 
 impl BoltAgent {
     fn start(dir: &Path) -> Result<BoltAgent, String> {
-        let bin = bolt_binary()?;
+        let bin = bolt_bench::bolt_binary()?;
         write_oci_layout(&dir.join("lower"), &dir.join("oci"))?;
         let socket = dir.join("bolt.sock");
         let log = fs::File::create(dir.join("agent.log")).map_err(|e| e.to_string())?;
@@ -294,22 +294,6 @@ impl Drop for BoltAgent {
     }
 }
 
-fn bolt_binary() -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("BOLT_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    sh(Command::new(cargo)
-        .args(["build", "--release", "-p", "bolt-agent", "--bin", "bolt"])
-        .current_dir(env!("CARGO_MANIFEST_DIR")))?;
-    let bin = target_dir().join("release").join("bolt");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!("no {}", bin.display()))
-    }
-}
-
 /// `sha256:HEX` and size of a file (sha256sum, as the rest of the bench uses host tools).
 fn digest(path: &Path) -> Result<(String, u64), String> {
     let out = Command::new("sha256sum")
@@ -371,15 +355,4 @@ fn write_oci_layout(tree: &Path, out: &Path) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     fs::write(out.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
         .map_err(|e| e.to_string())
-}
-
-fn target_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(d);
-    }
-    // benches run from target/release/deps/run-HASH
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent()?.parent()?.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("target"))
 }
