@@ -745,7 +745,10 @@ impl Capsules {
         if req.auto_remove && policy != RestartPolicy::No {
             return Err(bad("conflicting options: --restart and --rm".to_owned()));
         }
-        let network = req.network.clone().unwrap_or_else(|| "none".to_owned());
+        let network = req
+            .network
+            .clone()
+            .unwrap_or_else(|| self.node.options().default_network.clone());
         let (net_choice, port_specs) = crate::networks::plan(&network, &req.ports).map_err(bad)?;
         let rootless = !nix::unistd::geteuid().is_root();
         if rootless && matches!(net_choice, crate::networks::NetworkChoice::Bridge(_)) {

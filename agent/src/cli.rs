@@ -91,6 +91,10 @@ pub enum Command {
         /// Store a state snapshot every this many events (0: never).
         #[arg(long, env = "BOLT_SNAPSHOT_EVERY", default_value_t = DEFAULT_SNAPSHOT_EVERY)]
         snapshot_every: u64,
+        /// The network of `bolt run` without --network: bridge (the default as root), none
+        /// (the default rootless), host or a network's name.
+        #[arg(long, env = "BOLT_DEFAULT_NETWORK", default_value = crate::node::default_network())]
+        default_network: String,
         #[command(flatten)]
         registry: crate::cli_images::RegistryArgs,
     },
@@ -199,8 +203,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Agent {
             root,
             snapshot_every,
+            default_network,
             registry,
-        } => run_agent(root, cli.socket, snapshot_every, registry),
+        } => run_agent(root, cli.socket, snapshot_every, default_network, registry),
         Command::Version => {
             println!("bolt {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -224,6 +229,7 @@ fn run_agent(
     root: PathBuf,
     socket: PathBuf,
     snapshot_every: u64,
+    default_network: String,
     registry: crate::cli_images::RegistryArgs,
 ) -> Result<ExitCode, CliError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -247,6 +253,7 @@ fn run_agent(
             .map_err(|e| CliError::Metrics(e.to_string()))?;
         let mut node = NodeOptions::for_this_host();
         node.snapshot_every = snapshot_every;
+        node.default_network = default_network;
         node.metrics = Some(handle);
         let config = daemon::Config {
             root,

@@ -164,9 +164,10 @@ pub struct RunArgs {
     /// Hostname (default: the first 12 characters of the id).
     #[arg(long)]
     pub hostname: Option<String>,
-    /// Network: none (only lo), host, bridge (the default bridge network) or a network's name.
-    #[arg(long, default_value = "none")]
-    pub network: String,
+    /// Network: none (only lo), host, bridge (the default bridge network) or a network's name
+    /// (default: the agent's --default-network, bridge as root).
+    #[arg(long)]
+    pub network: Option<String>,
     /// Publish a port: [IP:]HOST:CONTAINER[/tcp|udp] (bridge networks).
     #[arg(
         short = 'p',
@@ -658,7 +659,7 @@ pub fn create_request(args: &RunArgs) -> CliResult<CreateRequest> {
         workdir: args.workdir.clone(),
         user: args.user.clone(),
         hostname: args.hostname.clone(),
-        network: Some(args.network.clone()),
+        network: args.network.clone(),
         memory_bytes,
         cpu_millis,
         pids_limit: args.pids_limit,
@@ -1389,7 +1390,10 @@ mod tests {
         assert_eq!(r.image, "img");
         assert_eq!(r.command, ["sh", "-c", "echo -n hi"]);
         assert_eq!(r.env, ["A=1"]);
-        assert_eq!(r.network, "none", "no network until the networking issue");
+        assert_eq!(
+            r.network, None,
+            "no --network: the agent's --default-network decides"
+        );
         let req = create_request(&r).unwrap();
         assert_eq!(req.memory_bytes, Some(64 << 20));
         assert_eq!(req.cpu_millis, Some(500));

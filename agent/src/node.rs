@@ -56,6 +56,9 @@ pub struct NodeOptions {
     pub snapshot_every: u64,
     /// The Prometheus handle `/metrics` renders (None: the recorder is not installed).
     pub metrics: Option<PrometheusHandle>,
+    /// The network of a capsule created without one: `bridge` (docker's default) for a root
+    /// agent, `none` for a rootless one (bridges need root).
+    pub default_network: String,
 }
 
 impl NodeOptions {
@@ -66,7 +69,17 @@ impl NodeOptions {
             version: env!("CARGO_PKG_VERSION").to_string(),
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             metrics: None,
+            default_network: default_network().to_owned(),
         }
+    }
+}
+
+/// The default `--default-network`: `bridge` as root, `none` rootless.
+pub fn default_network() -> &'static str {
+    if nix::unistd::geteuid().is_root() {
+        "bridge"
+    } else {
+        "none"
     }
 }
 

@@ -172,6 +172,22 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// An agent in the machine's own network namespace gets `--default-network none`, so a
+    /// test's plain `bolt run` never makes a bridge or an nft table on the shared host; under
+    /// a wrapper (a namespace the test made) the agent keeps its default (`bridge` as root).
+    /// Tests that pass `--default-network` themselves decide.
+    fn default_network_args(&self) -> Vec<&'static str> {
+        let given = self
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--default-network"));
+        if given || !self.wrapper.is_empty() {
+            Vec::new()
+        } else {
+            vec!["--default-network", "none"]
+        }
+    }
+
     /// Spawn `bolt agent` on this root and socket without waiting for it.
     pub fn spawn_agent(&self) -> Result<Child, HarnessError> {
         let log = File::options()
@@ -196,6 +212,7 @@ impl Node {
             .arg("--root")
             .arg(&self.root)
             .args(&self.extra_args)
+            .args(self.default_network_args())
             .env("BOLT_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -489,6 +489,32 @@ fn host_network_capsules_see_the_hosts_interfaces() {
         proc_net_dev_names(&out.stdout),
         BTreeSet::from(["lo".to_owned()])
     );
+    // No --network: docker's default, the default bridge network (the agent's
+    // --default-network is `bridge` as root; the harness only sets `none` outside a test's
+    // namespace). The capsule has lo and eth0, with an address on `bridge`.
+    ok(
+        node,
+        &["run", "-d", "--name", "dflt", &env.image, "sleep", "600"],
+    );
+    let v = inspect(node, "dflt");
+    assert_eq!(v["spec"]["network"], "bridge", "{v}");
+    let ip = v["addresses"]["bridge"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{v}");
+    let dev = ok(node, &["exec", "dflt", "cat", "/proc/net/dev"]).stdout;
+    assert_eq!(
+        proc_net_dev_names(&dev),
+        BTreeSet::from(["lo".to_owned(), "eth0".to_owned()])
+    );
+    let addr = ok(
+        node,
+        &["exec", "dflt", "ip", "-o", "-4", "addr", "show", "eth0"],
+    )
+    .stdout;
+    assert!(addr.contains(&format!("inet {ip}/")), "{addr}");
+    ok(node, &["rm", "-f", "dflt"]);
     // Published ports need a bridge network.
     let err = run_fails(
         node,
