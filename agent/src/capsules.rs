@@ -33,7 +33,7 @@ use tokio::process::{Child, ChildStdout};
 
 use crate::api_capsules::{CapsuleView, CreateRequest, TopView};
 use crate::node::{Node, NodeError};
-use crate::supervisor::{Report, SupervisorConfig, STOPPED, SUPERVISOR_LOG};
+use crate::supervisor::{Report, SupervisorConfig, SUPERVISOR_LOG};
 
 /// Label: remove the capsule when it exits (`--rm`).
 pub const LABEL_AUTO_REMOVE: &str = "bolt.auto_remove";
@@ -1274,7 +1274,6 @@ impl Capsules {
     /// Appends `capsule.exited` (and for `--rm` the removal), then schedules a restart when
     /// the policy says so.
     async fn record_exit(self: &Arc<Self>, id: &str, exit: ExitInfo) -> Result<(), CapsuleError> {
-        let manually_stopped = self.dir_of(id).join(STOPPED).exists();
         let (auto_remove, restart) = {
             let _ops = self.ops.lock().await;
             let idc = id.to_owned();
@@ -1301,7 +1300,7 @@ impl Capsules {
             self.decide_append(cmds).await?;
             let policy: RestartPolicy = info.spec.restart.parse().unwrap_or_default();
             let restart =
-                !auto_remove && should_restart(policy, &exit, info.restarts, manually_stopped);
+                !auto_remove && should_restart(policy, &exit, info.restarts, info.stop_requested);
             let ran_for = info
                 .started
                 .map(|h| Duration::from_millis(now_ms().saturating_sub(h.physical_ms())));
@@ -1327,8 +1326,9 @@ impl Capsules {
     }
 
     /// Starts an exited capsule again in its directory (same upper layer), appending
-    /// `capsule.started`. `at_agent_start` restarts ignore a manual stop for `always`.
-    async fn restart(self: &Arc<Self>, id: &str, at_agent_start: bool) -> Result<(), CapsuleError> {
+    /// `capsule.started`. `override_stop`: start even after a person's stop (`bolt start`, and
+    /// `always` at agent start); a restart its policy scheduled does not.
+    async fn restart(self: &Arc<Self>, id: &str, override_stop: bool) -> Result<(), CapsuleError> {
         let _ops = self.ops.lock().await;
         let idc = id.to_owned();
         let Some(info) = self.state(move |s| s.capsules.get(&idc).cloned()).await? else {
@@ -1337,13 +1337,12 @@ impl Capsules {
         if info.status != CapsuleStatus::Exited {
             return Ok(());
         }
-        let dir = self.dir_of(id);
-        let stopped = dir.join(STOPPED);
-        if at_agent_start {
-            let _ = std::fs::remove_file(&stopped);
-        } else if stopped.exists() {
+        // A person's stop holds until a start that overrides it (`bolt start`, or `always` at
+        // agent start); the start's event clears it.
+        if info.stop_requested && !override_stop {
             return Ok(());
         }
+        let dir = self.dir_of(id);
         for f in [files::PID, files::EXIT, crate::supervisor::ATTACH_SOCK] {
             let _ = std::fs::remove_file(dir.join(f));
         }
@@ -1471,8 +1470,7 @@ impl Capsules {
                 }
                 CapsuleStatus::Exited => {
                     let policy: RestartPolicy = c.spec.restart.parse().unwrap_or_default();
-                    let stopped = dir.join(STOPPED).exists();
-                    if restart_at_agent_start(policy, stopped) {
+                    if restart_at_agent_start(policy, c.stop_requested) {
                         if let Err(e) = self.restart(&c.id, true).await {
                             tracing::warn!(capsule = %short(&c.id), "restart at agent start: {e}");
                         }
@@ -1604,7 +1602,7 @@ impl Capsules {
                 short(&id)
             )));
         }
-        self.mark_stopped(&id);
+        self.mark_stopped(&id).await?;
         let record = self.live_record(&id)?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(record.pid), signal)
             .map_err(|e| CapsuleError::Task(format!("signal capsule {}: {e}", short(&id))))?;
@@ -1620,14 +1618,15 @@ impl Capsules {
     pub async fn start(self: &Arc<Self>, key: &str) -> Result<CapsuleView, CapsuleError> {
         let (id, _, running) = self.generation(key).await?;
         if !running {
-            let _ = std::fs::remove_file(self.dir_of(&id).join(STOPPED));
-            self.restart(&id, false).await?;
+            self.restart(&id, true).await?;
         }
         self.view(&id).await
     }
 
-    fn mark_stopped(&self, id: &str) {
-        let _ = std::fs::write(self.dir_of(id).join(STOPPED), b"");
+    /// Records that a person stopped the capsule (`capsule.stop_requested`), before it is
+    /// signalled: the exit that follows is then never restarted by its policy.
+    async fn mark_stopped(&self, id: &str) -> Result<(), CapsuleError> {
+        decide_one(&self.node, Command::RequestStop { id: id.to_owned() }).await
     }
 
     /// docker's stop: SIGTERM, then SIGKILL after `timeout` seconds. Stopping a capsule that
@@ -1635,7 +1634,7 @@ impl Capsules {
     pub async fn stop(&self, key: &str, timeout: u64) -> Result<CapsuleView, CapsuleError> {
         let (id, restarts, running) = self.generation(key).await?;
         // Also for an exited capsule: a restart its policy has scheduled is called off.
-        self.mark_stopped(&id);
+        self.mark_stopped(&id).await?;
         if !running {
             return self.view(&id).await;
         }
@@ -1668,7 +1667,7 @@ impl Capsules {
                     short(&id)
                 )));
             }
-            self.mark_stopped(&id);
+            self.mark_stopped(&id).await?;
             if let Ok(record) = self.live_record(&id) {
                 let _ =
                     nix::sys::signal::kill(nix::unistd::Pid::from_raw(record.pid), Signal::SIGKILL);

@@ -49,8 +49,6 @@ pub const CONFIG: &str = "config.json";
 pub const ATTACH_SOCK: &str = "attach.sock";
 /// The supervisor's own stderr.
 pub const SUPERVISOR_LOG: &str = "supervisor.log";
-/// Written by the agent when a person stopped or killed the capsule (restart policies).
-pub const STOPPED: &str = "stopped";
 
 /// How long a supervisor that keeps output for its first attach client waits for one after
 /// the capsule ended.

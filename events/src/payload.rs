@@ -53,6 +53,7 @@ impl Payload {
                 CapsuleEvent::Started { .. } => "capsule.started",
                 CapsuleEvent::Exited { .. } => "capsule.exited",
                 CapsuleEvent::Removed { .. } => "capsule.removed",
+                CapsuleEvent::StopRequested { .. } => "capsule.stop_requested",
             },
             Payload::Service(e) => match e {
                 ServiceEvent::Declared { .. } => "service.declared",
@@ -165,6 +166,11 @@ pub enum CapsuleEvent {
         oom: bool,
     },
     Removed {
+        id: String,
+    },
+    /// A person stopped or killed the capsule (`bolt stop`, `bolt kill`): its restart policy
+    /// leaves it alone until it is started again. Appended (schema 2) after `Removed`.
+    StopRequested {
         id: String,
     },
 }

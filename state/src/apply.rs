@@ -124,7 +124,8 @@ fn capsule_of(p: &Payload) -> Option<&str> {
             CapsuleEvent::Created { id, .. }
             | CapsuleEvent::Started { id, .. }
             | CapsuleEvent::Exited { id, .. }
-            | CapsuleEvent::Removed { id },
+            | CapsuleEvent::Removed { id }
+            | CapsuleEvent::StopRequested { id },
         ) => Some(id),
         _ => None,
     }
@@ -744,6 +745,7 @@ fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfi
             created: key.hlc,
             started: None,
             finished: None,
+            stop_requested: false,
         })?,
         CapsuleEvent::Started { id, pid } => {
             let c = tx.run_mut()?;
@@ -756,6 +758,14 @@ fn capsule(tx: &mut Tx<'_>, key: OrderKey, e: &CapsuleEvent) -> Result<(), Misfi
             c.status = CapsuleStatus::Running;
             c.pid = Some(*pid);
             c.started = Some(key.hlc);
+            c.stop_requested = false;
+        }
+        CapsuleEvent::StopRequested { id } => {
+            let c = tx.run_mut()?;
+            if c.status == CapsuleStatus::Removed {
+                return Err(Misfit::CapsuleRemoved(id.clone()));
+            }
+            c.stop_requested = true;
         }
         CapsuleEvent::Exited {
             id,

@@ -54,6 +54,9 @@ pub enum Command {
     },
     /// Record that a created or exited capsule's process started.
     StartCapsule { id: String, pid: u32 },
+    /// A person stops or kills the capsule: restart policies leave it alone until its next
+    /// start.
+    RequestStop { id: String },
     /// Record that a capsule's process ended (or failed to start).
     RecordExit {
         id: String,
@@ -435,6 +438,10 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
                 return Err(E::CapsuleRunning(id));
             }
             Payload::Capsule(CapsuleEvent::Started { id, pid })
+        }
+        Command::RequestStop { id } => {
+            live_capsule(state, &id)?;
+            Payload::Capsule(CapsuleEvent::StopRequested { id })
         }
         Command::RecordExit {
             id,

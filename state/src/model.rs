@@ -180,6 +180,9 @@ pub struct CapsuleInfo {
     pub started: Option<Hlc>,
     /// HLC of its latest exit.
     pub finished: Option<Hlc>,
+    /// A person stopped or killed it since its latest start (`capsule.stop_requested`):
+    /// restart policies leave it alone.
+    pub stop_requested: bool,
 }
 
 /// One recorded revision of a service.

@@ -4,9 +4,10 @@
 
 use crate::model::State;
 
-/// The snapshot format this build writes and reads. 2: [`State::snapshots`] added (a format-1
-/// snapshot is refused and the state is folded from the log instead).
-pub const SNAPSHOT_FORMAT: u8 = 2;
+/// The snapshot format this build writes and reads. 2: [`State::snapshots`] added; 3:
+/// `CapsuleInfo::stop_requested` added. A snapshot of another format is refused and the state
+/// is folded from the log instead.
+pub const SNAPSHOT_FORMAT: u8 = 3;
 
 const HEADER: usize = 1 + 32;
 

@@ -186,6 +186,44 @@ fn start_capsule_follows_the_lifecycle() {
 }
 
 #[test]
+fn a_stop_request_holds_until_the_next_start() {
+    use bolt_events::payload::CapsuleEvent;
+    let stop = |id: &str| Payload::Capsule(CapsuleEvent::StopRequested { id: id.into() });
+    let cmd = || Command::RequestStop { id: "c1".into() };
+    then_err(
+        &given(vec![]),
+        cmd(),
+        DecideError::UnknownCapsule("c1".into()),
+    );
+    then_err(
+        &given(vec![created("c1", "a"), removed("c1")]),
+        cmd(),
+        DecideError::CapsuleRemoved("c1".into()),
+    );
+    // Running or exited (a restart may be scheduled): recorded either way.
+    let running = given(vec![created("c1", "a"), started("c1", 1)]);
+    then(&running, cmd(), vec![stop("c1")]);
+    let s = given(vec![
+        created("c1", "a"),
+        started("c1", 1),
+        stop("c1"),
+        exited("c1", 143),
+    ]);
+    assert!(s.capsules["c1"].stop_requested);
+    then(&s, cmd(), vec![stop("c1")]);
+    // The next start clears it: the policy applies again.
+    let s = given(vec![
+        created("c1", "a"),
+        started("c1", 1),
+        stop("c1"),
+        exited("c1", 143),
+        started("c1", 2),
+    ]);
+    assert!(!s.capsules["c1"].stop_requested);
+    assert!(!running.capsules["c1"].stop_requested);
+}
+
+#[test]
 fn record_exit_refuses_a_capsule_that_already_exited() {
     let cmd = || Command::RecordExit {
         id: "c1".into(),

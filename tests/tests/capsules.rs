@@ -439,6 +439,7 @@ fn detached_capsule_lists_logs_execs_tops_stops_and_is_removed() {
         [
             "capsule.created",
             "capsule.started",
+            "capsule.stop_requested",
             "capsule.exited",
             "capsule.removed"
         ]
@@ -558,6 +559,24 @@ fn restart_policy_on_failure_2_restarts_twice() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(env.inspect("al")["restarts"], restarts);
     assert_eq!(status_of(&env.inspect("al")), "exited");
+    // The person's stop is an event in the log, not a file beside the capsule.
+    let al = env.inspect("al")["id"].as_str().unwrap().to_owned();
+    let kinds: Vec<String> = env.events_of(&al).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "capsule.stop_requested")
+            .count(),
+        1,
+        "{kinds:?}"
+    );
+    // `bolt start` overrides it, and the policy applies again from that start.
+    let before = restarts.as_u64().unwrap();
+    env.ok(&["start", "al"]);
+    wait_until("always restarts after a start", || {
+        env.inspect("al")["restarts"].as_u64().unwrap() >= before + 2
+    });
+    env.ok(&["rm", "-f", "al"]);
 }
 
 #[test]
