@@ -7,7 +7,9 @@ use clap::Parser;
 
 /// mimalloc: the state fold allocates and frees small strings at a high rate (replaying the log
 /// at startup, every event after); it is markedly faster at that than the system allocator
-/// (`cargo bench -p bolt-bench --bench fold`, docs/state.md).
+/// (`cargo bench -p bolt-bench --bench fold`, docs/state.md). Built with `no_thp`: mimalloc's
+/// `madvise(MADV_HUGEPAGE)` on its first arena made the kernel zero a 2 MiB page in every
+/// short-lived `bolt` process (CLI, `bolt supervise`), ~11% of a supervisor's start-up.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
