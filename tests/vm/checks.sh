@@ -1,0 +1,124 @@
+# Bolt's limit checks on a pure cgroup v2 kernel, run by /init inside the VM of
+# tests/vm/cgroup-v2.sh (busybox sh). Each check prints one `VMCHECK PASS|FAIL name: detail`
+# line; the host script counts them. Exits non-zero when any failed.
+IMAGE=bolt-test/busybox:latest
+CG=/sys/fs/cgroup
+export BOLT_SOCKET=/tmp/bolt.sock
+FAILS=0
+
+pass() { echo "VMCHECK PASS $1: $2"; }
+fail() {
+    echo "VMCHECK FAIL $1: $2"
+    FAILS=$((FAILS + 1))
+}
+check() { # check NAME DETAIL CONDITION...
+    name=$1 detail=$2
+    shift 2
+    if "$@"; then pass "$name" "$detail"; else fail "$name" "$detail"; fi
+}
+# The 64-hex id of a capsule, from `bolt inspect`.
+id_of() {
+    bolt inspect --format json "$1" >"/tmp/inspect-$1.json" 2>&1
+    grep -o '"id": *"[0-9a-f]\{64\}"' "/tmp/inspect-$1.json" | head -n 1 | grep -o '[0-9a-f]\{64\}'
+}
+# Microseconds of CPU time a v2 group has used.
+usage_usec() { sed -n 's/^usage_usec //p' "$1/cpu.stat"; }
+# Milliseconds since boot.
+now_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
+
+echo "VMINFO kernel $(uname -r)"
+echo "VMINFO cgroup mounts: $(grep -E ' - cgroup2? ' /proc/self/mountinfo | awk '{ print $5 " " $(NF - 2) }' | tr '\n' ';')"
+echo "VMINFO root subtree_control before bolt: '$(cat $CG/cgroup.subtree_control)'"
+echo "VMINFO hypervisor: $(dmesg | grep -o 'Hypervisor detected: .*' || echo 'none detected (TCG)'), $(nproc) CPUs"
+echo "VMINFO bolt $(bolt version 2>&1 | head -n 1)"
+
+# --- the machine is pure v2 ---------------------------------------------------------------
+v1=$(grep -c ' - cgroup ' /proc/self/mountinfo)
+v2=$(grep -c ' - cgroup2 ' /proc/self/mountinfo)
+check pure-v2 "cgroup v1 mounts: $v1, cgroup2 mounts: $v2, controllers: $(cat $CG/cgroup.controllers)" \
+    [ "$v1" = 0 -a "$v2" = 1 ]
+
+# --- the agent and the image ----------------------------------------------------------------
+bolt agent --root /tmp/bolt --socket "$BOLT_SOCKET" --default-network none >/tmp/agent.log 2>&1 &
+AGENT=$!
+i=0
+while ! bolt info >/dev/null 2>&1 && [ $i -lt 300 ]; do
+    sleep 0.2
+    i=$((i + 1))
+done
+if ! bolt info >/dev/null 2>&1; then
+    fail agent "the agent did not answer; its log:"
+    cat /tmp/agent.log
+    exit 1
+fi
+pass agent "bolt agent --default-network none answers on $BOLT_SOCKET"
+out=$(bolt image import -q --reference "$IMAGE" /image 2>&1)
+check import "$out" sh -c "bolt images | grep -q bolt-test/busybox"
+
+# --- memory: a capsule past --memory 16m is OOM-killed, exits 137, the event says oom ---------
+bolt run --name hog --memory 16m "$IMAGE" dd if=/dev/zero of=/dev/null bs=64M count=1 \
+    >/tmp/hog.out 2>&1
+code=$?
+check memory-exit-137 "bolt run --memory 16m dd bs=64M exited $code" [ "$code" = 137 ]
+hog=$(id_of hog)
+ev=$(bolt events --format json | grep '"kind":"capsule.exited"' | grep "\"id\":\"$hog\"")
+check memory-oom-event "capsule.exited: $(echo "$ev" | grep -o '"exited":{[^}]*}')" \
+    sh -c "echo '$ev' | grep -q '\"oom\":true' && echo '$ev' | grep -q '\"signal\":9'"
+check memory-inspect "bolt inspect: exit $(tr -d ' \n' </tmp/inspect-hog.json | grep -o '"exit":{[^}]*}')" \
+    grep -q '"oom": *true' /tmp/inspect-hog.json
+check memory-ps "$(bolt ps -a | grep -o 'Exited ([^)]*)' | head -n 1)" \
+    sh -c "bolt ps -a | grep -q 'Exited (137, OOM)'"
+bolt rm hog >/dev/null 2>&1
+check memory-cgroup-gone "after bolt rm: $CG/bolt/$hog" [ -n "$hog" -a ! -e "$CG/bolt/$hog" ]
+
+# --- pids: fork fails past --pids-limit 4 (as tests/tests/capsules.rs pids_limit_makes_fork_fail)
+bolt run --rm --pids-limit 4 "$IMAGE" sh -c \
+    'for i in 1 2 3 4 5 6 7 8; do sleep 30 & done; echo all' >/tmp/pids.out 2>/tmp/pids.err
+code=$?
+check pids-fork-fails "exit $code, stderr: $(head -n 1 /tmp/pids.err)" \
+    sh -c "grep -q fork /tmp/pids.err && ! grep -q all /tmp/pids.out"
+
+# --- the limits reach the capsule's group, --cpus 0.2 throttles a busy loop ------------------
+id=$(bolt run -d --name lim --memory 48m --cpus 0.2 --pids-limit 33 "$IMAGE" \
+    sh -c 'while :; do :; done' 2>/tmp/lim.err)
+dir=$CG/bolt/$id
+check cgroup-dir "$dir" [ -n "$id" -a -d "$dir" ]
+check cgroup-memory-max "memory.max $(cat $dir/memory.max 2>&1)" \
+    [ "$(cat $dir/memory.max 2>/dev/null)" = $((48 << 20)) ]
+check cgroup-pids-max "pids.max $(cat $dir/pids.max 2>&1)" [ "$(cat $dir/pids.max 2>/dev/null)" = 33 ]
+check cgroup-cpu-max "cpu.max $(cat $dir/cpu.max 2>&1)" \
+    [ "$(cat $dir/cpu.max 2>/dev/null)" = "20000 100000" ]
+procs=$(cat "$dir/cgroup.procs" 2>/dev/null | tr '\n' ' ')
+check cgroup-pid-inside "cgroup.procs: $procs" [ -n "$procs" ]
+check parent-subtree "$CG/bolt/cgroup.subtree_control: '$(cat $CG/bolt/cgroup.subtree_control 2>&1)'" \
+    sh -c "grep -qw memory $CG/bolt/cgroup.subtree_control && grep -qw pids $CG/bolt/cgroup.subtree_control && grep -qw cpu $CG/bolt/cgroup.subtree_control"
+sleep 1
+u0=$(usage_usec "$dir")
+t0=$(now_ms)
+sleep 3
+u1=$(usage_usec "$dir")
+t1=$(now_ms)
+pct=$(((u1 - u0) / 10 / (t1 - t0)))
+throttled=$(sed -n 's/^nr_throttled //p' "$dir/cpu.stat")
+check cpu-throttled "busy loop used ${pct}% of one CPU over $((t1 - t0)) ms (quota 20%), nr_throttled $throttled" \
+    [ "$pct" -ge 5 -a "$pct" -le 40 -a "${throttled:-0}" -gt 0 ]
+id_of lim >/dev/null
+stats=$(grep -o '"cpu_millis": *[0-9]*' /tmp/inspect-lim.json | head -n 1)
+check inspect-spec "$stats" sh -c "echo '$stats' | grep -q '[: ]200\$'"
+bolt rm -f lim >/dev/null 2>&1
+check cgroup-removed "after bolt rm -f: $dir" [ ! -e "$dir" ]
+check bolt-parent-removed "$CG/bolt with no capsule left" [ ! -e "$CG/bolt" ]
+
+check events-verify "$(bolt events verify 2>&1 | tail -n 1)" sh -c "bolt events verify >/dev/null 2>&1"
+
+kill "$AGENT"
+wait "$AGENT"
+if [ "$FAILS" != 0 ]; then
+    echo "--- agent log (tail)"
+    tail -n 40 /tmp/agent.log
+    for f in /tmp/inspect-*.json /tmp/hog.out /tmp/pids.out /tmp/pids.err /tmp/lim.err; do
+        echo "--- $f"
+        cat "$f"
+    done
+fi
+[ "$FAILS" = 0 ]
