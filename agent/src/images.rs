@@ -11,9 +11,9 @@
 //! - a reference moved to another image (a re-pull or a tag over an existing name) also removes
 //!   the old image from this node when no other local reference names it;
 //! - an `rmi` of one name of an image this node still holds under other names appends
-//!   `image.removed` and then `image.pulled` for each remaining name (the fold drops a node's
-//!   hold on `image.removed`), appended directly without `decide`, whose in-use check does not
-//!   apply: the image stays on the node;
+//!   `image.removed` of that name only: the state keeps each node's names of an image
+//!   (`ImageInfo::held`) and the node's hold until its last name goes, and `decide` skips the
+//!   in-use check while another name keeps the image;
 //! - at start, [`Node::reconcile_images`] appends what an agent that stopped between a store
 //!   change and its event left out.
 //!
@@ -495,44 +495,29 @@ fn naming_payloads(
     Ok(out)
 }
 
-/// Payloads recording that node `me` dropped `removed`, while `remaining` (other local
-/// references to the same image) stay. Errs when the state refuses (an image in use).
+/// Payloads recording that node `me` dropped the name `removed` (`image.removed`; the state
+/// knows the node's other names of the image). Errs when the state refuses: the node's last
+/// name of an image one of its live capsules uses.
 fn removal_payloads(
     s: &State,
     me: NodeId,
     removed: &ImageRecord,
-    remaining: &[ImageRecord],
 ) -> Result<Vec<Payload>, ImagesError> {
-    let reference = removed.reference.clone();
-    let digest = removed.manifest_digest.to_string();
-    if remaining.is_empty() {
-        return match decide(
-            s,
-            Command::RemoveImage {
-                node: me,
-                reference,
-                digest,
-            },
-        ) {
-            Ok(p) => Ok(p),
-            // The state never knew this node held it: nothing to record.
-            Err(DecideError::UnknownImage(_) | DecideError::ImageNotHeld { .. }) => Ok(Vec::new()),
-            Err(e) => Err(ImagesError::Decide(e)),
-        };
+    // The fold keeps the node's hold while another of its names remains, and `decide` skips
+    // the in-use check then (the image stays on the node).
+    match decide(
+        s,
+        Command::RemoveImage {
+            node: me,
+            reference: removed.reference.clone(),
+            digest: removed.manifest_digest.to_string(),
+        },
+    ) {
+        Ok(p) => Ok(p),
+        // The state never knew this node held it: nothing to record.
+        Err(DecideError::UnknownImage(_) | DecideError::ImageNotHeld { .. }) => Ok(Vec::new()),
+        Err(e) => Err(ImagesError::Decide(e)),
     }
-    // Still held under other names: untag this one, then hold the image again under each
-    // remaining name (the fold drops the node's hold on any `image.removed`).
-    let mut out = Vec::new();
-    if s.images.contains_key(&digest) {
-        out.push(Payload::Image(bolt_events::payload::ImageEvent::Removed {
-            reference,
-            digest,
-        }));
-    }
-    for r in remaining {
-        out.extend(decide(s, pull_command(r)).map_err(ImagesError::Decide)?);
-    }
-    Ok(out)
 }
 
 /// Payloads that make the state say what the store holds on node `me`: `image.pulled` for every
@@ -773,18 +758,12 @@ impl Node {
         let store = self.image_store()?;
         let _g = self.images()?.changes.lock().await;
         let rec = store.require(reference).await?;
-        let remaining: Vec<ImageRecord> = store
-            .list()
-            .await?
-            .into_iter()
-            .filter(|r| r.manifest_digest == rec.manifest_digest && r.reference != rec.reference)
-            .collect();
         let payloads = {
             let node = Arc::clone(self);
             let rec = rec.clone();
             blocking(move || {
                 let me = node.node_id();
-                node.with_live_state(|s| removal_payloads(s, me, &rec, &remaining))?
+                node.with_live_state(|s| removal_payloads(s, me, &rec))?
             })
             .await?
         };
@@ -991,6 +970,9 @@ mod tests {
             });
             img.references.insert(r.reference.clone());
             img.nodes.extend(nodes.iter().copied());
+            for n in nodes.iter() {
+                img.held.entry(*n).or_default().insert(r.reference.clone());
+            }
             s.image_refs.insert(r.reference.clone(), d);
         }
         s
@@ -1059,12 +1041,8 @@ mod tests {
         let a = rec("h/a:1", 1);
         let b = rec("h/b:1", 1);
         let s = state_holding(&[(&a, &[me()]), (&b, &[me()])]);
-        assert_eq!(
-            kinds(&removal_payloads(&s, me(), &a, &[]).unwrap()),
-            ["image.removed"]
-        );
-        let p = removal_payloads(&s, me(), &a, std::slice::from_ref(&b)).unwrap();
-        assert_eq!(kinds(&p), ["image.removed", "image.pulled"]);
+        let p = removal_payloads(&s, me(), &a).unwrap();
+        assert_eq!(kinds(&p), ["image.removed"]);
         // Folded in order, the node still holds the image under b only.
         let mut folded = s.clone();
         for (i, payload) in p.iter().enumerate() {
@@ -1076,7 +1054,7 @@ mod tests {
         assert_eq!(img.references, BTreeSet::from(["h/b:1".to_string()]));
         assert!(!folded.image_refs.contains_key("h/a:1"));
         // The state never knew: nothing to record.
-        assert!(removal_payloads(&State::default(), me(), &a, &[])
+        assert!(removal_payloads(&State::default(), me(), &a)
             .unwrap()
             .is_empty());
     }

@@ -607,8 +607,11 @@ impl Tx<'_> {
         self.s.ignored += 1;
     }
 
-    /// Point `reference` at `digest` (which must exist), moving it off any other image.
-    fn tag(&mut self, reference: &str, digest: &str) {
+    /// Point `reference` at `digest` (which must exist), moving it off any other image. The
+    /// name also leaves `origin`'s names of the old image (that node's store moved it); its hold
+    /// on the old image ends with its own `image.removed`, which the agent appends when no other
+    /// local name keeps it.
+    fn tag(&mut self, reference: &str, digest: &str, origin: NodeId) {
         if reference.is_empty() {
             return;
         }
@@ -619,6 +622,9 @@ impl Tx<'_> {
             let old = old.clone();
             if let Some(img) = self.image_mut(&old) {
                 img.references.remove(reference);
+                if let Some(names) = img.held.get_mut(&origin) {
+                    names.remove(reference);
+                }
             }
         }
         self.ref_insert(reference.to_owned(), digest.to_owned());
@@ -696,20 +702,35 @@ fn image(tx: &mut Tx<'_>, key: OrderKey, e: &ImageEvent) -> Result<(), Misfit> {
             img.layers.clone_from(layers);
             img.size = *size;
             img.nodes.insert(key.origin);
+            let names = img.held.entry(key.origin).or_default();
+            if !reference.is_empty() {
+                names.insert(reference.clone());
+            }
             tx.image_insert(digest.clone(), img);
-            tx.tag(reference, digest);
+            tx.tag(reference, digest, key.origin);
         }
         ImageEvent::Tagged { reference, digest } => {
-            if !tx.s.images.contains_key(digest) {
-                return Err(Misfit::UnknownImage(digest.clone()));
+            let img = tx
+                .image_mut(digest)
+                .ok_or_else(|| Misfit::UnknownImage(digest.clone()))?;
+            if let Some(names) = img.held.get_mut(&key.origin) {
+                names.insert(reference.clone());
             }
-            tx.tag(reference, digest);
+            tx.tag(reference, digest, key.origin);
         }
         ImageEvent::Removed { reference, digest } => {
             let img = tx
                 .image_mut(digest)
                 .ok_or_else(|| Misfit::UnknownImage(digest.clone()))?;
-            img.nodes.remove(&key.origin);
+            // The node lets go of this name; its hold ends with its last one.
+            let last = img.held.get_mut(&key.origin).is_none_or(|names| {
+                names.remove(reference);
+                names.is_empty()
+            });
+            if last {
+                img.held.remove(&key.origin);
+                img.nodes.remove(&key.origin);
+            }
             let untag = img.references.remove(reference);
             let gone = img.nodes.is_empty();
             let refs: Vec<String> = if gone {

@@ -407,6 +407,17 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
                     node: node.short(),
                 });
             }
+            // Another name keeps the image on the node: only this name goes.
+            let keeps_it = img
+                .held
+                .get(&node)
+                .is_some_and(|names| names.iter().any(|n| *n != reference));
+            if keeps_it {
+                return Ok(vec![Payload::Image(ImageEvent::Removed {
+                    reference,
+                    digest,
+                })]);
+            }
             if let Some(c) = state.capsules.values().find(|c| {
                 c.node == node
                     && c.status != CapsuleStatus::Removed

@@ -126,6 +126,11 @@ pub struct ImageInfo {
     pub references: BTreeSet<String>,
     /// Nodes that hold it.
     pub nodes: BTreeSet<NodeId>,
+    /// The names each holding node keeps it under (its `image.pulled`/`image.tagged` minus its
+    /// `image.removed`): a node's hold ends with the removal of its last name, not its first.
+    /// Same keys as `nodes`; a set may be empty between a name moving to another image and the
+    /// node's `image.removed` of the old one.
+    pub held: BTreeMap<NodeId, BTreeSet<String>>,
 }
 
 /// Lifecycle of a capsule.

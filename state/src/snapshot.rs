@@ -5,9 +5,9 @@
 use crate::model::State;
 
 /// The snapshot format this build writes and reads. 2: [`State::snapshots`] added; 3:
-/// `CapsuleInfo::stop_requested` added. A snapshot of another format is refused and the state
+/// `CapsuleInfo::stop_requested` added; 4: `ImageInfo::held` added. A snapshot of another format is refused and the state
 /// is folded from the log instead.
-pub const SNAPSHOT_FORMAT: u8 = 3;
+pub const SNAPSHOT_FORMAT: u8 = 4;
 
 const HEADER: usize = 1 + 32;
 

@@ -776,3 +776,86 @@ fn remove_image_refuses_one_a_live_capsule_of_that_node_uses() {
         DecideError::UnknownImage("sha256:alpine".into()),
     );
 }
+
+#[test]
+fn a_node_holds_an_image_until_it_removes_its_last_name() {
+    let me = Origin::new(1).id();
+    let pulled = |reference: &str, digest: &str| {
+        Payload::Image(ImageEvent::Pulled {
+            reference: reference.into(),
+            digest: digest.into(),
+            config_digest: "sha256:cfg".into(),
+            layers: vec!["sha256:l1".into()],
+            size: 10,
+        })
+    };
+    let removed = |reference: &str, digest: &str| {
+        Payload::Image(ImageEvent::Removed {
+            reference: reference.into(),
+            digest: digest.into(),
+        })
+    };
+    let rm = |reference: &str, digest: &str| Command::RemoveImage {
+        node: me,
+        reference: reference.into(),
+        digest: digest.into(),
+    };
+    // Two names of one image, a live capsule using it: the first name may go (the image
+    // stays), the last may not.
+    let uses_d = Payload::Capsule(CapsuleEvent::Created {
+        id: "c1".into(),
+        name: "a".into(),
+        spec: spec("d"),
+    });
+    let two = vec![pulled("a:1", "sha256:d"), pulled("b:1", "sha256:d"), uses_d];
+    then(
+        &given(two.clone()),
+        rm("a:1", "sha256:d"),
+        vec![removed("a:1", "sha256:d")],
+    );
+    let mut one = two.clone();
+    one.push(removed("a:1", "sha256:d"));
+    let s = given(one.clone());
+    let img = &s.images["sha256:d"];
+    assert!(img.nodes.contains(&me), "still held under b:1");
+    assert_eq!(img.held[&me], ["b:1".to_string()].into());
+    assert_eq!(
+        s.image_refs.get("b:1").map(String::as_str),
+        Some("sha256:d")
+    );
+    assert!(!s.image_refs.contains_key("a:1"));
+    then_err(
+        &s,
+        rm("b:1", "sha256:d"),
+        DecideError::ImageInUse {
+            digest: "sha256:d".into(),
+            capsule: "c1".into(),
+        },
+    );
+    // Without the capsule the last name goes, and the image with it.
+    let s = given(vec![
+        pulled("a:1", "sha256:d"),
+        pulled("b:1", "sha256:d"),
+        removed("a:1", "sha256:d"),
+        removed("b:1", "sha256:d"),
+    ]);
+    assert!(!s.images.contains_key("sha256:d"));
+    // A name moved to another image leaves the old one's names; the node's removal of the
+    // old image then ends its hold.
+    let s = given(vec![
+        pulled("a:1", "sha256:old"),
+        pulled("a:1", "sha256:new"),
+    ]);
+    assert!(s.images["sha256:old"].held[&me].is_empty());
+    assert_eq!(s.images["sha256:new"].held[&me], ["a:1".to_string()].into());
+    let s = given(vec![
+        pulled("a:1", "sha256:old"),
+        pulled("a:1", "sha256:new"),
+        removed("a:1", "sha256:old"),
+    ]);
+    assert!(!s.images.contains_key("sha256:old"));
+    assert_eq!(
+        s.image_refs.get("a:1").map(String::as_str),
+        Some("sha256:new")
+    );
+}
