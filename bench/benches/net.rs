@@ -31,77 +31,37 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use bolt_bench::{build_lower, env_u64, hyperfine_means, median, sh, Agent, BENCH_IMAGE as IMAGE};
 use bolt_capsule::net::Netns;
 
-const IMAGE: &str = "bench/busybox:latest";
 const PUBLISHED: u16 = 15201;
 const SINK: u16 = 5001;
 
 fn main() -> ExitCode {
-    match bench() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("net bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn have(tool: &str, arg: &str) -> bool {
-    Command::new(tool)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-fn sh(cmd: &mut Command) -> Result<(), String> {
-    let st = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd:?}: {st}"))
-    }
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    bolt_bench::exit_code("net", bench())
 }
 
 fn bench() -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        println!("net bench skipped: needs root");
+    if !bolt_bench::can_run(
+        "net",
+        &[
+            ("hyperfine", "--version"),
+            ("ip", "-V"),
+            ("nft", "--version"),
+            ("nsenter", "--version"),
+        ],
+    ) {
         return Ok(());
     }
-    for (tool, arg) in [
-        ("hyperfine", "--version"),
-        ("ip", "-V"),
-        ("nft", "--version"),
-        ("nsenter", "--version"),
-    ] {
-        if !have(tool, arg) {
-            println!("net bench skipped: {tool} is not installed");
-            return Ok(());
-        }
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("bolt-bench-net-")
-        .tempdir_in("/var/tmp")
-        .map_err(|e| e.to_string())?;
+    let tmp = bolt_bench::bench_tempdir("net")?;
     let dir = tmp.path();
     build_lower(&dir.join("lower"))?;
-    write_oci_layout(&dir.join("lower"), &dir.join("oci"))?;
     let ns = NamedNetns::new(&format!("bolt-bench-net-{}", std::process::id()))?;
-    let agent = Agent::start(dir, &ns)?;
-    let out_dir = bolt_bench::target_dir().join("bolt-bench");
-    fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
+    let agent = Agent::start(dir, Some(&ns.path()))?;
+    let out_dir = bolt_bench::out_dir()?;
 
     let result = (|| -> Result<(), String> {
         start_overhead(&agent, &out_dir)?;
@@ -118,14 +78,9 @@ fn start_overhead(agent: &Agent, out_dir: &Path) -> Result<(), String> {
     for net in ["none", "bridge"] {
         agent.check(&["run", "--rm", "--network", net, IMAGE, "/bin/true"])?;
     }
-    let cmd = |net: &str| {
-        format!(
-            "{} --socket {} run --rm --network {net} {IMAGE} /bin/true",
-            agent.bin.display(),
-            agent.socket.display()
-        )
-    };
-    let runs = env_num("NET_BENCH_RUNS", 40).to_string();
+    let cmd =
+        |net: &str| agent.command_line(&format!("run --rm --network {net} {IMAGE} /bin/true"));
+    let runs = env_u64("NET_BENCH_RUNS", 40).to_string();
     // Back to back (the next start overlaps the previous capsule's teardown), then with a
     // pause before each run (not measured) so that every start finds an idle agent.
     for (label, prepare) in [("back to back", None), ("paused", Some("sleep 0.3"))] {
@@ -155,21 +110,10 @@ fn start_overhead(agent: &Agent, out_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The `"mean"` values of a hyperfine JSON export, in order (seconds).
-fn hyperfine_means(json: &str) -> Vec<f64> {
-    json.split("\"mean\":")
-        .skip(1)
-        .filter_map(|rest| {
-            let end = rest.find([',', '}'])?;
-            rest[..end].trim().parse().ok()
-        })
-        .collect()
-}
-
 /// Part 2: the same sink reached through the published port and directly.
 fn throughput(agent: &Agent, ns: &NamedNetns, out_dir: &Path) -> Result<(), String> {
-    let bytes = env_num("NET_BENCH_BYTES", 1 << 30);
-    let rounds = env_num("NET_BENCH_ROUNDS", 5).max(1);
+    let bytes = env_u64("NET_BENCH_BYTES", 1 << 30);
+    let rounds = env_u64("NET_BENCH_ROUNDS", 5).max(1);
     let publish = format!("127.0.0.1:{PUBLISHED}:{SINK}");
     let sink_port = SINK.to_string();
     agent.check(&[
@@ -191,7 +135,7 @@ fn throughput(agent: &Agent, ns: &NamedNetns, out_dir: &Path) -> Result<(), Stri
         "of=/dev/null",
         "bs=1M",
     ])?;
-    let ip = agent.capsule_ip("sink", "bridge")?;
+    let ip = capsule_ip(agent, "sink", "bridge")?;
     let paths = [
         (
             "published 127.0.0.1 (DNAT)",
@@ -236,15 +180,6 @@ fn throughput(agent: &Agent, ns: &NamedNetns, out_dir: &Path) -> Result<(), Stri
     fs::write(&md, &table).map_err(|e| e.to_string())?;
     println!("(kept in {})", md.display());
     Ok(())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// Connects (retrying while the sink starts), writes `bytes` in 1 MiB writes, shuts the
@@ -304,195 +239,18 @@ impl Drop for NamedNetns {
     }
 }
 
-/// A `bolt agent` inside the namespace, with the busybox tree imported as [`IMAGE`].
-/// Its capsules are removed and it is stopped (SIGTERM) by [`Agent::stop`] or on drop.
-struct Agent {
-    bin: PathBuf,
-    socket: PathBuf,
-    child: Option<Child>,
-}
-
-impl Agent {
-    fn start(dir: &Path, ns: &NamedNetns) -> Result<Agent, String> {
-        let bin = bolt_bench::bolt_binary()?;
-        let socket = dir.join("bolt.sock");
-        let log = fs::File::create(dir.join("agent.log")).map_err(|e| e.to_string())?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .arg(&bin)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("agent")
-            .arg("--root")
-            .arg(dir.join("bolt-root"))
-            .arg("--registry-auth")
-            .arg(dir.join("no-registry-auth.json"))
-            .env_remove("BOLT_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", bin.display()))?;
-        let agent = Agent {
-            bin,
-            socket,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !agent.bolt(&["info"]).is_ok_and(|o| o.status.success()) {
-            if Instant::now() > deadline {
-                return Err("the bolt agent did not answer within 60 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let oci = dir.join("oci").display().to_string();
-        agent.check(&["image", "import", "-q", &oci, "--reference", IMAGE])?;
-        Ok(agent)
-    }
-
-    fn bolt(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
-        Command::new(&self.bin)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-    }
-
-    fn check(&self, args: &[&str]) -> Result<String, String> {
-        let out = self.bolt(args).map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "bolt {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-
-    /// The capsule's address on `network`, from `bolt inspect --format json`.
-    fn capsule_ip(&self, capsule: &str, network: &str) -> Result<Ipv4Addr, String> {
-        let json = self.check(&["inspect", "--format", "json", capsule])?;
-        let missing = || format!("no address on {network}: {json}");
-        // `"addresses": {"NETWORK": "IP"}`, pretty-printed or not.
-        let key = format!("\"{network}\"");
-        let addresses = json.find("\"addresses\"").ok_or_else(missing)?;
-        let at = json[addresses..].find(&key).ok_or_else(missing)? + addresses + key.len();
-        json[at..]
-            .split('"')
-            .nth(1)
-            .ok_or_else(missing)?
-            .parse()
-            .map_err(|e| format!("address of {capsule}: {e}"))
-    }
-
-    fn stop(mut self) {
-        self.terminate();
-    }
-
-    fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Ok(ids) = self.check(&["ps", "-a", "-q"]) {
-                for id in ids.split_whitespace() {
-                    let _ = self.check(&["rm", "-f", id]);
-                }
-            }
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.terminate();
-    }
-}
-
-/// The busybox lower directory: /bin/busybox plus its applet links.
-fn build_lower(lower: &Path) -> Result<(), String> {
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
-        fs::create_dir_all(lower.join(d)).map_err(|e| e.to_string())?;
-    }
-    fs::copy("/bin/busybox", lower.join("bin/busybox")).map_err(|e| format!("busybox: {e}"))?;
-    sh(Command::new("/bin/busybox")
-        .arg("--install")
-        .arg("-s")
-        .arg(lower.join("bin")))?;
-    // The links point at busybox's real path (/usr/bin/busybox on merged-/usr hosts).
-    let target = fs::read_link(lower.join("bin/sh")).map_err(|e| e.to_string())?;
-    let inside = lower.join(target.strip_prefix("/").unwrap_or(&target));
-    if !inside.exists() {
-        if let Some(parent) = inside.parent() {
-            fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-        }
-        fs::copy("/bin/busybox", &inside).map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-/// `sha256:HEX` and size of a file.
-fn digest(path: &Path) -> Result<(String, u64), String> {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .map_err(|e| format!("sha256sum: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex = text.split_whitespace().next().unwrap_or("").to_owned();
-    if !out.status.success() || hex.len() != 64 {
-        return Err(format!("sha256sum {}: {text}", path.display()));
-    }
-    let size = fs::metadata(path).map_err(|e| e.to_string())?.len();
-    Ok((format!("sha256:{hex}"), size))
-}
-
-/// An OCI image layout of `tree` (one uncompressed layer, `Cmd ["/bin/sh"]`) in `out`.
-fn write_oci_layout(tree: &Path, out: &Path) -> Result<(), String> {
-    let blobs = out.join("blobs/sha256");
-    fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
-    let layer = out.join("layer.tar");
-    sh(Command::new("tar")
-        .arg("--numeric-owner")
-        .arg("-C")
-        .arg(tree)
-        .arg("-cf")
-        .arg(&layer)
-        .arg("."))?;
-    let (layer_digest, layer_size) = digest(&layer)?;
-    let put = |digest: &str, path: &Path| -> Result<(), String> {
-        let hex = digest.trim_start_matches("sha256:");
-        fs::rename(path, blobs.join(hex)).map_err(|e| e.to_string())
-    };
-    put(&layer_digest, &layer)?;
-    let write_blob = |name: &str, text: String| -> Result<(String, u64), String> {
-        let p = out.join(name);
-        fs::write(&p, text).map_err(|e| e.to_string())?;
-        let d = digest(&p)?;
-        put(&d.0, &p)?;
-        Ok(d)
-    };
-    let (config_digest, config_size) = write_blob(
-        "config.json",
-        format!(
-            r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"]}},"rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
-        ),
-    )?;
-    let (manifest_digest, manifest_size) = write_blob(
-        "manifest.json",
-        format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{config_size}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{layer_size}}}]}}"#
-        ),
-    )?;
-    fs::write(
-        out.join("index.json"),
-        format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{manifest_size},"annotations":{{"org.opencontainers.image.ref.name":"latest"}}}}]}}"#
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    fs::write(out.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
-        .map_err(|e| e.to_string())
+/// The capsule's address on `network`, from `bolt inspect --format json`.
+fn capsule_ip(agent: &Agent, capsule: &str, network: &str) -> Result<Ipv4Addr, String> {
+    let json = agent.check(&["inspect", "--format", "json", capsule])?;
+    let missing = || format!("no address on {network}: {json}");
+    // `"addresses": {"NETWORK": "IP"}`, pretty-printed or not.
+    let key = format!("\"{network}\"");
+    let addresses = json.find("\"addresses\"").ok_or_else(missing)?;
+    let at = json[addresses..].find(&key).ok_or_else(missing)? + addresses + key.len();
+    json[at..]
+        .split('"')
+        .nth(1)
+        .ok_or_else(missing)?
+        .parse()
+        .map_err(|e| format!("address of {capsule}: {e}"))
 }

@@ -8,38 +8,12 @@
 //! Prints a markdown table of medians.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use bolt_bench::{env_u64, median};
 use bolt_capsule::image::{ImageStore, PullOptions, StoreConfig};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn du(p: &Path) -> u64 {
     let out = Command::new("du").arg("-sb").arg(p).output().unwrap();
@@ -72,7 +46,7 @@ fn bolt(rt: &tokio::runtime::Runtime, work: &Path, image: &str, durable: bool) -
 fn peers(work: &Path, image: &str) -> (f64, f64) {
     let oci = work.join("oci");
     let bundle = work.join("bundle");
-    let policy = repo_root().join("tests/fixtures/policy.json");
+    let policy = bolt_bench::workspace_root().join("tests/fixtures/policy.json");
     let t = Instant::now();
     let st = Command::new("skopeo")
         .arg("--policy")
@@ -109,7 +83,7 @@ fn main() {
     };
     let image = std::env::var("BOLT_BENCH_IMAGE")
         .unwrap_or_else(|_| format!("{reg}/bolt-test/debian:bookworm"));
-    let rounds = env_or("BOLT_BENCH_ROUNDS", 5).max(1);
+    let rounds = env_u64("BOLT_BENCH_ROUNDS", 5).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

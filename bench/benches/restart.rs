@@ -24,13 +24,6 @@ use nix::unistd::Pid;
 const CAPSULES: usize = 1_000;
 const BATCH: usize = 10_000;
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this binary without it, and
     // a test run must not fill a million-event log.
@@ -38,9 +31,9 @@ fn main() {
         eprintln!("restart: run with `cargo bench -p bolt-bench --bench restart`");
         return;
     }
-    let events = env_or("BOLT_BENCH_EVENTS", 1_000_000);
-    let runs = env_or("BOLT_BENCH_RUNS", 5).max(1) as usize;
-    let every = env_or("BOLT_BENCH_SNAPSHOT_EVERY", 10_000);
+    let events = bolt_bench::env_u64("BOLT_BENCH_EVENTS", 1_000_000);
+    let runs = bolt_bench::env_u64("BOLT_BENCH_RUNS", 5).max(1) as usize;
+    let every = bolt_bench::env_u64("BOLT_BENCH_SNAPSHOT_EVERY", 10_000);
     let bin = bolt_bench::bolt_binary().unwrap();
 
     let work = tempfile::Builder::new()

@@ -27,10 +27,10 @@
 //! The markdown table is printed and kept in `target/bolt-bench/run.md`.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio as ProcStdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, ExitCode};
 
+use bolt_bench::{build_lower, have, sh, Agent, BENCH_IMAGE};
 use bolt_capsule::runtime::{oci, CapsuleSpec, Rootfs, Runtime, Stdio};
 
 const CHILD_FLAG: &str = "__bolt_true";
@@ -43,13 +43,7 @@ fn main() -> ExitCode {
             None => ExitCode::from(2),
         };
     }
-    match bench() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("run bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bolt_bench::exit_code("run", bench())
 }
 
 fn spec_for(dir: &Path, id: &str, capsule_dir: &Path) -> CapsuleSpec {
@@ -81,60 +75,19 @@ fn run_once(dir: &Path) -> ExitCode {
     }
 }
 
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn sh(cmd: &mut Command) -> Result<(), String> {
-    let st = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd:?}: {st}"))
-    }
-}
-
-/// The busybox lower directory: /bin/busybox plus its applet links.
-fn build_lower(lower: &Path) -> Result<(), String> {
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
-        fs::create_dir_all(lower.join(d)).map_err(|e| e.to_string())?;
-    }
-    fs::copy("/bin/busybox", lower.join("bin/busybox")).map_err(|e| format!("busybox: {e}"))?;
-    sh(Command::new("/bin/busybox")
-        .arg("--install")
-        .arg("-s")
-        .arg(lower.join("bin")))?;
-    // The links point at busybox's real path (/usr/bin/busybox on merged-/usr hosts).
-    let target = fs::read_link(lower.join("bin/sh")).map_err(|e| e.to_string())?;
-    let inside = lower.join(target.strip_prefix("/").unwrap_or(&target));
-    if !inside.exists() {
-        if let Some(parent) = inside.parent() {
-            fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-        }
-        fs::copy("/bin/busybox", &inside).map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
 fn bench() -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        println!("run bench skipped: needs root");
+    if !bolt_bench::can_run(
+        "run",
+        &[
+            ("hyperfine", "--version"),
+            ("runc", "--version"),
+            ("unshare", "--version"),
+        ],
+    ) {
         return Ok(());
     }
-    for tool in ["hyperfine", "runc", "unshare"] {
-        if !have(tool) {
-            println!("run bench skipped: {tool} is not installed");
-            return Ok(());
-        }
-    }
-    let crun = have("crun");
-    let tmp = tempfile::Builder::new()
-        .prefix("bolt-bench-run-")
-        .tempdir_in("/var/tmp")
-        .map_err(|e| e.to_string())?;
+    let crun = have("crun", "--version");
+    let tmp = bolt_bench::bench_tempdir("run")?;
     let dir = tmp.path();
     build_lower(&dir.join("lower"))?;
 
@@ -145,11 +98,11 @@ fn bench() -> Result<(), String> {
     oci::write_bundle(&spec, &bundle).map_err(|e| e.to_string())?;
 
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out_dir = bolt_bench::target_dir().join("bolt-bench");
-    fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
-    let md = out_dir.join("run.md");
+    let md = bolt_bench::out_dir()?.join("run.md");
     let q = |p: &Path| p.display().to_string();
-    let agent = BoltAgent::start(dir)?;
+    let agent = Agent::start(dir, None)?;
+    // One run outside the measurement: the image is cached, the paths are warm.
+    agent.check(&["run", "--rm", "--network", "none", BENCH_IMAGE, "/bin/true"])?;
     let mut hyperfine = format!(
         "hyperfine -N --runs 30 --warmup 3 --export-markdown {md} \
          -n bolt-runtime '{exe} {CHILD_FLAG} {dir}' \
@@ -159,7 +112,7 @@ fn bench() -> Result<(), String> {
         exe = q(&exe),
         dir = q(dir),
         bundle = q(&bundle),
-        run = agent.run_command(),
+        run = agent.command_line(&format!("run --rm --network none {BENCH_IMAGE} /bin/true")),
     );
     if crun {
         hyperfine.push_str(&format!(
@@ -170,7 +123,7 @@ fn bench() -> Result<(), String> {
     } else {
         println!("crun is not installed (apt-get install -y crun): no crun column");
     }
-    if have("podman") {
+    if have("podman", "--version") {
         hyperfine.push_str(&format!(
             " -n podman 'podman run --rm --network none --cgroup-manager=cgroupfs --runtime runc \
              --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 --rootfs {lower} /bin/true'",
@@ -190,169 +143,5 @@ fn bench() -> Result<(), String> {
     // runc (and crun) make `/bolt` in every cgroup hierarchy and remove only their leaf.
     bolt_capsule::runtime::cgroup::remove_empty_parents();
     measured?;
-    let table = fs::read_to_string(&md).map_err(|e| e.to_string())?;
-    println!("\n{table}");
-    println!("(kept in {})", md.display());
-    Ok(())
-}
-
-/// A `bolt agent` on a root inside the bench directory, with the busybox tree imported as
-/// `bench/busybox:latest`. Stopped (SIGTERM) by [`BoltAgent::stop`] or when dropped.
-struct BoltAgent {
-    bin: PathBuf,
-    socket: PathBuf,
-    child: Option<Child>,
-}
-
-const BENCH_IMAGE: &str = "bench/busybox:latest";
-
-impl BoltAgent {
-    fn start(dir: &Path) -> Result<BoltAgent, String> {
-        let bin = bolt_bench::bolt_binary()?;
-        write_oci_layout(&dir.join("lower"), &dir.join("oci"))?;
-        let socket = dir.join("bolt.sock");
-        let log = fs::File::create(dir.join("agent.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(&bin)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("agent")
-            .arg("--root")
-            .arg(dir.join("bolt-root"))
-            .arg("--registry-auth")
-            .arg(dir.join("no-registry-auth.json"))
-            .env_remove("BOLT_LOG")
-            .stdin(ProcStdio::null())
-            .stdout(ProcStdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", bin.display()))?;
-        let agent = BoltAgent {
-            bin,
-            socket,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !agent.bolt(&["info"]).is_ok_and(|o| o.status.success()) {
-            if Instant::now() > deadline {
-                return Err("the bolt agent did not answer within 60 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let oci = dir.join("oci").display().to_string();
-        agent.check(&["image", "import", "-q", &oci, "--reference", BENCH_IMAGE])?;
-        // One run outside the measurement: the image is cached, the paths are warm.
-        agent.check(&["run", "--rm", "--network", "none", BENCH_IMAGE, "/bin/true"])?;
-        Ok(agent)
-    }
-
-    fn bolt(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
-        Command::new(&self.bin)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(ProcStdio::null())
-            .output()
-    }
-
-    fn check(&self, args: &[&str]) -> Result<(), String> {
-        let out = self.bolt(args).map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "bolt {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-
-    fn run_command(&self) -> String {
-        format!(
-            "{} --socket {} run --rm --network none {BENCH_IMAGE} /bin/true",
-            self.bin.display(),
-            self.socket.display()
-        )
-    }
-
-    fn stop(mut self) {
-        self.terminate();
-    }
-
-    fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for BoltAgent {
-    fn drop(&mut self) {
-        self.terminate();
-    }
-}
-
-/// `sha256:HEX` and size of a file (sha256sum, as the rest of the bench uses host tools).
-fn digest(path: &Path) -> Result<(String, u64), String> {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .map_err(|e| format!("sha256sum: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex = text.split_whitespace().next().unwrap_or("").to_owned();
-    if !out.status.success() || hex.len() != 64 {
-        return Err(format!("sha256sum {}: {text}", path.display()));
-    }
-    let size = fs::metadata(path).map_err(|e| e.to_string())?.len();
-    Ok((format!("sha256:{hex}"), size))
-}
-
-/// An OCI image layout of `tree` (one uncompressed layer, `Cmd ["/bin/sh"]`) in `out`.
-fn write_oci_layout(tree: &Path, out: &Path) -> Result<(), String> {
-    let blobs = out.join("blobs/sha256");
-    fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
-    let layer = out.join("layer.tar");
-    sh(Command::new("tar")
-        .arg("--numeric-owner")
-        .arg("-C")
-        .arg(tree)
-        .arg("-cf")
-        .arg(&layer)
-        .arg("."))?;
-    let (layer_digest, layer_size) = digest(&layer)?;
-    let put = |digest: &str, path: &Path| -> Result<(), String> {
-        let hex = digest.trim_start_matches("sha256:");
-        fs::rename(path, blobs.join(hex)).map_err(|e| e.to_string())
-    };
-    put(&layer_digest, &layer)?;
-    let write_blob = |name: &str, text: String| -> Result<(String, u64), String> {
-        let p = out.join(name);
-        fs::write(&p, text).map_err(|e| e.to_string())?;
-        let d = digest(&p)?;
-        put(&d.0, &p)?;
-        Ok(d)
-    };
-    let (config_digest, config_size) = write_blob(
-        "config.json",
-        format!(
-            r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"]}},"rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
-        ),
-    )?;
-    let (manifest_digest, manifest_size) = write_blob(
-        "manifest.json",
-        format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{config_size}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{layer_size}}}]}}"#
-        ),
-    )?;
-    fs::write(
-        out.join("index.json"),
-        format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{manifest_size},"annotations":{{"org.opencontainers.image.ref.name":"latest"}}}}]}}"#
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    fs::write(out.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
-        .map_err(|e| e.to_string())
+    bolt_bench::print_table(&md)
 }
