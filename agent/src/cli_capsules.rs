@@ -26,6 +26,7 @@ use crate::api_capsules::{
 };
 use crate::capsules::{parse_cpus, parse_size, short, DEFAULT_STOP_TIMEOUT};
 use crate::cli::CliError;
+use crate::cli_util::{each_name, json_err, now_ms, write_list};
 use crate::supervisor::frame;
 
 /// `--format` of the capsule commands.
@@ -337,20 +338,14 @@ async fn run_async(socket: &Path, cmd: CapsuleCommand) -> CliResult<ExitCode> {
                 None,
             )
             .await?;
-            if quiet {
-                for c in &list {
-                    writeln!(out, "{}", short(&c.id))?;
-                }
-            } else {
-                match format {
-                    CapsuleFormat::Table => out.write_all(render_ps(&list, now_ms()).as_bytes())?,
-                    CapsuleFormat::Json => {
-                        for c in &list {
-                            writeln!(out, "{}", serde_json::to_string(c).map_err(json_err)?)?;
-                        }
-                    }
-                }
-            }
+            write_list(
+                &mut out,
+                &list,
+                quiet,
+                format,
+                |c| short(&c.id),
+                |l| render_ps(l, now_ms()),
+            )?;
         }
         CapsuleCommand::Logs {
             follow,
@@ -377,59 +372,37 @@ async fn run_async(socket: &Path, cmd: CapsuleCommand) -> CliResult<ExitCode> {
             out.write_all(render_top(&top).as_bytes())?;
         }
         CapsuleCommand::Start { capsules } => {
-            let mut failed = false;
-            for c in capsules {
-                match call::<CapsuleView>(socket, Method::POST, &capsule_path(&c, "/start"), None)
-                    .await
-                {
-                    Ok(_) => writeln!(out, "{c}")?,
-                    Err(e) => failed = report_one(e),
-                }
-            }
-            if failed {
-                out.flush()?;
+            let started = each_name(&mut out, capsules, async |c: &str| {
+                call::<CapsuleView>(socket, Method::POST, &capsule_path(c, "/start"), None).await
+            });
+            if !started.await? {
                 return Ok(ExitCode::FAILURE);
             }
         }
         CapsuleCommand::Stop { time, capsules } => {
-            let mut failed = false;
-            for c in capsules {
-                let path = format!("{}?timeout={time}", capsule_path(&c, "/stop"));
-                match call::<CapsuleView>(socket, Method::POST, &path, None).await {
-                    Ok(_) => writeln!(out, "{c}")?,
-                    Err(e) => failed = report_one(e),
-                }
-            }
-            if failed {
-                out.flush()?;
+            let stopped = each_name(&mut out, capsules, async |c: &str| {
+                let path = format!("{}?timeout={time}", capsule_path(c, "/stop"));
+                call::<CapsuleView>(socket, Method::POST, &path, None).await
+            });
+            if !stopped.await? {
                 return Ok(ExitCode::FAILURE);
             }
         }
         CapsuleCommand::Kill { signal, capsules } => {
-            let mut failed = false;
-            for c in capsules {
-                let path = format!("{}?signal={}", capsule_path(&c, "/kill"), encode(&signal));
-                match call::<CapsuleView>(socket, Method::POST, &path, None).await {
-                    Ok(_) => writeln!(out, "{c}")?,
-                    Err(e) => failed = report_one(e),
-                }
-            }
-            if failed {
-                out.flush()?;
+            let killed = each_name(&mut out, capsules, async |c: &str| {
+                let path = format!("{}?signal={}", capsule_path(c, "/kill"), encode(&signal));
+                call::<CapsuleView>(socket, Method::POST, &path, None).await
+            });
+            if !killed.await? {
                 return Ok(ExitCode::FAILURE);
             }
         }
         CapsuleCommand::Rm { force, capsules } => {
-            let mut failed = false;
-            for c in capsules {
-                let path = format!("{}?force={force}", capsule_path(&c, ""));
-                match call::<serde_json::Value>(socket, Method::DELETE, &path, None).await {
-                    Ok(_) => writeln!(out, "{c}")?,
-                    Err(e) => failed = report_one(e),
-                }
-            }
-            if failed {
-                out.flush()?;
+            let removed = each_name(&mut out, capsules, async |c: &str| {
+                let path = format!("{}?force={force}", capsule_path(c, ""));
+                call::<serde_json::Value>(socket, Method::DELETE, &path, None).await
+            });
+            if !removed.await? {
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -459,17 +432,6 @@ async fn run_async(socket: &Path, cmd: CapsuleCommand) -> CliResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// With several capsules, each failure is printed (one line) as it happens and the command
-/// exits 1 at the end, as docker.
-fn report_one(e: CapsuleCliError) -> bool {
-    eprintln!("bolt: {e}");
-    true
-}
-
-fn json_err(e: serde_json::Error) -> CapsuleCliError {
-    CapsuleCliError::Decode(e.to_string())
-}
-
 fn capsule_path(key: &str, suffix: &str) -> String {
     format!("{PATH_CAPSULES}/{}{suffix}", encode(key))
 }
@@ -485,12 +447,6 @@ pub(crate) fn encode(s: &str) -> String {
         }
     }
     out
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ use hyper::Method;
 use crate::api_networks::PATH_NETWORKS;
 use crate::cli::CliError;
 use crate::cli_capsules::{call, encode, CapsuleCliError, CapsuleFormat};
+use crate::cli_util::{block_on, each_name, json_err, write_list};
 use crate::networks::{CreateNetworkRequest, NetworkView};
 
 /// `bolt network <command>`.
@@ -56,15 +57,7 @@ pub enum NetworkCommand {
 
 /// Runs a network command.
 pub fn run(socket: PathBuf, cmd: NetworkCommand) -> Result<ExitCode, CliError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CapsuleCliError::Runtime)?;
-    Ok(rt.block_on(run_async(&socket, cmd))?)
-}
-
-fn json_err(e: serde_json::Error) -> CapsuleCliError {
-    CapsuleCliError::Decode(e.to_string())
+    block_on(run_async(&socket, cmd))
 }
 
 async fn run_async(socket: &Path, cmd: NetworkCommand) -> Result<ExitCode, CapsuleCliError> {
@@ -88,34 +81,21 @@ async fn run_async(socket: &Path, cmd: NetworkCommand) -> Result<ExitCode, Capsu
         }
         NetworkCommand::Ls { quiet, format } => {
             let list: Vec<NetworkView> = call(socket, Method::GET, PATH_NETWORKS, None).await?;
-            if quiet {
-                for n in &list {
-                    writeln!(out, "{}", n.name)?;
-                }
-            } else {
-                match format {
-                    CapsuleFormat::Json => {
-                        for n in &list {
-                            writeln!(out, "{}", serde_json::to_string(n).map_err(json_err)?)?;
-                        }
-                    }
-                    CapsuleFormat::Table => out.write_all(render_ls(&list).as_bytes())?,
-                }
-            }
+            write_list(
+                &mut out,
+                &list,
+                quiet,
+                format,
+                |n| n.name.clone(),
+                render_ls,
+            )?;
         }
         NetworkCommand::Rm { names } => {
-            let mut failed = false;
-            for name in names {
-                let path = format!("{PATH_NETWORKS}/{}", encode(&name));
-                match call::<serde_json::Value>(socket, Method::DELETE, &path, None).await {
-                    Ok(_) => writeln!(out, "{name}")?,
-                    Err(e) => {
-                        eprintln!("bolt: {e}");
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
+            let removed = each_name(&mut out, names, async |name: &str| {
+                let path = format!("{PATH_NETWORKS}/{}", encode(name));
+                call::<serde_json::Value>(socket, Method::DELETE, &path, None).await
+            });
+            if !removed.await? {
                 return Ok(ExitCode::FAILURE);
             }
         }

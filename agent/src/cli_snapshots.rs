@@ -13,6 +13,7 @@ use hyper::Method;
 use crate::api_snapshots::{CreateSnapshotRequest, PATH_COMMIT, PATH_SNAPSHOTS};
 use crate::cli::CliError;
 use crate::cli_capsules::{call, encode, CapsuleCliError, CapsuleFormat};
+use crate::cli_util::{block_on, each_name, json_err, now_ms, write_list};
 use crate::snapshots::{CommitRequest, CommitView, SnapshotView};
 
 /// `bolt snapshot <command>`. TARGET is `capsule:NAME` or `volume:NAME`; the agent root must
@@ -74,25 +75,13 @@ pub struct CommitArgs {
     pub reference: String,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CapsuleCliError::Runtime)?)
-}
-
-fn json_err(e: serde_json::Error) -> CapsuleCliError {
-    CapsuleCliError::Decode(e.to_string())
-}
-
 /// Runs a snapshot command.
 pub fn run(socket: PathBuf, cmd: SnapshotCommand) -> Result<ExitCode, CliError> {
-    Ok(runtime()?.block_on(run_async(&socket, cmd))?)
+    block_on(run_async(&socket, cmd))
 }
 
 /// Runs `bolt commit`: prints the new image's id (manifest digest).
 pub fn commit(socket: PathBuf, args: CommitArgs) -> Result<ExitCode, CliError> {
-    let rt = runtime()?;
     let req = CommitRequest {
         capsule: args.capsule,
         reference: args.reference,
@@ -100,7 +89,7 @@ pub fn commit(socket: PathBuf, args: CommitArgs) -> Result<ExitCode, CliError> {
         author: args.author,
         changes: args.change,
     };
-    let v: CommitView = rt.block_on(async {
+    let v: CommitView = block_on(async {
         let body = serde_json::to_vec(&req).map_err(json_err)?;
         call(&socket, Method::POST, PATH_COMMIT, Some(body)).await
     })?;
@@ -136,20 +125,14 @@ async fn run_async(socket: &Path, cmd: SnapshotCommand) -> Result<ExitCode, Caps
                 None => PATH_SNAPSHOTS.to_owned(),
             };
             let list: Vec<SnapshotView> = call(socket, Method::GET, &path, None).await?;
-            if quiet {
-                for v in &list {
-                    writeln!(out, "{}:{} {}", v.target_kind, v.target_name, v.name)?;
-                }
-            } else {
-                match format {
-                    CapsuleFormat::Json => {
-                        for v in &list {
-                            writeln!(out, "{}", serde_json::to_string(v).map_err(json_err)?)?;
-                        }
-                    }
-                    CapsuleFormat::Table => out.write_all(render_ls(&list, now_ms()).as_bytes())?,
-                }
-            }
+            write_list(
+                &mut out,
+                &list,
+                quiet,
+                format,
+                |v| format!("{}:{} {}", v.target_kind, v.target_name, v.name),
+                |l| render_ls(l, now_ms()),
+            )?;
         }
         SnapshotCommand::Restore { target, name } => {
             let path = snapshot_path(&target, &name, "/restore");
@@ -157,29 +140,16 @@ async fn run_async(socket: &Path, cmd: SnapshotCommand) -> Result<ExitCode, Caps
             writeln!(out, "{name}")?;
         }
         SnapshotCommand::Rm { target, names } => {
-            let mut failed = false;
-            for name in names {
-                let path = snapshot_path(&target, &name, "");
-                match call::<serde_json::Value>(socket, Method::DELETE, &path, None).await {
-                    Ok(_) => writeln!(out, "{name}")?,
-                    Err(e) => {
-                        eprintln!("bolt: {e}");
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
+            let removed = each_name(&mut out, names, async |name: &str| {
+                let path = snapshot_path(&target, name, "");
+                call::<serde_json::Value>(socket, Method::DELETE, &path, None).await
+            });
+            if !removed.await? {
                 return Ok(ExitCode::FAILURE);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// "3 minutes ago", docker style.

@@ -12,6 +12,7 @@ use hyper::Method;
 use crate::api_volumes::{CreateVolumeRequest, PATH_VOLUMES, PATH_VOLUMES_PRUNE};
 use crate::cli::CliError;
 use crate::cli_capsules::{call, encode, CapsuleCliError, CapsuleFormat};
+use crate::cli_util::{block_on, each_name, json_err, write_list};
 
 /// `bolt volume <command>`.
 #[derive(Debug, Subcommand)]
@@ -56,15 +57,7 @@ pub enum VolumeCommand {
 
 /// Runs a volume command.
 pub fn run(socket: PathBuf, cmd: VolumeCommand) -> Result<ExitCode, CliError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CapsuleCliError::Runtime)?;
-    Ok(rt.block_on(run_async(&socket, cmd))?)
-}
-
-fn json_err(e: serde_json::Error) -> CapsuleCliError {
-    CapsuleCliError::Decode(e.to_string())
+    block_on(run_async(&socket, cmd))
 }
 
 /// Parses `KEY=VALUE` labels.
@@ -96,34 +89,21 @@ async fn run_async(socket: &Path, cmd: VolumeCommand) -> Result<ExitCode, Capsul
         }
         VolumeCommand::Ls { quiet, format } => {
             let list: Vec<Volume> = call(socket, Method::GET, PATH_VOLUMES, None).await?;
-            if quiet {
-                for v in &list {
-                    writeln!(out, "{}", v.name)?;
-                }
-            } else {
-                match format {
-                    CapsuleFormat::Json => {
-                        for v in &list {
-                            writeln!(out, "{}", serde_json::to_string(v).map_err(json_err)?)?;
-                        }
-                    }
-                    CapsuleFormat::Table => out.write_all(render_ls(&list).as_bytes())?,
-                }
-            }
+            write_list(
+                &mut out,
+                &list,
+                quiet,
+                format,
+                |v| v.name.clone(),
+                render_ls,
+            )?;
         }
         VolumeCommand::Rm { names } => {
-            let mut failed = false;
-            for name in names {
-                let path = format!("{PATH_VOLUMES}/{}", encode(&name));
-                match call::<serde_json::Value>(socket, Method::DELETE, &path, None).await {
-                    Ok(_) => writeln!(out, "{name}")?,
-                    Err(e) => {
-                        eprintln!("bolt: {e}");
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
+            let removed = each_name(&mut out, names, async |name: &str| {
+                let path = format!("{PATH_VOLUMES}/{}", encode(name));
+                call::<serde_json::Value>(socket, Method::DELETE, &path, None).await
+            });
+            if !removed.await? {
                 return Ok(ExitCode::FAILURE);
             }
         }

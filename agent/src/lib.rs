@@ -33,6 +33,7 @@ pub mod cli_capsules;
 pub mod cli_images;
 pub mod cli_networks;
 pub mod cli_snapshots;
+mod cli_util;
 pub mod cli_volumes;
 pub mod client;
 pub mod client_images;
