@@ -297,6 +297,46 @@ fn random_hex() -> String {
     hex::encode(b)
 }
 
+/// A change of one snapshot, decided by [`Snapshots::decided`].
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Create,
+    Restore,
+    Remove,
+}
+
+impl Change {
+    fn command(self, target_kind: String, target: String, name: String) -> Command {
+        match self {
+            Change::Create => Command::CreateSnapshot {
+                target_kind,
+                target,
+                name,
+            },
+            Change::Restore => Command::RestoreSnapshot {
+                target_kind,
+                target,
+                name,
+            },
+            Change::Remove => Command::RemoveSnapshot {
+                target_kind,
+                target,
+                name,
+            },
+        }
+    }
+}
+
+/// A decided snapshot change, the operations lock held until it is dropped.
+struct Decided<'a> {
+    _ops: tokio::sync::MutexGuard<'a, ()>,
+    storage: Storage,
+    target: Target,
+    payloads: Vec<bolt_events::Payload>,
+    /// The targets a restore must not touch.
+    in_use: BTreeSet<Target>,
+}
+
 /// The snapshot operations of a node's capsules and volumes.
 #[derive(Debug, Clone)]
 pub struct Snapshots {
@@ -309,21 +349,34 @@ impl Snapshots {
         Snapshots { caps }
     }
 
-    /// Decides `make(target)` on the live state, returning the target and the payloads.
+    /// Checks for btrfs, takes the node's operations lock and decides `change` of snapshot
+    /// `name` of the target on the live state.
     async fn decided(
         &self,
         arg: &TargetArg,
-        make: impl FnOnce(&'static str, String) -> Command + Send + 'static,
-    ) -> Result<(Target, Vec<bolt_events::Payload>, BTreeSet<Target>), SnapshotsError> {
-        let arg = arg.clone();
-        self.caps
+        name: &str,
+        change: Change,
+    ) -> Result<Decided<'_>, SnapshotsError> {
+        let storage = self.caps.storage().clone();
+        need_btrfs(&storage)?;
+        let ops = self.caps.lock_ops().await;
+        let (arg, name) = (arg.clone(), name.to_owned());
+        let (target, payloads, in_use) = self
+            .caps
             .state(move |s| {
                 let target = resolve(s, &arg)?;
-                let (kind, name) = kind_target(&target);
-                let payloads = decide(s, make(kind, name))?;
+                let (kind, tname) = kind_target(&target);
+                let payloads = decide(s, change.command(kind.to_owned(), tname, name))?;
                 Ok::<_, SnapshotsError>((target, payloads, restore_in_use(s)))
             })
-            .await?
+            .await??;
+        Ok(Decided {
+            _ops: ops,
+            storage,
+            target,
+            payloads,
+            in_use,
+        })
     }
 
     /// Takes a snapshot `name` of the target (running or not: crash-consistent).
@@ -332,17 +385,13 @@ impl Snapshots {
         arg: &TargetArg,
         name: &str,
     ) -> Result<SnapshotView, SnapshotsError> {
-        let storage = self.caps.storage().clone();
-        need_btrfs(&storage)?;
-        let _ops = self.caps.lock_ops().await;
-        let n = name.to_owned();
-        let (target, payloads, _) = self
-            .decided(arg, move |target_kind, target| Command::CreateSnapshot {
-                target_kind: target_kind.to_owned(),
-                target,
-                name: n,
-            })
-            .await?;
+        let Decided {
+            _ops,
+            storage,
+            target,
+            payloads,
+            ..
+        } = self.decided(arg, name, Change::Create).await?;
         let store = storage.snapshots();
         let (t, n) = (target.clone(), name.to_owned());
         tokio::task::spawn_blocking(move || store.create(&t, &n))
@@ -382,17 +431,13 @@ impl Snapshots {
     /// Replaces the target's content with snapshot `name`'s. Refused while the capsule runs or
     /// a running capsule mounts the volume.
     pub async fn restore(&self, arg: &TargetArg, name: &str) -> Result<(), SnapshotsError> {
-        let storage = self.caps.storage().clone();
-        need_btrfs(&storage)?;
-        let _ops = self.caps.lock_ops().await;
-        let n = name.to_owned();
-        let (target, payloads, in_use) = self
-            .decided(arg, move |target_kind, target| Command::RestoreSnapshot {
-                target_kind: target_kind.to_owned(),
-                target,
-                name: n,
-            })
-            .await?;
+        let Decided {
+            _ops,
+            storage,
+            target,
+            payloads,
+            in_use,
+        } = self.decided(arg, name, Change::Restore).await?;
         let store = storage.snapshots();
         let n = name.to_owned();
         tokio::task::spawn_blocking(move || store.restore(&target, &n, &in_use))
@@ -405,17 +450,13 @@ impl Snapshots {
     /// Deletes snapshot `name` of the target. One missing on disk (a crash between its deletion
     /// and the event) is still recorded as removed.
     pub async fn remove(&self, arg: &TargetArg, name: &str) -> Result<(), SnapshotsError> {
-        let storage = self.caps.storage().clone();
-        need_btrfs(&storage)?;
-        let _ops = self.caps.lock_ops().await;
-        let n = name.to_owned();
-        let (target, payloads, _) = self
-            .decided(arg, move |target_kind, target| Command::RemoveSnapshot {
-                target_kind: target_kind.to_owned(),
-                target,
-                name: n,
-            })
-            .await?;
+        let Decided {
+            _ops,
+            storage,
+            target,
+            payloads,
+            ..
+        } = self.decided(arg, name, Change::Remove).await?;
         let store = storage.snapshots();
         let n = name.to_owned();
         match tokio::task::spawn_blocking(move || store.remove(&target, &n))
