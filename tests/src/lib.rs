@@ -140,6 +140,13 @@ impl Node {
         })
     }
 
+    /// A node (as [`Node::new`]) whose agent reads no registry credentials (`--registry-auth
+    /// DIR/no-auth.json`, a file that is not there) instead of this machine's docker config.
+    pub fn without_registry_auth(dir: &Path, name: &str) -> Result<Node, HarnessError> {
+        let auth = dir.join("no-auth.json");
+        Ok(Node::new(dir, name)?.with_agent_args(&["--registry-auth", &auth.to_string_lossy()]))
+    }
+
     /// Extra `bolt agent` arguments (such as `--snapshot-every 2`).
     pub fn with_agent_args(mut self, args: &[&str]) -> Node {
         self.extra_args = args.iter().map(|a| a.to_string()).collect();
@@ -286,6 +293,15 @@ impl Node {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
+    }
+
+    /// [`Node::bolt`] that must run and succeed; panics (the test fails) otherwise.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        match self.bolt(args) {
+            Ok(out) if out.ok() => out,
+            Ok(out) => panic!("bolt {args:?} failed: {out:?}"),
+            Err(e) => panic!("bolt {args:?}: {e}"),
+        }
     }
 
     /// Run `bolt --socket SOCKET <args>` with `input` on its stdin and wait for it.
@@ -560,4 +576,19 @@ pub fn root_and_registry(test: &str) -> Option<String> {
     }
     eprintln!("SKIPPED {test}: {why}");
     None
+}
+
+/// The busybox fixture image in the test registry `registry` (see docs/fixtures.md).
+pub fn busybox(registry: &str) -> String {
+    format!("{registry}/bolt-test/busybox:latest")
+}
+
+/// The single `bolt: ...` line a failed command printed on stderr; panics (the test fails)
+/// when it succeeded or printed more or less.
+pub fn one_error_line(out: &Output) -> String {
+    assert!(!out.ok(), "expected a failure: {out:?}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {:?}", out.stderr);
+    assert!(lines[0].starts_with("bolt: "), "{:?}", lines[0]);
+    lines[0].to_string()
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use bolt_tests::{root_and_registry, Node, Output, PATIENCE};
+use bolt_tests::{busybox, one_error_line, root_and_registry, Node, Output, PATIENCE};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -39,15 +39,11 @@ fn setup(test: &str, exclusive: bool) -> Option<Env> {
         Guard::Shared(CGROUPS.read().unwrap_or_else(|e| e.into_inner()))
     };
     let dir = tempfile::tempdir().unwrap();
-    // No registry credentials from this machine's docker config.
-    let auth = dir.path().join("no-auth.json");
-    let mut node = Node::new(dir.path(), "n")
-        .unwrap()
-        .with_agent_args(&["--registry-auth", auth.to_str().unwrap()]);
+    let mut node = Node::without_registry_auth(dir.path(), "n").unwrap();
     node.start().unwrap();
     Some(Env {
         node,
-        image: format!("{registry}/bolt-test/busybox:latest"),
+        image: busybox(&registry),
         _guard: guard,
         _dir: dir,
     })
@@ -59,9 +55,7 @@ impl Env {
     }
 
     fn ok(&self, args: &[&str]) -> Output {
-        let out = self.bolt(args);
-        assert!(out.ok(), "bolt {args:?} failed: {out:?}");
-        out
+        self.node.ok(args)
     }
 
     /// `bolt run ARGS... IMAGE CMD...`.
@@ -187,14 +181,6 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "gave up waiting: {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn one_error_line(out: &Output) -> String {
-    assert!(!out.ok(), "expected a failure: {out:?}");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line on stderr: {:?}", out.stderr);
-    assert!(lines[0].starts_with("bolt: "), "{:?}", lines[0]);
-    lines[0].to_string()
 }
 
 fn status_of(v: &Value) -> &str {

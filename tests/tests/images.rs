@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use bolt_tests::{Node, Output};
+use bolt_tests::{one_error_line, Node, Output};
 use serde_json::Value;
 
 /// The registry (`127.0.0.1:PORT`), or None (and a message) when the test must skip.
@@ -110,20 +110,6 @@ fn node_id(node: &Node) -> String {
     let out = bolt(node, &["info", "--format", "json"]);
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     v["node_id"].as_str().unwrap().to_string()
-}
-
-/// The single line a failed command printed on stderr.
-fn one_error_line(out: &Output) -> String {
-    assert!(!out.ok(), "expected a failure: {out:?}");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one line on stderr: {:?}",
-        out.stderr
-    );
-    assert!(lines[0].starts_with("bolt: "), "{}", lines[0]);
-    lines[0].to_string()
 }
 
 /// Every path under `dir` with its size (files) or kind, to compare a store before and after.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bolt_tests::{cgroup_mounts, root_and_registry, Node, Output};
+use bolt_tests::{busybox, cgroup_mounts, root_and_registry, Node};
 use serde_json::Value;
 
 /// A named network namespace, removed on drop.
@@ -88,12 +88,6 @@ impl Drop for NetnsGuard {
     }
 }
 
-fn ok(node: &Node, args: &[&str]) -> Output {
-    let out = node.bolt(args).unwrap();
-    assert!(out.ok(), "bolt {args:?} failed: {}", out.stderr);
-    out
-}
-
 fn fails(node: &Node, args: &[&str]) -> String {
     let out = node.bolt(args).unwrap();
     assert!(!out.ok(), "bolt {args:?} should fail: {}", out.stdout);
@@ -126,23 +120,26 @@ struct Env {
     _dir: tempfile::TempDir,
 }
 
-/// The agent pulls the image in the machine's namespace (the registry is on its
-/// 127.0.0.1), then runs in namespace `tag`.
-fn env(test: &str, tag: &str) -> Option<Env> {
-    let registry = root_and_registry(test)?;
-    let image = format!("{registry}/bolt-test/busybox:latest");
-    let dir = tempfile::tempdir().unwrap();
-    let auth = dir.path().join("no-auth.json");
-    let mut node = Node::new(dir.path(), "n")
-        .unwrap()
-        .with_agent_args(&["--registry-auth", auth.to_str().unwrap()]);
+/// A node under `dir` whose agent pulls `image` in the machine's namespace (the registry is
+/// on its 127.0.0.1), then runs in `ns`.
+fn node_in(dir: &Path, image: &str, ns: &NetnsGuard) -> Node {
+    let mut node = Node::without_registry_auth(dir, "n").unwrap();
     node.start().unwrap();
-    ok(&node, &["pull", &image]);
+    node.ok(&["pull", image]);
     node.stop().unwrap();
-    let ns = NetnsGuard::new(tag);
     let nsenter = format!("--net={}", ns.path());
     node.set_wrapper(&["nsenter", &nsenter]);
     node.start().unwrap();
+    node
+}
+
+/// An agent in namespace `tag`, with the busybox image pulled.
+fn env(test: &str, tag: &str) -> Option<Env> {
+    let registry = root_and_registry(test)?;
+    let image = busybox(&registry);
+    let dir = tempfile::tempdir().unwrap();
+    let ns = NetnsGuard::new(tag);
+    let node = node_in(dir.path(), &image, &ns);
     Some(Env {
         node,
         ns,
@@ -153,7 +150,7 @@ fn env(test: &str, tag: &str) -> Option<Env> {
 
 /// `bolt inspect --format json` of one capsule.
 fn inspect(node: &Node, capsule: &str) -> Value {
-    let out = ok(node, &["inspect", "--format", "json", capsule]);
+    let out = node.ok(&["inspect", "--format", "json", capsule]);
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
     if v.is_array() {
         v[0].clone()
@@ -193,7 +190,9 @@ fn snapshot(env: &Env, network: &str) -> Snapshot {
         .filter(|p| p.exists())
         .collect();
     Snapshot {
-        ps: ok(&env.node, &["ps", "-a", "-q"])
+        ps: env
+            .node
+            .ok(&["ps", "-a", "-q"])
             .lines()
             .iter()
             .map(|l| l.to_string())
@@ -212,7 +211,7 @@ fn snapshot(env: &Env, network: &str) -> Snapshot {
 }
 
 fn ip_of(node: &Node, capsule: &str, network: &str) -> String {
-    let out = ok(node, &["inspect", "--format", "json", capsule]);
+    let out = node.ok(&["inspect", "--format", "json", capsule]);
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
     let v = if v.is_array() { v[0].clone() } else { v };
     v["addresses"][network]
@@ -222,7 +221,7 @@ fn ip_of(node: &Node, capsule: &str, network: &str) -> String {
 }
 
 fn allocations(node: &Node, network: &str) -> Vec<Value> {
-    let out = ok(node, &["network", "inspect", network]);
+    let out = node.ok(&["network", "inspect", network]);
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     v[0]["capsules"].as_array().unwrap().clone()
 }
@@ -245,25 +244,13 @@ fn capsules_on_a_bridge_talk_publish_ports_and_keep_addresses_unique_across_a_re
     let Some(registry) = root_and_registry("network e2e") else {
         return;
     };
-    let image = format!("{registry}/bolt-test/busybox:latest");
+    let image = busybox(&registry);
     let dir = tempfile::tempdir().unwrap();
-    let auth = dir.path().join("no-auth.json");
-    let mut node = Node::new(dir.path(), "n")
-        .unwrap()
-        .with_agent_args(&["--registry-auth", auth.to_str().unwrap()]);
     // Pull from the loopback registry in this namespace, then move the agent into the test's.
-    node.start().unwrap();
-    ok(&node, &["pull", &image]);
-    node.stop().unwrap();
     let ns = NetnsGuard::new("net");
-    let nsenter = format!("--net={}", ns.path());
-    node.set_wrapper(&["nsenter", &nsenter]);
-    node.start().unwrap();
+    let mut node = node_in(dir.path(), &image, &ns);
 
-    ok(
-        &node,
-        &["network", "create", "--subnet", "10.123.0.0/24", "tnet"],
-    );
+    node.ok(&["network", "create", "--subnet", "10.123.0.0/24", "tnet"]);
     let err = fails(
         &node,
         &["network", "create", "--subnet", "10.123.0.0/16", "t2"],
@@ -274,47 +261,41 @@ fn capsules_on_a_bridge_talk_publish_ports_and_keep_addresses_unique_across_a_re
         &["network", "create", "--subnet", "10.124.0.1/24", "t3"],
     );
     assert!(err.contains("10.124.0.0/24"), "{err}");
-    let ls = ok(&node, &["network", "ls", "-q"]).stdout;
+    let ls = node.ok(&["network", "ls", "-q"]).stdout;
     assert_eq!(ls.lines().collect::<Vec<_>>(), vec!["tnet"]);
 
     // A web server with a published port on the namespace's 127.0.0.1.
-    ok(
-        &node,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "srv",
-            "--network",
-            "tnet",
-            "-p",
-            "127.0.0.1:18080:8080",
-            &image,
-            "sh",
-            "-c",
-            "mkdir -p /www && echo hello-bolt > /www/index.html && exec httpd -f -p 8080 -h /www",
-        ],
-    );
+    node.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "--network",
+        "tnet",
+        "-p",
+        "127.0.0.1:18080:8080",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello-bolt > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ]);
     let srv_ip = ip_of(&node, "srv", "tnet");
     assert!(srv_ip.starts_with("10.123.0."), "{srv_ip}");
-    let hosts = ok(&node, &["exec", "srv", "cat", "/etc/hosts"]).stdout;
+    let hosts = node.ok(&["exec", "srv", "cat", "/etc/hosts"]).stdout;
     assert!(hosts.contains(&srv_ip), "{hosts}");
     assert_eq!(fetch(&ns, "http://127.0.0.1:18080/").trim(), "hello-bolt");
 
     // Capsule to capsule over TCP, with busybox wget.
-    let out = ok(
-        &node,
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "tnet",
-            &image,
-            "wget",
-            "-qO-",
-            &format!("http://{srv_ip}:8080/"),
-        ],
-    );
+    let out = node.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "tnet",
+        &image,
+        "wget",
+        "-qO-",
+        &format!("http://{srv_ip}:8080/"),
+    ]);
     assert_eq!(out.stdout.trim(), "hello-bolt");
 
     // Bad specs and a taken port: one line, nothing half-set.
@@ -341,27 +322,24 @@ fn capsules_on_a_bridge_talk_publish_ports_and_keep_addresses_unique_across_a_re
     );
     assert!(err.contains("18080"), "{err}");
     assert_eq!(allocations(&node, "tnet"), before);
-    let ps = ok(&node, &["ps", "-a", "-q"]).stdout;
+    let ps = node.ok(&["ps", "-a", "-q"]).stdout;
     assert_eq!(ps.lines().count(), 1, "{ps}");
 
     // Addresses: unique among live capsules, released on remove, the same across a restart.
     let mut seen_live = vec![srv_ip.clone()];
     for i in 0..6 {
         let name = format!("c{i}");
-        ok(
-            &node,
-            &[
-                "run",
-                "-d",
-                "--name",
-                &name,
-                "--network",
-                "tnet",
-                &image,
-                "sleep",
-                "300",
-            ],
-        );
+        node.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "tnet",
+            &image,
+            "sleep",
+            "300",
+        ]);
         let ip = ip_of(&node, &name, "tnet");
         assert!(
             !seen_live.contains(&ip),
@@ -369,7 +347,7 @@ fn capsules_on_a_bridge_talk_publish_ports_and_keep_addresses_unique_across_a_re
         );
         seen_live.push(ip);
         if i % 2 == 0 {
-            ok(&node, &["rm", "-f", &name]);
+            node.ok(&["rm", "-f", &name]);
             seen_live.pop();
         }
     }
@@ -377,20 +355,17 @@ fn capsules_on_a_bridge_talk_publish_ports_and_keep_addresses_unique_across_a_re
     node.start().unwrap();
     assert_eq!(ip_of(&node, "srv", "tnet"), srv_ip);
     assert_eq!(fetch(&ns, "http://127.0.0.1:18080/").trim(), "hello-bolt");
-    ok(
-        &node,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "after",
-            "--network",
-            "tnet",
-            &image,
-            "sleep",
-            "300",
-        ],
-    );
+    node.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "after",
+        "--network",
+        "tnet",
+        &image,
+        "sleep",
+        "300",
+    ]);
     let ip = ip_of(&node, "after", "tnet");
     assert!(
         !seen_live.contains(&ip),
@@ -400,10 +375,10 @@ fn capsules_on_a_bridge_talk_publish_ports_and_keep_addresses_unique_across_a_re
     // The network is refused while in use; after the capsules go, nothing of bolt is left.
     fails(&node, &["network", "rm", "tnet"]);
     for name in ["srv", "c1", "c3", "c5", "after"] {
-        ok(&node, &["rm", "-f", name]);
+        node.ok(&["rm", "-f", name]);
     }
     assert!(allocations(&node, "tnet").is_empty());
-    ok(&node, &["network", "rm", "tnet"]);
+    node.ok(&["network", "rm", "tnet"]);
     let links = ns.links();
     assert!(
         !links.contains(": bv") && !links.contains(": bolt"),
@@ -454,37 +429,31 @@ fn host_network_capsules_see_the_hosts_interfaces() {
     for l in ["lo", "bt-ha", "bt-hb", "bt-hbr"] {
         assert!(expected.contains(l), "{expected:?}");
     }
-    let out = ok(
-        node,
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "host",
-            &env.image,
-            "sh",
-            "-c",
-            "cat /proc/net/dev; echo ---; ls /sys/class/net",
-        ],
-    );
+    let out = node.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        &env.image,
+        "sh",
+        "-c",
+        "cat /proc/net/dev; echo ---; ls /sys/class/net",
+    ]);
     let (dev, sys) = out.stdout.split_once("---").unwrap();
     assert_eq!(proc_net_dev_names(dev), expected, "{}", out.stdout);
     let sys: BTreeSet<String> = sys.split_whitespace().map(str::to_owned).collect();
     assert_eq!(sys, expected, "{}", out.stdout);
 
     // The contrast: `none` sees only its own lo, a bridge network lo and eth0.
-    let out = ok(
-        node,
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            &env.image,
-            "cat",
-            "/proc/net/dev",
-        ],
-    );
+    let out = node.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &env.image,
+        "cat",
+        "/proc/net/dev",
+    ]);
     assert_eq!(
         proc_net_dev_names(&out.stdout),
         BTreeSet::from(["lo".to_owned()])
@@ -492,10 +461,7 @@ fn host_network_capsules_see_the_hosts_interfaces() {
     // No --network: docker's default, the default bridge network (the agent's
     // --default-network is `bridge` as root; the harness only sets `none` outside a test's
     // namespace). The capsule has lo and eth0, with an address on `bridge`.
-    ok(
-        node,
-        &["run", "-d", "--name", "dflt", &env.image, "sleep", "600"],
-    );
+    node.ok(&["run", "-d", "--name", "dflt", &env.image, "sleep", "600"]);
     let v = inspect(node, "dflt");
     assert_eq!(v["spec"]["network"], "bridge", "{v}");
     let ip = v["addresses"]["bridge"]
@@ -503,18 +469,16 @@ fn host_network_capsules_see_the_hosts_interfaces() {
         .unwrap_or_default()
         .to_owned();
     assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{v}");
-    let dev = ok(node, &["exec", "dflt", "cat", "/proc/net/dev"]).stdout;
+    let dev = node.ok(&["exec", "dflt", "cat", "/proc/net/dev"]).stdout;
     assert_eq!(
         proc_net_dev_names(&dev),
         BTreeSet::from(["lo".to_owned(), "eth0".to_owned()])
     );
-    let addr = ok(
-        node,
-        &["exec", "dflt", "ip", "-o", "-4", "addr", "show", "eth0"],
-    )
-    .stdout;
+    let addr = node
+        .ok(&["exec", "dflt", "ip", "-o", "-4", "addr", "show", "eth0"])
+        .stdout;
     assert!(addr.contains(&format!("inet {ip}/")), "{addr}");
-    ok(node, &["rm", "-f", "dflt"]);
+    node.ok(&["rm", "-f", "dflt"]);
     // Published ports need a bridge network.
     let err = run_fails(
         node,
@@ -536,14 +500,18 @@ fn host_network_capsules_see_the_hosts_interfaces() {
 /// namespace (busybox `ip`) and its sysfs (`/sys/class/net/eth0/mtu`, which shows the
 /// interfaces of the namespace the runtime was in when it mounted sysfs).
 fn mtu_inside(node: &Node, capsule: &str) -> u32 {
-    let out = ok(node, &["exec", capsule, "ip", "-o", "link", "show", "eth0"]).stdout;
+    let out = node
+        .ok(&["exec", capsule, "ip", "-o", "link", "show", "eth0"])
+        .stdout;
     let mut words = out.split_whitespace();
     let netlink: u32 = words
         .find(|w| *w == "mtu")
         .and_then(|_| words.next())
         .and_then(|m| m.parse().ok())
         .unwrap_or_else(|| panic!("no mtu in {out}"));
-    let sysfs = ok(node, &["exec", capsule, "cat", "/sys/class/net/eth0/mtu"]).stdout;
+    let sysfs = node
+        .ok(&["exec", capsule, "cat", "/sys/class/net/eth0/mtu"])
+        .stdout;
     assert_eq!(
         sysfs.trim(),
         netlink.to_string(),
@@ -558,59 +526,47 @@ fn network_mtu_reaches_the_bridge_the_veth_and_eth0() {
         return;
     };
     let (node, ns) = (&env.node, &env.ns);
-    ok(
-        node,
-        &[
-            "network",
-            "create",
-            "--subnet",
-            "10.126.0.0/24",
-            "--mtu",
-            "1400",
-            "small",
-        ],
-    );
+    node.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.126.0.0/24",
+        "--mtu",
+        "1400",
+        "small",
+    ]);
     let view: Value =
-        serde_json::from_str(&ok(node, &["network", "inspect", "small"]).stdout).unwrap();
+        serde_json::from_str(&node.ok(&["network", "inspect", "small"]).stdout).unwrap();
     assert_eq!(view[0]["mtu"], 1400);
     let bridge = view[0]["bridge"].as_str().unwrap().to_owned();
-    ok(
-        node,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "m",
-            "--network",
-            "small",
-            &env.image,
-            "sleep",
-            "300",
-        ],
-    );
+    node.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "m",
+        "--network",
+        "small",
+        &env.image,
+        "sleep",
+        "300",
+    ]);
     assert_eq!(ns.mtu(&bridge), 1400);
     assert_eq!(ns.mtu(&veth_of(node, "m")), 1400);
     assert_eq!(mtu_inside(node, "m"), 1400);
 
     // The default stays 1500, and an MTU out of range is refused before anything is made.
-    ok(
-        node,
-        &["network", "create", "--subnet", "10.127.0.0/24", "plain"],
-    );
-    ok(
-        node,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "p",
-            "--network",
-            "plain",
-            &env.image,
-            "sleep",
-            "300",
-        ],
-    );
+    node.ok(&["network", "create", "--subnet", "10.127.0.0/24", "plain"]);
+    node.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "p",
+        "--network",
+        "plain",
+        &env.image,
+        "sleep",
+        "300",
+    ]);
     assert_eq!(mtu_inside(node, "p"), 1500);
     let err = fails(
         node,
@@ -625,10 +581,10 @@ fn network_mtu_reaches_the_bridge_the_veth_and_eth0() {
         ],
     );
     assert!(err.contains("mtu"), "{err}");
-    let ls = ok(node, &["network", "ls", "-q"]).stdout;
+    let ls = node.ok(&["network", "ls", "-q"]).stdout;
     assert!(!ls.contains("tiny"), "{ls}");
     for c in ["m", "p"] {
-        ok(node, &["rm", "-f", c]);
+        node.ok(&["rm", "-f", c]);
     }
 }
 
@@ -659,26 +615,21 @@ fn addresses_stay_unique_over_fifty_cycles_and_an_agent_restart() {
         return;
     };
     // A /28: 13 addresses for capsules, so 50 cycles must reuse released ones.
-    ok(
-        &env.node,
-        &["network", "create", "--subnet", "10.129.0.0/28", "cyc"],
-    );
+    env.node
+        .ok(&["network", "create", "--subnet", "10.129.0.0/28", "cyc"]);
     let image = env.image.clone();
     let run = |node: &Node, name: &str| -> String {
-        ok(
-            node,
-            &[
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--network",
-                "cyc",
-                &image,
-                "sleep",
-                "600",
-            ],
-        );
+        node.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "cyc",
+            &image,
+            "sleep",
+            "600",
+        ]);
         ip_of(node, name, "cyc")
     };
     // name -> address of every capsule alive now.
@@ -724,7 +675,7 @@ fn addresses_stay_unique_over_fifty_cycles_and_an_agent_restart() {
         // At most four cycle capsules at a time; the oldest goes.
         if window.len() > 4 {
             let old = window.remove(0);
-            ok(&env.node, &["rm", "-f", &old]);
+            env.node.ok(&["rm", "-f", &old]);
             live.remove(&old);
         }
         // The state agrees: one allocation per live capsule, no address twice.
@@ -755,7 +706,7 @@ fn addresses_stay_unique_over_fifty_cycles_and_an_agent_restart() {
 
     let names: Vec<String> = live.keys().cloned().collect();
     for n in &names {
-        ok(&env.node, &["rm", "-f", n]);
+        env.node.ok(&["rm", "-f", n]);
     }
     assert!(allocations(&env.node, "cyc").is_empty());
     wait_for_veths(&env.ns, &BTreeSet::new());
@@ -767,18 +718,15 @@ fn addresses_stay_unique_over_fifty_cycles_and_an_agent_restart() {
             let (node, image) = (&env.node, &image);
             s.spawn(move || {
                 for i in 0..8 {
-                    let out = ok(
-                        node,
-                        &[
-                            "run",
-                            "--rm",
-                            "--network",
-                            "cyc",
-                            image,
-                            "cat",
-                            "/proc/net/dev",
-                        ],
-                    );
+                    let out = node.ok(&[
+                        "run",
+                        "--rm",
+                        "--network",
+                        "cyc",
+                        image,
+                        "cat",
+                        "/proc/net/dev",
+                    ]);
                     assert!(out.stdout.contains("eth0"), "{t}/{i}: {}", out.stdout);
                 }
             });
@@ -808,26 +756,20 @@ fn bad_input_is_refused_with_one_line_and_nothing_half_set() {
     };
     let node = &env.node;
     let image = env.image.as_str();
-    ok(
-        node,
-        &["network", "create", "--subnet", "10.130.0.0/24", "good"],
-    );
-    ok(
-        node,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "holder",
-            "--network",
-            "good",
-            "-p",
-            "127.0.0.1:18081:8080",
-            image,
-            "sleep",
-            "600",
-        ],
-    );
+    node.ok(&["network", "create", "--subnet", "10.130.0.0/24", "good"]);
+    node.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "holder",
+        "--network",
+        "good",
+        "-p",
+        "127.0.0.1:18081:8080",
+        image,
+        "sleep",
+        "600",
+    ]);
     let before = snapshot(&env, "good");
     assert_eq!(before.ps.len(), 1);
     assert!(before.nft.contains("dport 18081"), "{}", before.nft);
@@ -843,7 +785,7 @@ fn bad_input_is_refused_with_one_line_and_nothing_half_set() {
         assert!(err.contains(says), "{subnet}: {err}");
         assert_eq!(snapshot(&env, "good"), before, "after network {name}");
     }
-    let ls = ok(node, &["network", "ls", "-q"]).stdout;
+    let ls = node.ok(&["network", "ls", "-q"]).stdout;
     assert_eq!(ls.lines().collect::<Vec<_>>(), vec!["good"]);
 
     // A host port another capsule publishes, and one a host socket holds.
@@ -971,24 +913,21 @@ fn bad_input_is_refused_with_one_line_and_nothing_half_set() {
     assert_eq!(snapshot(&env, "good"), before, "at the end");
 
     // The port is free again once its holder goes.
-    ok(node, &["rm", "-f", "holder"]);
-    ok(
-        node,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "next",
-            "--network",
-            "good",
-            "-p",
-            "18081:80",
-            image,
-            "sleep",
-            "60",
-        ],
-    );
-    ok(node, &["rm", "-f", "next"]);
+    node.ok(&["rm", "-f", "holder"]);
+    node.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "next",
+        "--network",
+        "good",
+        "-p",
+        "18081:80",
+        image,
+        "sleep",
+        "60",
+    ]);
+    node.ok(&["rm", "-f", "next"]);
     let after = env.ns.nft_table();
     assert!(!after.contains("dport"), "{after}");
 }
@@ -1000,24 +939,19 @@ fn the_harness_ends_capsules_a_stopped_agent_left_running() {
     let Some(mut env) = env("harness cleanup e2e", "left") else {
         return;
     };
-    ok(
-        &env.node,
-        &["network", "create", "--subnet", "10.133.0.0/24", "left"],
-    );
-    ok(
-        &env.node,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "l",
-            "--network",
-            "left",
-            &env.image,
-            "sleep",
-            "600",
-        ],
-    );
+    env.node
+        .ok(&["network", "create", "--subnet", "10.133.0.0/24", "left"]);
+    env.node.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "l",
+        "--network",
+        "left",
+        &env.image,
+        "sleep",
+        "600",
+    ]);
     let id = inspect(&env.node, "l")["id"].as_str().unwrap().to_owned();
     let veth = veth_of(&env.node, "l");
     env.node.stop().unwrap();

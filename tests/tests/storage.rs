@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bolt_tests::{mounts_under, root_and_registry, Node, Output, PATIENCE};
+use bolt_tests::{
+    busybox, mounts_under, one_error_line, root_and_registry, Node, Output, PATIENCE,
+};
 use serde_json::Value;
 
 /// A host tool the btrfs tests need: skip (or fail under `BOLT_REQUIRE_ROOT_TESTS=1`) without.
@@ -147,7 +149,7 @@ impl Env {
         let node = Self::node(fs.path());
         Some(Env {
             node,
-            image: format!("{registry}/bolt-test/busybox:latest"),
+            image: busybox(&registry),
             fs: Some(fs),
             _dir: None,
         })
@@ -160,18 +162,14 @@ impl Env {
         let node = Self::node(dir.path());
         Some(Env {
             node,
-            image: format!("{registry}/bolt-test/busybox:latest"),
+            image: busybox(&registry),
             fs: None,
             _dir: Some(dir),
         })
     }
 
     fn node(dir: &Path) -> Node {
-        // No registry credentials from this machine's docker config.
-        let auth = dir.join("no-auth.json");
-        let mut node = Node::new(dir, "n")
-            .unwrap()
-            .with_agent_args(&["--registry-auth", auth.to_str().unwrap()]);
+        let mut node = Node::without_registry_auth(dir, "n").unwrap();
         node.start().unwrap();
         node
     }
@@ -181,19 +179,12 @@ impl Env {
     }
 
     fn ok(&self, args: &[&str]) -> Output {
-        let out = self.bolt(args);
-        assert!(out.ok(), "bolt {args:?} failed: {out:?}");
-        out
+        self.node.ok(args)
     }
 
     /// The one-line error of a command that must fail.
     fn fails(&self, args: &[&str]) -> String {
-        let out = self.bolt(args);
-        assert!(!out.ok(), "bolt {args:?} should have failed: {out:?}");
-        let lines: Vec<&str> = out.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "one line on stderr: {out:?}");
-        assert!(lines[0].starts_with("bolt: "), "{out:?}");
-        lines[0].to_owned()
+        one_error_line(&self.bolt(args))
     }
 
     fn exec(&self, capsule: &str, script: &str) -> String {
