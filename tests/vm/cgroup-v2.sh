@@ -30,7 +30,7 @@ die() {
 # --- packages ---------------------------------------------------------------------------------
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-[[ -x /bin/busybox ]] && /bin/busybox --list | grep -qx cpio || need+=(busybox-static)
+[[ -x /bin/busybox ]] && /bin/busybox --list 2>/dev/null | grep -x cpio >/dev/null || need+=(busybox-static)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -65,6 +65,14 @@ if [[ -z ${BOLT_BIN:-} ]]; then
     BOLT_BIN=$REPO/target/debug/bolt
 fi
 [[ -x $BOLT_BIN ]] || die "no bolt binary at $BOLT_BIN"
+# The capsule crate's root tests run in the VM too (BOLT_VM_RUNTIME_TESTS=0: not).
+RUNTIME_TESTS=
+if [[ ${BOLT_VM_RUNTIME_TESTS:-1} != 0 ]]; then
+    RUNTIME_TESTS=$(cd "$REPO" && cargo test -q -p bolt-capsule --test runtime --no-run \
+        --message-format=json 2>/dev/null |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+    [[ -x $RUNTIME_TESTS ]] || die "cargo test -p bolt-capsule --test runtime --no-run gave no binary"
+fi
 if [[ -z ${BOLT_TEST_OCI_DIR:-} ]]; then
     eval "$("$REPO/tests/fixtures/build-images.sh" env)"
 fi
@@ -91,11 +99,12 @@ root=$WORK/root
 mkdir -p "$root"/{bin,bolt/bin,etc,modules}
 cp "$BUSYBOX" "$root/bin/busybox"
 strip -o "$root/bolt/bin/bolt" "$BOLT_BIN" 2>/dev/null || cp "$BOLT_BIN" "$root/bolt/bin/bolt"
-# The binary's shared libraries and loader, at the paths ldd names.
+[[ -n $RUNTIME_TESTS ]] && strip -o "$root/bolt/bin/runtime-tests" "$RUNTIME_TESTS"
+# The binaries' shared libraries and loader, at the paths ldd names.
 while read -r lib; do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
-done < <(ldd "$BOLT_BIN" | grep -o '/[^ ]*')
+done < <(ldd "$BOLT_BIN" ${RUNTIME_TESTS:+"$RUNTIME_TESTS"} | grep -oE '^[[:space:]]+/[^ ]*|=> /[^ ]*' | grep -o '/[^ ]*' | sort -u)
 [[ -f $overlay_ko ]] && cp "$overlay_ko" "$root/modules/"
 cp -a "$BOLT_TEST_OCI_DIR/busybox" "$root/image"
 cp "$HERE/init" "$root/init"
@@ -113,19 +122,20 @@ log "kernel $kver, initramfs $(du -h "$WORK/initrd.gz" | cut -f1), bolt $BOLT_BI
 # KVM when it works, else TCG. /dev/kvm may open and still run no guest (nested virtualization
 # without vmx/svm in /proc/cpuinfo): a short probe boot shows it, remembered for this host boot.
 probe_kvm() {
-    local out=$WORK/probe.log pid i
+    local out=$WORK/probe.log i
     [[ -r /dev/kvm && -w /dev/kvm ]] || return 1
     qemu-system-x86_64 -accel kvm -cpu max -m 256 -kernel "$vmlinuz" -initrd "$WORK/initrd.gz" \
         -append "console=ttyS0 quiet panic=-1 bolt_vm_probe" -display none -serial "file:$out" \
         -monitor none -no-reboot -nodefaults 2>/dev/null &
-    pid=$!
+    QEMU_PID=$!
     for ((i = 0; i < 40; i++)); do
         grep -q VMPROBE "$out" 2>/dev/null && break
-        kill -0 "$pid" 2>/dev/null || break
+        kill -0 "$QEMU_PID" 2>/dev/null || break
         sleep 0.5
     done
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    kill "$QEMU_PID" 2>/dev/null || true
+    wait "$QEMU_PID" 2>/dev/null || true
+    QEMU_PID=
     grep -q VMPROBE "$out" 2>/dev/null
 }
 probe_key=$CACHE/kvm-probe.$(cat /proc/sys/kernel/random/boot_id)
@@ -147,7 +157,7 @@ QEMU_PID=
 tr -d '\r' <"$serial" >"$WORK/out.log"
 log "VM ran $((SECONDS - t0)) s (${accel[*]}), qemu exit $vm_rc"
 
-grep -E '^VM(INFO|CHECK) ' "$WORK/out.log" || true
+grep -E '^VM(INFO|CHECK|TEST) ' "$WORK/out.log" || true
 passed=$(grep -c '^VMCHECK PASS ' "$WORK/out.log" || true)
 failed=$(grep -c '^VMCHECK FAIL ' "$WORK/out.log" || true)
 if ! grep -q '^VMCHECK DONE rc=' "$WORK/out.log"; then
@@ -157,7 +167,7 @@ if ! grep -q '^VMCHECK DONE rc=' "$WORK/out.log"; then
 fi
 if ((failed != 0 || passed == 0)) || ! grep -q '^VMCHECK DONE rc=0$' "$WORK/out.log"; then
     log "console after the checks:"
-    sed -n '/^VMCHECK FAIL /,$p' "$WORK/out.log" | grep -v '^VMCHECK' | tail -n 80 >&2
+    sed -n '/^VMINFO /,$p' "$WORK/out.log" | grep -vE '^VM(INFO|CHECK|TEST) ' | tail -n 120 >&2
     log "FAILED: $failed of $((passed + failed)) checks"
     exit 1
 fi
