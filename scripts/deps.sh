@@ -11,6 +11,8 @@ BOLT_APT_PACKAGES=(
     btrfs-progs nftables iproute2 dnsutils
     # tools used by tests, scripts and benchmarks
     ca-certificates curl jq hyperfine crun
+    # the pure cgroup v2 VM (tests/vm/cgroup-v2.sh)
+    qemu-system-x86
 )
 
 # Prints the packages of "$@" that are not installed, one a line.
