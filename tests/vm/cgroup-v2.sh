@@ -48,8 +48,16 @@ if [[ ! -d $kdir/boot ]]; then
     rm -rf "$kdir" "$CACHE"/dl
     mkdir -p "$CACHE/dl"
     (cd "$CACHE/dl" && apt-get download -q "$kpkg" >/dev/null)
+    rm -rf "$kdir.tmp" "$kdir.keep"
     dpkg-deb -x "$CACHE"/dl/"$kpkg"_*.deb "$kdir.tmp"
-    mv "$kdir.tmp" "$kdir"
+    # Keep what the VM uses: the kernel, overlay.ko, the list of built-in modules (~10 MB of 400).
+    mkdir -p "$kdir.keep"
+    (cd "$kdir.tmp" && cp -a --parents boot/vmlinuz-* lib/modules/*/modules.builtin "$kdir.keep/" &&
+        for d in lib/modules/*/kernel/fs/overlayfs; do
+            [[ ! -d $d ]] || cp -a --parents "$d" "$kdir.keep/"
+        done)
+    rm -rf "$kdir.tmp"
+    mv "$kdir.keep" "$kdir"
     rm -rf "$CACHE/dl"
 fi
 kver=${kpkg#linux-image-}
