@@ -108,11 +108,17 @@ mkdir -p "$root"/{bin,bolt/bin,etc,modules}
 cp "$BUSYBOX" "$root/bin/busybox"
 strip -o "$root/bolt/bin/bolt" "$BOLT_BIN" 2>/dev/null || cp "$BOLT_BIN" "$root/bolt/bin/bolt"
 [[ -n $RUNTIME_TESTS ]] && strip -o "$root/bolt/bin/runtime-tests" "$RUNTIME_TESTS"
+# runc, for the runtime tests' side-by-side check (runc_accepts_the_bundle_and_agrees).
+RUNC=
+if [[ -n $RUNTIME_TESTS ]]; then
+    RUNC=$(command -v runc || true)
+    [[ -n $RUNC ]] && cp "$RUNC" "$root/bin/runc"
+fi
 # The binaries' shared libraries and loader, at the paths ldd names.
 while read -r lib; do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
-done < <(ldd "$BOLT_BIN" ${RUNTIME_TESTS:+"$RUNTIME_TESTS"} | grep -oE '^[[:space:]]+/[^ ]*|=> /[^ ]*' | grep -o '/[^ ]*' | sort -u)
+done < <(ldd "$BOLT_BIN" ${RUNTIME_TESTS:+"$RUNTIME_TESTS"} ${RUNC:+"$RUNC"} | grep -oE '^[[:space:]]+/[^ ]*|=> /[^ ]*' | grep -o '/[^ ]*' | sort -u)
 [[ -f $overlay_ko ]] && cp "$overlay_ko" "$root/modules/"
 cp -a "$BOLT_TEST_OCI_DIR/busybox" "$root/image"
 cp "$HERE/init" "$root/init"
