@@ -7,9 +7,10 @@ use clap::Parser;
 
 /// mimalloc: the state fold allocates and frees small strings at a high rate (replaying the log
 /// at startup, every event after); it is markedly faster at that than the system allocator
-/// (`cargo bench -p bolt-bench --bench fold`, docs/state.md). Built with `no_thp`: mimalloc's
-/// `madvise(MADV_HUGEPAGE)` on its first arena made the kernel zero a 2 MiB page in every
-/// short-lived `bolt` process (CLI, `bolt supervise`), ~11% of a supervisor's start-up.
+/// (`cargo bench -p bolt-bench --bench fold`, docs/state.md). Its transparent huge pages cost
+/// every short-lived `bolt` process (CLI, `bolt supervise`) a zeroed 2 MiB page (~0.4 ms), but
+/// building it with `no_thp` made the fold ~6% slower (4.5–4.9 against 5.0–5.2 M events/s), so
+/// THP stays (docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
