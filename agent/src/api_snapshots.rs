@@ -95,7 +95,7 @@ pub fn status_of(e: &SnapshotsError) -> StatusCode {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },
         SnapshotsError::Images(i) => crate::api_images::status_of(i),
-        SnapshotsError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        SnapshotsError::Task(_) | SnapshotsError::Pause { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -237,8 +237,8 @@ pub fn merge_openapi(doc: &mut serde_json::Value) {
             json!({
                 "post": {"operationId": "commitCapsule", "summary": "Make a new image from a capsule's writable layer on top of its image (recorded as image.pulled).",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Commit"}}}},
-                    "responses": {"201": {"description": "{\"capsule\": id, \"diff_id\": ..., \"image\": the stored image}"},
-                        "400": err("bad change"), "404": err("no such capsule, or its image is gone")}}
+                    "responses": {"201": {"description": "{\"capsule\": id, \"diff_id\": ..., \"image\": the stored image, \"paused\": bool, \"note\": why a running capsule was not paused (rootless)}"},
+                        "400": err("bad change"), "404": err("no such capsule, or its image is gone"), "500": err("the capsule could not be paused")}}
             }),
         );
     }
@@ -262,6 +262,7 @@ pub fn merge_openapi(doc: &mut serde_json::Value) {
         schemas.insert("Commit".into(), json!({"type": "object", "required": ["capsule", "reference"], "properties": {
             "capsule": {"type": "string"}, "reference": {"type": "string"},
             "comment": {"type": "string", "nullable": true}, "author": {"type": "string", "nullable": true},
-            "changes": {"type": "array", "items": {"type": "string"}, "description": "CMD, ENTRYPOINT or ENV instructions"}}}));
+            "changes": {"type": "array", "items": {"type": "string"}, "description": "CMD, ENTRYPOINT or ENV instructions"},
+            "pause": {"type": "boolean", "default": true, "description": "freeze a running capsule's cgroup while its layer is read"}}}));
     }
 }

@@ -69,6 +69,19 @@ pub struct CommitArgs {
     /// Apply a Dockerfile instruction: CMD, ENTRYPOINT or ENV.
     #[arg(short, long = "change", value_name = "INSTRUCTION")]
     pub change: Vec<String>,
+    /// Pause (freeze) a running capsule while its layer is read (`--pause=false` commits it
+    /// live).
+    #[arg(
+        short,
+        long,
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        require_equals = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub pause: bool,
     /// Capsule name, id or id prefix.
     pub capsule: String,
     /// The new image's reference, `repo[:tag]`.
@@ -88,11 +101,15 @@ pub fn commit(socket: PathBuf, args: CommitArgs) -> Result<ExitCode, CliError> {
         comment: args.message,
         author: args.author,
         changes: args.change,
+        pause: args.pause,
     };
     let v: CommitView = block_on(async {
         let body = serde_json::to_vec(&req).map_err(json_err)?;
         call(&socket, Method::POST, PATH_COMMIT, Some(body)).await
     })?;
+    if let Some(note) = &v.note {
+        eprintln!("warning: {note}");
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", v.image.image.digest)?;
     Ok(ExitCode::SUCCESS)
@@ -228,5 +245,29 @@ mod tests {
             snapshot_path("capsule:web", "s1", "/restore"),
             "/v1/snapshots/capsule%3Aweb/s1/restore"
         );
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct CommitCli {
+        #[command(flatten)]
+        args: CommitArgs,
+    }
+
+    #[test]
+    fn commit_pause_flag_is_like_docker() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["commit"];
+            argv.extend_from_slice(extra);
+            argv.extend_from_slice(&["web", "img:1"]);
+            CommitCli::try_parse_from(argv).map(|c| c.args.pause)
+        };
+        assert!(parse(&[]).unwrap());
+        assert!(parse(&["-p"]).unwrap());
+        assert!(parse(&["--pause"]).unwrap());
+        assert!(parse(&["--pause=true"]).unwrap());
+        assert!(!parse(&["--pause=false"]).unwrap());
+        assert!(!parse(&["-p=false"]).unwrap());
+        assert!(parse(&["--pause=maybe"]).is_err());
     }
 }

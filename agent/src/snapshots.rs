@@ -53,6 +53,12 @@ pub enum SnapshotsError {
     NoLayer(String),
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("pause capsule {capsule} for commit (use --pause=false to commit it live): {source}")]
+    Pause {
+        capsule: String,
+        #[source]
+        source: bolt_capsule::runtime::cgroup::CgroupError,
+    },
 }
 
 /// `capsule` or `volume`, and the name the user gave.
@@ -114,7 +120,7 @@ pub struct SnapshotView {
 }
 
 /// `POST /v1/commit` body.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitRequest {
     /// Capsule name, id or unique id prefix.
     pub capsule: String,
@@ -129,6 +135,27 @@ pub struct CommitRequest {
     /// Dockerfile instructions to apply (`-c`): `CMD`, `ENTRYPOINT`, `ENV`.
     #[serde(default)]
     pub changes: Vec<String>,
+    /// Freeze a running capsule's cgroup while its layer is read (`-p`, default true, as
+    /// `docker commit --pause`).
+    #[serde(default = "default_pause")]
+    pub pause: bool,
+}
+
+fn default_pause() -> bool {
+    true
+}
+
+impl Default for CommitRequest {
+    fn default() -> Self {
+        Self {
+            capsule: String::new(),
+            reference: String::new(),
+            comment: None,
+            author: None,
+            changes: Vec::new(),
+            pause: true,
+        }
+    }
 }
 
 /// What `bolt commit` made.
@@ -140,6 +167,44 @@ pub struct CommitView {
     pub diff_id: String,
     /// The stored image.
     pub image: PullView,
+    /// Whether the capsule was frozen while its layer was read.
+    #[serde(default)]
+    pub paused: bool,
+    /// Why a running capsule was committed live although pausing was asked (rootless).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Why a rootless agent commits a running capsule without pausing it.
+pub const ROOTLESS_PAUSE_NOTE: &str =
+    "rootless: the capsule has no cgroup to freeze; committed without pausing";
+
+/// A capsule's cgroup frozen for a commit: thawed by [`Frozen::thaw`], or on drop in every other
+/// path (errors, cancellation), so a commit never leaves a capsule frozen.
+struct Frozen(Option<Box<dyn bolt_capsule::runtime::cgroup::Cgroup>>);
+
+impl Frozen {
+    /// Freezes capsule `id`'s cgroup (blocking: bounded poll of the kernel's state).
+    fn freeze(id: &str) -> Result<Self, bolt_capsule::runtime::cgroup::CgroupError> {
+        let group = bolt_capsule::runtime::cgroup::Hierarchy::detect()?.open(id);
+        group.freeze()?;
+        Ok(Self(Some(group)))
+    }
+
+    /// Thaws now, reporting a failure (which leaves nothing for drop to retry).
+    fn thaw(mut self) -> Result<(), bolt_capsule::runtime::cgroup::CgroupError> {
+        self.0.take().map_or(Ok(()), |g| g.thaw())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Some(g) = self.0.take() {
+            if let Err(e) = g.thaw() {
+                tracing::error!("thaw capsule cgroup after commit: {e}");
+            }
+        }
+    }
 }
 
 fn kind_target(t: &Target) -> (&'static str, String) {
@@ -470,9 +535,10 @@ impl Snapshots {
         Ok(())
     }
 
-    /// `bolt commit`: the capsule's writable layer as a new image. A running capsule is
-    /// committed as it is (files being written may be caught half-way; stop it for a
-    /// consistent image).
+    /// `bolt commit`: the capsule's writable layer as a new image. A running capsule's cgroup
+    /// is frozen while the layer is read (`pause`, as docker), so the image is a consistent
+    /// snapshot; it is thawed in every path. With `pause: false`, or rootless (no cgroup), the
+    /// layer is read live (files being written may be caught half-way).
     pub async fn commit(&self, req: CommitRequest) -> Result<CommitView, SnapshotsError> {
         let mut changes = parse_changes(&req.changes)?;
         changes.created_s = std::time::SystemTime::now()
@@ -517,11 +583,45 @@ impl Snapshots {
             options: CommitOptions::default(),
             changes,
         };
-        let (diff_id, image) = self.caps.node().commit_image(&commit).await?;
+        let running = info.status == CapsuleStatus::Running;
+        let mut note = None;
+        let frozen = if req.pause && running && !nix::unistd::geteuid().is_root() {
+            tracing::warn!(capsule = %info.name, "{ROOTLESS_PAUSE_NOTE}");
+            note = Some(ROOTLESS_PAUSE_NOTE.to_owned());
+            None
+        } else if req.pause && running {
+            let id = info.id.clone();
+            let frozen = tokio::task::spawn_blocking(move || Frozen::freeze(&id))
+                .await
+                .map_err(|e| SnapshotsError::Task(e.to_string()))?
+                .map_err(|source| SnapshotsError::Pause {
+                    capsule: info.name.clone(),
+                    source,
+                })?;
+            Some(frozen)
+        } else {
+            None
+        };
+        let paused = frozen.is_some();
+        let result = self.caps.node().commit_image(&commit).await;
+        if let Some(frozen) = frozen {
+            let thawed = tokio::task::spawn_blocking(move || frozen.thaw())
+                .await
+                .map_err(|e| SnapshotsError::Task(e.to_string()))?;
+            if let Err(source) = thawed {
+                return Err(SnapshotsError::Pause {
+                    capsule: info.name.clone(),
+                    source,
+                });
+            }
+        }
+        let (diff_id, image) = result?;
         Ok(CommitView {
             capsule: info.id,
             diff_id,
             image,
+            paused,
+            note,
         })
     }
 }
@@ -587,5 +687,17 @@ mod tests {
             let e = parse_changes(&[bad.to_string()]).unwrap_err().to_string();
             assert!(e.starts_with("invalid --change"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn commit_pauses_unless_told_not_to() {
+        let r: CommitRequest =
+            serde_json::from_str(r#"{"capsule": "c", "reference": "r:1"}"#).unwrap();
+        assert!(r.pause);
+        assert!(CommitRequest::default().pause);
+        let r: CommitRequest =
+            serde_json::from_str(r#"{"capsule": "c", "reference": "r:1", "pause": false}"#)
+                .unwrap();
+        assert!(!r.pause);
     }
 }

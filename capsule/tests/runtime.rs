@@ -785,3 +785,47 @@ fn spec_files_are_checked_before_anything_runs() {
     ));
     assert_eq!(err.exit_code(), 125);
 }
+
+/// Thaws a group when dropped, so a failed assertion never leaves a capsule frozen.
+struct Thaw<'a>(&'a dyn cgroup::Cgroup);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.thaw();
+    }
+}
+
+#[test]
+fn a_frozen_capsule_makes_no_progress_until_thawed() {
+    if !root_or_skip("a_frozen_capsule_makes_no_progress_until_thawed") {
+        return;
+    }
+    let fx = Fixture::new("freeze");
+    let rt = runtime();
+    let spec = fx.spec(&[
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i > /count; done",
+    ]);
+    let capsule = rt.spawn(&spec, Stdio::null()).unwrap();
+    let count = fx.capsule_dir().join("upper/count");
+    let read = || fs::read_to_string(&count).unwrap_or_default();
+    wait_for("the counter to start", || !read().trim().is_empty());
+
+    let group = Hierarchy::detect().unwrap().open(&fx.id);
+    group.freeze().unwrap();
+    let thaw = Thaw(group.as_ref());
+    let frozen_at = read();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read(), frozen_at, "the counter moved while frozen");
+    // Freezing twice is harmless; the state files say frozen.
+    group.freeze().unwrap();
+
+    group.thaw().unwrap();
+    drop(thaw);
+    wait_for("the counter to move after thaw", || read() != frozen_at);
+    // Thawing a running group again is harmless too.
+    group.thaw().unwrap();
+    capsule.destroy().unwrap();
+    fx.finish();
+}

@@ -542,3 +542,78 @@ fn commit_makes_an_image_that_runs_with_the_capsules_changes() {
     env.ok(&["rm", "maker"]);
     env.finish();
 }
+
+/// Whether capsule `id`'s cgroup is frozen, from whichever freezer file this host has (v1
+/// `freezer.state`, v2 `cgroup.freeze`); `None` when neither exists.
+fn frozen(id: &str) -> Option<bool> {
+    let v1 = Path::new("/sys/fs/cgroup/freezer/bolt")
+        .join(id)
+        .join("freezer.state");
+    let v2 = Path::new("/sys/fs/cgroup/bolt")
+        .join(id)
+        .join("cgroup.freeze");
+    if let Ok(s) = std::fs::read_to_string(v1) {
+        return Some(s.trim() != "THAWED");
+    }
+    std::fs::read_to_string(v2).ok().map(|s| s.trim() != "0")
+}
+
+#[test]
+fn committing_a_busy_running_capsule_pauses_it_and_leaves_it_running() {
+    let Some(env) = Env::plain("committing_a_busy_running_capsule_pauses_it_and_leaves_it_running")
+    else {
+        return;
+    };
+    let id = env
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "busy",
+            &env.image,
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo $i > /count; echo $i > /data.$((i % 8)); done",
+        ])
+        .stdout
+        .trim()
+        .to_owned();
+    let count = || env.exec("busy", "cat /count 2>/dev/null || true");
+    // Past 8, every /data.N exists.
+    wait_until("the counter to pass 8", || {
+        count().trim().parse::<u64>().is_ok_and(|n| n > 8)
+    });
+    assert_eq!(frozen(&id), Some(false), "a fresh capsule is not frozen");
+
+    let digest = env.ok(&["commit", "busy", "busy-snap:1"]).stdout;
+    assert!(digest.trim().starts_with("sha256:"), "{digest:?}");
+    // Not left frozen: the counter advances after the commit.
+    assert_eq!(frozen(&id), Some(false), "the capsule is left frozen");
+    assert_eq!(env.status("busy"), "running");
+    let after = count();
+    wait_until("the counter to advance after the commit", || {
+        count() != after
+    });
+
+    // The image runs and holds the files the capsule wrote (a file may be caught empty between
+    // the shell's truncate and write: only their presence is the capsule's).
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "busy-snap:1",
+        "sh",
+        "-c",
+        "test -f /count && ls /data.* | wc -l",
+    ]);
+    assert_eq!(out.stdout.trim(), "8", "{:?}", out.stdout);
+
+    // `--pause=false` commits it live; it still runs afterwards.
+    let live = env
+        .ok(&["commit", "--pause=false", "busy", "busy-snap:2"])
+        .stdout;
+    assert!(live.trim().starts_with("sha256:"), "{live:?}");
+    assert_eq!(frozen(&id), Some(false));
+    env.ok(&["run", "--rm", "busy-snap:2", "true"]);
+    env.ok(&["rm", "-f", "busy"]);
+    env.finish();
+}

@@ -2,7 +2,9 @@
 //! controllers are mounted and cgroup2 holds none of ours), behind one trait.
 //!
 //! Every capsule gets `<mount>/bolt/<id>` in each v1 hierarchy it uses (memory, cpu, cpuacct,
-//! pids, devices) or `<root>/bolt/<id>` on v2. Host mounts are only read, never changed.
+//! pids, devices, freezer) or `<root>/bolt/<id>` on v2. A group can be frozen and thawed
+//! (`freezer.state` on v1, `cgroup.freeze` on v2), as `bolt commit` does while it diffs a running
+//! capsule's layer. Host mounts are only read, never changed.
 
 use std::fs;
 use std::io::{ErrorKind, Write};
@@ -57,6 +59,19 @@ pub enum CgroupError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The group has no freezer (v1 host without the `freezer` hierarchy).
+    #[error("no freezer for cgroup {0}")]
+    NoFreezer(PathBuf),
+    /// The group did not reach the wanted freezer state in time.
+    #[error("cgroup {path} did not become {want} within {timeout:?}")]
+    FreezeTimeout {
+        /// The control file polled.
+        path: PathBuf,
+        /// The state waited for.
+        want: &'static str,
+        /// How long it waited.
+        timeout: Duration,
     },
     /// The cgroup could not be removed (processes keep it busy).
     #[error("remove cgroup {path}: {source}")]
@@ -117,6 +132,52 @@ pub trait Cgroup: std::fmt::Debug + Send + Sync {
     fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError>;
     /// Kills what remains and removes the group's directories.
     fn remove(&self) -> Result<(), CgroupError>;
+    /// Freezes every process of the group and waits (bounded) until the kernel says it is
+    /// frozen. On failure the group is thawed again (best effort).
+    fn freeze(&self) -> Result<(), CgroupError>;
+    /// Thaws the group and waits (bounded) until the kernel says it runs again.
+    fn thaw(&self) -> Result<(), CgroupError>;
+}
+
+/// How long `freeze`/`thaw` wait for the kernel to report the new state.
+pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a v2 `cgroup.events` text says the group is frozen (`None`: no `frozen` line).
+pub fn v2_events_frozen(events: &str) -> Option<bool> {
+    parse_keyed(events)
+        .into_iter()
+        .find(|(k, _)| k == "frozen")
+        .map(|(_, v)| v == 1)
+}
+
+/// Whether a v1 `freezer.state` text is exactly `want` (`FROZEN`/`THAWED`; `FREEZING` is neither).
+pub fn v1_state_is(state: &str, want: &str) -> bool {
+    state.trim() == want
+}
+
+/// Polls `path` until `done` holds for its text, or `timeout` passes.
+fn wait_state(
+    path: &Path,
+    want: &'static str,
+    done: &dyn Fn(&str) -> bool,
+    timeout: Duration,
+) -> Result<(), CgroupError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(100);
+    loop {
+        if done(&read_file(path)?) {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(CgroupError::FreezeTimeout {
+                path: path.to_owned(),
+                want,
+                timeout,
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
 }
 
 /// The mounted cgroup hierarchies of this host.
@@ -135,7 +196,8 @@ pub enum Hierarchy {
 }
 
 /// The v1 controllers Bolt uses.
-pub const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"];
+/// (`freezer` only holds the group so `bolt commit` can pause it: one more mkdir per start.)
+pub const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "devices", "freezer"];
 
 impl Hierarchy {
     /// Detects the hierarchy from `/proc/self/mountinfo`.
@@ -535,7 +597,7 @@ fn remove_empty_parent(dir: &Path) {
 
 /// Removes the empty `bolt` directory of every mounted cgroup hierarchy. An external runtime given
 /// our bundle (`runc`, whose `cgroupsPath` is `/bolt/<id>`) makes it in every hierarchy, including
-/// ones Bolt never uses (the named `systemd` one, `freezer`, `blkio`), and removes only the leaf.
+/// ones Bolt never uses (the named `systemd` one, `blkio`), and removes only the leaf.
 pub fn remove_empty_parents() {
     let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
         return;
@@ -660,6 +722,39 @@ impl Cgroup for CgroupV1 {
         }
         first_err.map_or(Ok(()), Err)
     }
+
+    fn freeze(&self) -> Result<(), CgroupError> {
+        let d = self.dir("freezer").ok_or_else(|| {
+            CgroupError::NoFreezer(self.paths().first().cloned().unwrap_or_default())
+        })?;
+        let state = d.join("freezer.state");
+        let result = write_file(&state, "FROZEN").and_then(|()| {
+            wait_state(
+                &state,
+                "FROZEN",
+                &|s| v1_state_is(s, "FROZEN"),
+                FREEZE_TIMEOUT,
+            )
+        });
+        if result.is_err() {
+            let _ = write_file(&state, "THAWED");
+        }
+        result
+    }
+
+    fn thaw(&self) -> Result<(), CgroupError> {
+        let d = self.dir("freezer").ok_or_else(|| {
+            CgroupError::NoFreezer(self.paths().first().cloned().unwrap_or_default())
+        })?;
+        let state = d.join("freezer.state");
+        write_file(&state, "THAWED")?;
+        wait_state(
+            &state,
+            "THAWED",
+            &|s| v1_state_is(s, "THAWED"),
+            FREEZE_TIMEOUT,
+        )
+    }
 }
 
 /// A v2 group.
@@ -730,6 +825,33 @@ impl Cgroup for CgroupV2 {
         rmdir_retry(&self.dir, REMOVE_TIMEOUT)?;
         remove_empty_parent(&self.dir);
         Ok(())
+    }
+
+    fn freeze(&self) -> Result<(), CgroupError> {
+        let control = self.dir.join("cgroup.freeze");
+        let events = self.dir.join("cgroup.events");
+        let result = write_file(&control, "1").and_then(|()| {
+            wait_state(
+                &events,
+                "frozen",
+                &|s| v2_events_frozen(s) == Some(true),
+                FREEZE_TIMEOUT,
+            )
+        });
+        if result.is_err() {
+            let _ = write_file(&control, "0");
+        }
+        result
+    }
+
+    fn thaw(&self) -> Result<(), CgroupError> {
+        write_file(&self.dir.join("cgroup.freeze"), "0")?;
+        wait_state(
+            &self.dir.join("cgroup.events"),
+            "thawed",
+            &|s| v2_events_frozen(s) != Some(true),
+            FREEZE_TIMEOUT,
+        )
     }
 }
 
@@ -839,6 +961,36 @@ mod tests {
         assert_eq!(get("cpu.max").as_deref(), Some("25000 100000"));
         assert_eq!(get("cpu.weight").as_deref(), Some("200"));
         assert_eq!(get("pids.max").as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn freezer_is_a_v1_hierarchy_of_the_group() {
+        let text = format!(
+            "{HYBRID}37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer\n"
+        );
+        let h = Hierarchy::from_mountinfo(&text).unwrap();
+        let g = h.open_v1("c2");
+        assert_eq!(
+            g.dir("freezer"),
+            Some(Path::new("/sys/fs/cgroup/freezer/bolt/c2"))
+        );
+        assert!(h
+            .open("c2")
+            .paths()
+            .contains(&PathBuf::from("/sys/fs/cgroup/freezer/bolt/c2")));
+        // Without the hierarchy, freezing fails with a clear error, not a panic.
+        let plain = Hierarchy::from_mountinfo(HYBRID).unwrap().open("c3");
+        assert!(matches!(plain.freeze(), Err(CgroupError::NoFreezer(_))));
+    }
+
+    #[test]
+    fn freezer_states_parse() {
+        assert_eq!(v2_events_frozen("populated 1\nfrozen 1\n"), Some(true));
+        assert_eq!(v2_events_frozen("populated 1\nfrozen 0\n"), Some(false));
+        assert_eq!(v2_events_frozen("populated 0\n"), None);
+        assert!(v1_state_is("FROZEN\n", "FROZEN"));
+        assert!(!v1_state_is("FREEZING\n", "FROZEN"));
+        assert!(!v1_state_is("THAWED\n", "FROZEN"));
     }
 
     #[test]
