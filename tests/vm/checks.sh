@@ -106,6 +106,11 @@ check cpu-throttled "busy loop used ${pct}% of one CPU over $((t1 - t0)) ms (quo
 id_of lim >/dev/null
 stats=$(grep -o '"cpu_millis": *[0-9]*' /tmp/inspect-lim.json | head -n 1)
 check inspect-spec "$stats" sh -c "echo '$stats' | grep -q '[: ]200\$'"
+# --- bolt commit freezes the running capsule's group for the diff and thaws it ---------------
+out=$(bolt commit lim vm-commit:1 2>&1)
+code=$?
+check commit-thawed "bolt commit of a running capsule: exit $code ($out), cgroup.freeze $(cat "$dir/cgroup.freeze" 2>&1), events $(grep frozen "$dir/cgroup.events" 2>&1)" \
+    sh -c "[ $code = 0 ] && [ \"\$(cat $dir/cgroup.freeze)\" = 0 ] && grep -qx 'frozen 0' $dir/cgroup.events"
 bolt rm -f lim >/dev/null 2>&1
 check cgroup-removed "after bolt rm -f: $dir" [ ! -e "$dir" ]
 check bolt-parent-removed "$CG/bolt with no capsule left" [ ! -e "$CG/bolt" ]
