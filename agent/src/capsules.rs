@@ -311,8 +311,8 @@ const NOUNS: [&str; 24] = [
     "turing", "volta", "watt", "yalow", "zuse",
 ];
 
-/// 32 random bytes as 64 hex digits.
-fn random_hex() -> Result<String, CapsuleError> {
+/// 32 random bytes as 64 hex digits: capsule ids, and unique names of the agent's scratch entries.
+pub(crate) fn random_hex() -> Result<String, CapsuleError> {
     let mut buf = [0u8; 32];
     getrandom::fill(&mut buf).map_err(|e| CapsuleError::Task(format!("random id: {e}")))?;
     Ok(hex::encode(buf))

@@ -93,7 +93,12 @@ pub enum Command {
         snapshot_every: u64,
         /// The network of `bolt run` without --network: bridge (the default as root), none
         /// (the default rootless), host or a network's name.
-        #[arg(long, env = "BOLT_DEFAULT_NETWORK", default_value = crate::node::default_network())]
+        #[arg(
+            long,
+            env = "BOLT_DEFAULT_NETWORK",
+            default_value = crate::node::default_network(),
+            value_parser = parse_default_network
+        )]
         default_network: String,
         #[command(flatten)]
         registry: crate::cli_images::RegistryArgs,
@@ -223,6 +228,12 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             rt.block_on(run_client(Client::new(cli.socket), command))
         }
     }
+}
+
+/// `--default-network`: what `bolt run --network` accepts (none, host, bridge or a network's
+/// name), refused before the agent starts rather than at every run.
+fn parse_default_network(s: &str) -> Result<String, String> {
+    crate::networks::plan(s, &[]).map(|_| s.to_owned())
 }
 
 fn run_agent(

@@ -11,7 +11,7 @@ use hyper::Method;
 use crate::api_networks::PATH_NETWORKS;
 use crate::cli::CliError;
 use crate::cli_capsules::{call, encode, CapsuleCliError, CapsuleFormat};
-use crate::cli_util::{block_on, each_name, json_err, write_list};
+use crate::cli_util::{block_on, each_name, inspect_named, json_err, write_list};
 use crate::networks::{CreateNetworkRequest, NetworkView};
 
 /// `bolt network <command>`.
@@ -100,17 +100,7 @@ async fn run_async(socket: &Path, cmd: NetworkCommand) -> Result<ExitCode, Capsu
             }
         }
         NetworkCommand::Inspect { names } => {
-            let mut all = Vec::new();
-            for name in names {
-                let path = format!("{PATH_NETWORKS}/{}", encode(&name));
-                let n: NetworkView = call(socket, Method::GET, &path, None).await?;
-                all.push(n);
-            }
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&all).map_err(json_err)?
-            )?;
+            inspect_named::<NetworkView>(&mut out, socket, PATH_NETWORKS, names).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -55,6 +55,27 @@ pub(crate) async fn each_name<T>(
     Ok(ok)
 }
 
+/// `inspect NAME...` of a named resource under `base` (`/v1/networks`, `/v1/volumes`): every
+/// `GET base/NAME`, then one pretty JSON array. The first failure ends it (docker's way).
+pub(crate) async fn inspect_named<T: serde::de::DeserializeOwned + Serialize>(
+    out: &mut impl Write,
+    socket: &std::path::Path,
+    base: &str,
+    names: Vec<String>,
+) -> Result<(), CapsuleCliError> {
+    let mut all: Vec<T> = Vec::with_capacity(names.len());
+    for name in names {
+        let path = format!("{base}/{}", crate::cli_capsules::encode(&name));
+        all.push(crate::cli_capsules::call(socket, hyper::Method::GET, &path, None).await?);
+    }
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(&all).map_err(json_err)?
+    )?;
+    Ok(())
+}
+
 /// The `ls` output of a list: `quiet_line` of each item with `-q`, one JSON object a line
 /// with `--format json`, else the `table`.
 pub(crate) fn write_list<T: Serialize>(

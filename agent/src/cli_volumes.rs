@@ -12,7 +12,7 @@ use hyper::Method;
 use crate::api_volumes::{CreateVolumeRequest, PATH_VOLUMES, PATH_VOLUMES_PRUNE};
 use crate::cli::CliError;
 use crate::cli_capsules::{call, encode, CapsuleCliError, CapsuleFormat};
-use crate::cli_util::{block_on, each_name, json_err, write_list};
+use crate::cli_util::{block_on, each_name, inspect_named, json_err, write_list};
 
 /// `bolt volume <command>`.
 #[derive(Debug, Subcommand)]
@@ -108,17 +108,7 @@ async fn run_async(socket: &Path, cmd: VolumeCommand) -> Result<ExitCode, Capsul
             }
         }
         VolumeCommand::Inspect { names } => {
-            let mut all = Vec::new();
-            for name in names {
-                let path = format!("{PATH_VOLUMES}/{}", encode(&name));
-                let v: Volume = call(socket, Method::GET, &path, None).await?;
-                all.push(v);
-            }
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&all).map_err(json_err)?
-            )?;
+            inspect_named::<Volume>(&mut out, socket, PATH_VOLUMES, names).await?;
         }
         VolumeCommand::Prune { all } => {
             let path = format!("{PATH_VOLUMES_PRUNE}?all={all}");

@@ -350,18 +350,6 @@ fn task(e: tokio::task::JoinError) -> SnapshotsError {
     SnapshotsError::Task(e.to_string())
 }
 
-fn random_hex() -> String {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        b[..4].copy_from_slice(&nanos.to_le_bytes());
-        b[4..].copy_from_slice(&std::process::id().to_le_bytes());
-    }
-    hex::encode(b)
-}
-
 /// A change of one snapshot, decided by [`Snapshots::decided`].
 #[derive(Debug, Clone, Copy)]
 enum Change {
@@ -578,7 +566,7 @@ impl Snapshots {
             base,
             upper,
             reference: req.reference.clone(),
-            staging: tmp.join(format!("commit-{}", random_hex())),
+            staging: tmp.join(format!("commit-{}", crate::capsules::random_hex()?)),
             gzip: true,
             options: CommitOptions::default(),
             changes,

@@ -148,14 +148,8 @@ impl SupervisorConfig {
     /// (the storage library's per-capsule layer, a btrfs subvolume on btrfs) when the agent made
     /// one, else `dir/{upper,work}` (capsules created before layers).
     pub fn runtime_spec(&self, dir: &Path) -> CapsuleSpec {
-        let layer = dir.join("layer");
-        let rootfs = if layer.is_dir() {
-            Rootfs {
-                lower: self.lower.clone(),
-                upper: layer.join("upper"),
-                work: layer.join("work"),
-                target: dir.join("rootfs"),
-            }
+        let rootfs = if dir.join(bolt_capsule::storage::layer::LAYER_DIR).is_dir() {
+            bolt_capsule::storage::layer::capsule_rootfs(dir, self.lower.clone())
         } else {
             Rootfs::in_dir(self.lower.clone(), dir)
         };

@@ -68,3 +68,24 @@ fn bad_arguments_are_refused() {
     let out = bolt(&["events", "--format", "yaml"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_bad_default_network_is_refused_before_the_agent_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let sock = dir.path().join("bolt.sock");
+    let out = bolt(&[
+        "--socket",
+        sock.to_str().unwrap(),
+        "agent",
+        "--root",
+        root.to_str().unwrap(),
+        "--default-network",
+        "no such/net",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--default-network"), "{stderr}");
+    assert!(stderr.contains("invalid network name"), "{stderr}");
+    assert!(!root.exists() && !sock.exists(), "nothing made");
+}

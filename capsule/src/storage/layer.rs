@@ -48,6 +48,23 @@ pub enum LayerError {
     },
 }
 
+/// The root filesystem of the capsule whose directory is `capsule_dir`
+/// (`ROOT/capsules/<id>`) over `lower`: its writable layer in `capsule_dir/layer/{upper,work}`,
+/// mounted on `capsule_dir/rootfs`. For whoever has the capsule's directory but no [`Layout`]
+/// (the per-capsule supervisor).
+pub fn capsule_rootfs(capsule_dir: &Path, lower: Vec<PathBuf>) -> Rootfs {
+    let layer = capsule_dir.join(LAYER_DIR);
+    Rootfs {
+        lower,
+        upper: layer.join("upper"),
+        work: layer.join("work"),
+        target: capsule_dir.join("rootfs"),
+    }
+}
+
+/// The name of a capsule's layer directory inside its capsule directory.
+pub const LAYER_DIR: &str = "layer";
+
 /// The writable layers of one root's capsules.
 #[derive(Debug, Clone)]
 pub struct CapsuleLayers {
@@ -77,13 +94,7 @@ impl CapsuleLayers {
 
     /// The runtime's root filesystem for the capsule over `lower` (image layers, base first).
     pub fn rootfs(&self, id: &str, lower: Vec<PathBuf>) -> Rootfs {
-        let layer = self.path(id);
-        Rootfs {
-            lower,
-            upper: layer.join("upper"),
-            work: layer.join("work"),
-            target: self.layout.capsule_dir(id).join("rootfs"),
-        }
+        capsule_rootfs(&self.layout.capsule_dir(id), lower)
     }
 
     /// Whether the layer exists.

@@ -117,7 +117,7 @@ impl Layout {
 
     /// `ROOT/capsules/<id>/layer`: the writable layer (`upper` and `work`).
     pub fn capsule_layer(&self, id: &str) -> PathBuf {
-        self.capsule_dir(id).join("layer")
+        self.capsule_dir(id).join(layer::LAYER_DIR)
     }
 
     /// `ROOT/snapshots`.
