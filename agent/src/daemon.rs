@@ -29,7 +29,7 @@ pub struct Config {
     /// What the node announces and how often it snapshots its state.
     pub node: NodeOptions,
     /// Registry settings of the image store at `ROOT/images`.
-    pub images: crate::images::ImagesConfig,
+    pub images: crate::service::images::ImagesConfig,
 }
 
 impl Config {
@@ -88,13 +88,13 @@ pub enum DaemonError {
     #[error(transparent)]
     Node(#[from] NodeError),
     #[error(transparent)]
-    Images(#[from] crate::images::ImagesError),
+    Images(#[from] crate::service::images::ImagesError),
     #[error("serve the API: {0}")]
     Serve(std::io::Error),
     #[error("background task failed: {0}")]
     Task(String),
     #[error("capsules: {0}")]
-    Capsules(#[from] crate::capsules::CapsuleError),
+    Capsules(#[from] crate::service::capsules::CapsuleError),
 }
 
 /// Run the agent until `shutdown` resolves (with the reason recorded in `node.stopped`).
@@ -162,7 +162,7 @@ pub async fn run(
         // The image store (interrupted pulls cleaned), and the events a stop between a store
         // change and its event left out.
         let (root, cfg) = (config.root.clone(), config.images.clone());
-        let images = blocking(move || crate::images::Images::open(&root, &cfg)).await??;
+        let images = blocking(move || crate::service::images::Images::open(&root, &cfg)).await??;
         node.set_images(images);
         let n = node.reconcile_images().await?;
         if n > 0 {
@@ -170,13 +170,13 @@ pub async fn run(
         }
     }
     // Networks: set up again before capsules restart on them.
-    let networks = crate::networks::Networks::new(Arc::clone(&node), &config.root);
+    let networks = crate::service::networks::Networks::new(Arc::clone(&node), &config.root);
     let _ = node.networks.set(Arc::clone(&networks));
     if let Err(e) = networks.restore().await {
         tracing::warn!("set up networks again: {e}");
     }
     // Capsules: re-adopt the running ones, record the exits no agent saw.
-    let capsules = crate::capsules::Capsules::new(Arc::clone(&node), &config.root)?;
+    let capsules = crate::service::capsules::Capsules::new(Arc::clone(&node), &config.root)?;
     let _ = node.capsules.set(Arc::clone(&capsules));
     if let Err(e) = capsules.recover().await {
         tracing::warn!("re-adopt capsules: {e}");

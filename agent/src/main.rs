@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         (args.next(), args.next(), args.next(), args.next())
     {
         if cmd == "supervise" {
-            let code = bolt_agent::supervisor::main(std::path::Path::new(&dir));
+            let code = bolt_agent::shim::main(std::path::Path::new(&dir));
             return ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255));
         }
     }

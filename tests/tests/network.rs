@@ -394,7 +394,7 @@ fn capsules_on_a_bridge_talk_publish_ports_and_keep_addresses_unique_across_a_re
     )
     .into_owned();
     assert!(
-        !host.contains(&bolt_agent::networks::bridge_of("tnet")),
+        !host.contains(&bolt_agent::service::networks::bridge_of("tnet")),
         "{host}"
     );
 }

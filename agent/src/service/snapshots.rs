@@ -23,8 +23,8 @@ use bolt_events::payload::{SNAPSHOT_CAPSULE, SNAPSHOT_VOLUME};
 use bolt_state::{decide, CapsuleStatus, Command, DecideError, SnapshotInfo, State};
 use serde::{Deserialize, Serialize};
 
-use crate::capsules::{find, CapsuleError, Capsules};
-use crate::images::{ImagesError, PullView};
+use crate::service::capsules::{find, CapsuleError, Capsules};
+use crate::service::images::{ImagesError, PullView};
 
 /// One step of a snapshot or commit operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -566,7 +566,10 @@ impl Snapshots {
             base,
             upper,
             reference: req.reference.clone(),
-            staging: tmp.join(format!("commit-{}", crate::capsules::random_hex()?)),
+            staging: tmp.join(format!(
+                "commit-{}",
+                crate::service::capsules::random_hex()?
+            )),
             gzip: true,
             options: CommitOptions::default(),
             changes,

@@ -1,6 +1,6 @@
 //! The capsule commands of the `bolt` command line, with docker's flags: `run`, `ps`, `logs`,
 //! `exec`, `attach`, `top`, `stop`, `kill`, `rm`, `inspect`, and the hidden `supervise` (the
-//! per-capsule supervisor process, see [`crate::supervisor`]).
+//! per-capsule supervisor process, see [`crate::shim`]).
 //!
 //! Rendering is pure (`render_*` take API views and the time) and tested without an agent.
 //! Exit codes follow docker: a foreground `run` exits with the capsule's code; 125 when Bolt
@@ -21,13 +21,13 @@ use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::api_capsules::{
+use crate::api::capsules::{
     CapsuleErrorBody, CapsuleView, CreateRequest, ExecRequest, StreamEnd, TopView, PATH_CAPSULES,
 };
-use crate::capsules::{parse_cpus, parse_size, short, DEFAULT_STOP_TIMEOUT};
+use crate::cli::util::{each_name, json_err, now_ms, write_list};
 use crate::cli::CliError;
-use crate::cli_util::{each_name, json_err, now_ms, write_list};
-use crate::supervisor::frame;
+use crate::service::capsules::{parse_cpus, parse_size, short, DEFAULT_STOP_TIMEOUT};
+use crate::shim::frame;
 
 /// `--format` of the capsule commands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -285,7 +285,7 @@ type CliResult<T> = Result<T, CapsuleCliError>;
 /// Runs a capsule command.
 pub fn run(socket: PathBuf, cmd: CapsuleCommand) -> Result<ExitCode, CliError> {
     if let CapsuleCommand::Supervise { dir } = cmd {
-        return Ok(exit_code(crate::supervisor::main(&dir)));
+        return Ok(exit_code(crate::shim::main(&dir)));
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -319,12 +319,12 @@ async fn run_async(socket: &Path, cmd: CapsuleCommand) -> CliResult<ExitCode> {
                 && view
                     .spec
                     .labels
-                    .get(crate::capsules::LABEL_STDIN)
+                    .get(crate::service::capsules::LABEL_STDIN)
                     .is_some_and(|v| v == "true");
             let tty = view
                 .spec
                 .labels
-                .get(crate::capsules::LABEL_TTY)
+                .get(crate::service::capsules::LABEL_TTY)
                 .is_some_and(|v| v == "true");
             let path = format!("{}?stdin={stdin}", capsule_path(&view.id, "/attach"));
             let end = stream_session(socket, &path, None, stdin, tty).await?;
@@ -599,7 +599,7 @@ pub fn create_request(args: &RunArgs) -> CliResult<CreateRequest> {
         ));
     }
     args.restart
-        .parse::<crate::capsules::RestartPolicy>()
+        .parse::<crate::service::capsules::RestartPolicy>()
         .map_err(CapsuleCliError::Usage)?;
     if args.rm && args.restart != "no" {
         return Err(CapsuleCliError::Usage(
@@ -635,7 +635,11 @@ async fn run_capsule(socket: &Path, args: RunArgs) -> CliResult<ExitCode> {
     let body = serde_json::to_vec(&req).map_err(json_err)?;
     let view: CapsuleView = call(socket, Method::POST, PATH_CAPSULES, Some(body)).await?;
     // What the agent ignored (a rootless agent's limits), as podman prints it.
-    if let Some(w) = view.spec.labels.get(crate::capsules::LABEL_WARNINGS) {
+    if let Some(w) = view
+        .spec
+        .labels
+        .get(crate::service::capsules::LABEL_WARNINGS)
+    {
         for line in w.lines() {
             eprintln!("warning: {line}");
         }
@@ -1194,14 +1198,14 @@ pub fn render_ps(list: &[CapsuleView], now_ms: u64) -> String {
             c.name.clone(),
         ]);
     }
-    crate::table::align(&rows, 3)
+    crate::cli::table::align(&rows, 3)
 }
 
 /// `bolt top`.
 pub fn render_top(top: &TopView) -> String {
     let mut rows = vec![top.titles.clone()];
     rows.extend(top.processes.iter().cloned());
-    crate::table::align(&rows, 3)
+    crate::cli::table::align(&rows, 3)
 }
 
 /// `bolt inspect` for people: one `key  value` line per field.
@@ -1265,7 +1269,7 @@ pub fn render_inspect(c: &CapsuleView) -> String {
     for (k, v) in &spec.labels {
         rows.push(vec!["label".into(), format!("{k}={v}")]);
     }
-    let mut s = crate::table::align(&rows, 3);
+    let mut s = crate::cli::table::align(&rows, 3);
     s.push('\n');
     s
 }
@@ -1421,7 +1425,7 @@ mod tests {
         let mut exited = view(CapsuleStatus::Exited);
         exited.name = "done".into();
         exited.finished = Some(1_000_000);
-        exited.exit = Some(crate::api_capsules::ExitView {
+        exited.exit = Some(crate::api::capsules::ExitView {
             code: None,
             signal: Some(9),
             oom: true,

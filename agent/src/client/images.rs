@@ -8,9 +8,9 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api_images;
+use crate::api::images;
 use crate::client::{Client, ClientError};
-use crate::images::{
+use crate::service::images::{
     ExportRequest, ExportView, ImageView, ImportRequest, ProgressView, PruneView, PullRequest,
     PullView, PushRequest, PushView, RefView, StreamLine, TagRequest,
 };
@@ -173,7 +173,7 @@ impl Client {
         req: &PullRequest,
         on_progress: &mut dyn FnMut(ProgressView),
     ) -> Result<PullView, ImageCallError> {
-        self.streamed(api_images::PATH_PULL, req, on_progress).await
+        self.streamed(images::PATH_PULL, req, on_progress).await
     }
 
     /// `POST /v1/images/push`, streamed.
@@ -182,7 +182,7 @@ impl Client {
         req: &PushRequest,
         on_progress: &mut dyn FnMut(ProgressView),
     ) -> Result<PushView, ImageCallError> {
-        self.streamed(api_images::PATH_PUSH, req, on_progress).await
+        self.streamed(images::PATH_PUSH, req, on_progress).await
     }
 
     /// `POST /v1/images/import`, streamed.
@@ -191,37 +191,35 @@ impl Client {
         req: &ImportRequest,
         on_progress: &mut dyn FnMut(ProgressView),
     ) -> Result<Vec<PullView>, ImageCallError> {
-        self.streamed(api_images::PATH_IMPORT, req, on_progress)
-            .await
+        self.streamed(images::PATH_IMPORT, req, on_progress).await
     }
 
     /// `GET /v1/images`.
     pub async fn images(&self) -> Result<Vec<ImageView>, ClientError> {
-        self.json::<(), _>(Method::GET, api_images::PATH_IMAGES, None)
+        self.json::<(), _>(Method::GET, images::PATH_IMAGES, None)
             .await
     }
 
     /// `DELETE /v1/images/{reference}`.
     pub async fn remove_image(&self, reference: &str) -> Result<RefView, ClientError> {
-        let path = format!("{}/{}", api_images::PATH_IMAGES, encode_segment(reference));
+        let path = format!("{}/{}", images::PATH_IMAGES, encode_segment(reference));
         self.json::<(), _>(Method::DELETE, &path, None).await
     }
 
     /// `POST /v1/images/tag`.
     pub async fn tag(&self, req: &TagRequest) -> Result<RefView, ClientError> {
-        self.json(Method::POST, api_images::PATH_TAG, Some(req))
-            .await
+        self.json(Method::POST, images::PATH_TAG, Some(req)).await
     }
 
     /// `POST /v1/images/prune`.
     pub async fn prune(&self) -> Result<PruneView, ClientError> {
-        self.json::<(), _>(Method::POST, api_images::PATH_PRUNE, None)
+        self.json::<(), _>(Method::POST, images::PATH_PRUNE, None)
             .await
     }
 
     /// `POST /v1/images/export`.
     pub async fn export(&self, req: &ExportRequest) -> Result<ExportView, ClientError> {
-        self.json(Method::POST, api_images::PATH_EXPORT, Some(req))
+        self.json(Method::POST, images::PATH_EXPORT, Some(req))
             .await
     }
 }

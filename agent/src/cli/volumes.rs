@@ -9,10 +9,10 @@ use bolt_capsule::storage::{PruneReport, Volume};
 use clap::Subcommand;
 use hyper::Method;
 
-use crate::api_volumes::{CreateVolumeRequest, PATH_VOLUMES, PATH_VOLUMES_PRUNE};
+use crate::api::volumes::{CreateVolumeRequest, PATH_VOLUMES, PATH_VOLUMES_PRUNE};
+use crate::cli::capsules::{call, encode, CapsuleCliError, CapsuleFormat};
+use crate::cli::util::{block_on, each_name, inspect_named, json_err, write_list};
 use crate::cli::CliError;
-use crate::cli_capsules::{call, encode, CapsuleCliError, CapsuleFormat};
-use crate::cli_util::{block_on, each_name, inspect_named, json_err, write_list};
 
 /// `bolt volume <command>`.
 #[derive(Debug, Subcommand)]
@@ -126,7 +126,7 @@ async fn run_async(socket: &Path, cmd: VolumeCommand) -> Result<ExitCode, Capsul
 pub fn render_ls(list: &[Volume]) -> String {
     let mut rows = vec![["VOLUME NAME".to_owned(), "DRIVER".to_owned()]];
     rows.extend(list.iter().map(|v| [v.name.clone(), v.driver.clone()]));
-    crate::table::align(&rows, 3)
+    crate::cli::table::align(&rows, 3)
 }
 
 #[cfg(test)]

@@ -3,6 +3,12 @@
 //! Handlers are thin: they parse the query, run one blocking [`Node`] method on the blocking
 //! pool and turn its result into JSON. Every error is `{"error": "..."}` with a fitting status.
 
+pub mod capsules;
+pub mod images;
+pub mod networks;
+pub mod snapshots;
+pub mod volumes;
+
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
@@ -47,32 +53,32 @@ pub const ROUTES: [&str; 34] = [
     PATH_STATE_HASH,
     PATH_OPENAPI,
     PATH_METRICS,
-    crate::api_images::PATH_IMAGES,
-    crate::api_images::PATH_IMAGE,
-    crate::api_images::PATH_PULL,
-    crate::api_images::PATH_TAG,
-    crate::api_images::PATH_PUSH,
-    crate::api_images::PATH_PRUNE,
-    crate::api_images::PATH_IMPORT,
-    crate::api_images::PATH_EXPORT,
-    crate::api_capsules::PATH_CAPSULES,
-    crate::api_capsules::PATH_CAPSULE,
-    crate::api_capsules::PATH_STOP,
-    crate::api_capsules::PATH_START,
-    crate::api_capsules::PATH_KILL,
-    crate::api_capsules::PATH_LOGS,
-    crate::api_capsules::PATH_ATTACH,
-    crate::api_capsules::PATH_EXEC,
-    crate::api_capsules::PATH_TOP,
-    crate::api_networks::PATH_NETWORKS,
-    crate::api_networks::PATH_NETWORK,
-    crate::api_volumes::PATH_VOLUMES,
-    crate::api_volumes::PATH_VOLUME,
-    crate::api_volumes::PATH_VOLUMES_PRUNE,
-    crate::api_snapshots::PATH_SNAPSHOTS,
-    crate::api_snapshots::PATH_SNAPSHOT,
-    crate::api_snapshots::PATH_SNAPSHOT_RESTORE,
-    crate::api_snapshots::PATH_COMMIT,
+    crate::api::images::PATH_IMAGES,
+    crate::api::images::PATH_IMAGE,
+    crate::api::images::PATH_PULL,
+    crate::api::images::PATH_TAG,
+    crate::api::images::PATH_PUSH,
+    crate::api::images::PATH_PRUNE,
+    crate::api::images::PATH_IMPORT,
+    crate::api::images::PATH_EXPORT,
+    crate::api::capsules::PATH_CAPSULES,
+    crate::api::capsules::PATH_CAPSULE,
+    crate::api::capsules::PATH_STOP,
+    crate::api::capsules::PATH_START,
+    crate::api::capsules::PATH_KILL,
+    crate::api::capsules::PATH_LOGS,
+    crate::api::capsules::PATH_ATTACH,
+    crate::api::capsules::PATH_EXEC,
+    crate::api::capsules::PATH_TOP,
+    crate::api::networks::PATH_NETWORKS,
+    crate::api::networks::PATH_NETWORK,
+    crate::api::volumes::PATH_VOLUMES,
+    crate::api::volumes::PATH_VOLUME,
+    crate::api::volumes::PATH_VOLUMES_PRUNE,
+    crate::api::snapshots::PATH_SNAPSHOTS,
+    crate::api::snapshots::PATH_SNAPSHOT,
+    crate::api::snapshots::PATH_SNAPSHOT_RESTORE,
+    crate::api::snapshots::PATH_COMMIT,
 ];
 
 /// Counter of HTTP requests, by method, route and status.
@@ -92,11 +98,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(PATH_STATE_HASH, get(state_hash))
         .route(PATH_OPENAPI, get(openapi))
         .route(PATH_METRICS, get(prometheus))
-        .merge(crate::api_images::routes())
-        .merge(crate::api_capsules::routes())
-        .merge(crate::api_networks::routes())
-        .merge(crate::api_volumes::routes())
-        .merge(crate::api_snapshots::routes())
+        .merge(crate::api::images::routes())
+        .merge(crate::api::capsules::routes())
+        .merge(crate::api::networks::routes())
+        .merge(crate::api::volumes::routes())
+        .merge(crate::api::snapshots::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(count_requests))
@@ -334,15 +340,15 @@ async fn count_requests(req: Request, next: Next) -> Response {
 pub fn openapi_document() -> serde_json::Value {
     let mut doc = core_openapi_document();
     if let Some(paths) = doc["paths"].as_object_mut() {
-        paths.extend(crate::api_images::openapi_paths());
+        paths.extend(crate::api::images::openapi_paths());
     }
     if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
-        schemas.extend(crate::api_images::openapi_schemas());
+        schemas.extend(crate::api::images::openapi_schemas());
     }
-    crate::api_capsules::merge_openapi(&mut doc);
-    crate::api_networks::merge_openapi(&mut doc);
-    crate::api_volumes::merge_openapi(&mut doc);
-    crate::api_snapshots::merge_openapi(&mut doc);
+    crate::api::capsules::merge_openapi(&mut doc);
+    crate::api::networks::merge_openapi(&mut doc);
+    crate::api::volumes::merge_openapi(&mut doc);
+    crate::api::snapshots::merge_openapi(&mut doc);
     doc
 }
 

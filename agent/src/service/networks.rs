@@ -167,7 +167,7 @@ pub fn plan(network: &str, ports: &[String]) -> Result<(NetworkChoice, Vec<PortS
         "none" => NetworkChoice::None,
         "host" => NetworkChoice::Host,
         "" => return Err("empty --network".into()),
-        n if crate::capsules::valid_name(n) => NetworkChoice::Bridge(n.to_owned()),
+        n if crate::service::capsules::valid_name(n) => NetworkChoice::Bridge(n.to_owned()),
         n => return Err(format!("invalid network name {n:?}")),
     };
     let specs = ports::parse_all(ports).map_err(|e| e.to_string())?;
@@ -587,7 +587,7 @@ impl Networks {
                 .blocking(move |_| bolt_capsule::net::link::remove(&ns, &veth))
                 .await;
             if let Ok(Err(e)) = removed {
-                tracing::debug!(capsule = %crate::capsules::short(capsule), "delete the veth: {e}");
+                tracing::debug!(capsule = %crate::service::capsules::short(capsule), "delete the veth: {e}");
             }
         }
         let _ops = self.ops.lock().await;
@@ -603,7 +603,7 @@ impl Networks {
         if attached {
             let c = capsule.to_owned();
             if let Err(e) = self.with_host(move |h| h.detach(&c).map(|_| ())).await {
-                tracing::warn!(capsule = %crate::capsules::short(capsule), "detach: {e}");
+                tracing::warn!(capsule = %crate::service::capsules::short(capsule), "detach: {e}");
             }
         }
     }
@@ -691,7 +691,7 @@ impl Networks {
                 }
                 let specs = ports::parse_all(&ports).unwrap_or_default();
                 if let Err(e) = h.adopt(&n, &c, ip, &specs) {
-                    tracing::warn!(capsule = %crate::capsules::short(&c), "adopt: {e}");
+                    tracing::warn!(capsule = %crate::service::capsules::short(&c), "adopt: {e}");
                 }
             }
             let gone = h.cleanup_leftovers(known.iter().map(String::as_str))?;

@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use hyper::Method;
 
-use crate::api_networks::PATH_NETWORKS;
+use crate::api::networks::PATH_NETWORKS;
+use crate::cli::capsules::{call, encode, CapsuleCliError, CapsuleFormat};
+use crate::cli::util::{block_on, each_name, inspect_named, json_err, write_list};
 use crate::cli::CliError;
-use crate::cli_capsules::{call, encode, CapsuleCliError, CapsuleFormat};
-use crate::cli_util::{block_on, each_name, inspect_named, json_err, write_list};
-use crate::networks::{CreateNetworkRequest, NetworkView};
+use crate::service::networks::{CreateNetworkRequest, NetworkView};
 
 /// `bolt network <command>`.
 #[derive(Debug, Subcommand)]
@@ -126,5 +126,5 @@ pub fn render_ls(list: &[NetworkView]) -> String {
             n.capsules.len().to_string(),
         ]);
     }
-    crate::table::align(&rows, 3)
+    crate::cli::table::align(&rows, 3)
 }

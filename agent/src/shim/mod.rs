@@ -27,6 +27,8 @@
 //! started (or failed to), and a second one when it ended; then stdout is closed. After an
 //! agent restart there is no pipe: the agent watches the supervisor's pid instead.
 
+pub mod mounts;
+
 use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
@@ -140,7 +142,7 @@ pub struct SupervisorConfig {
     pub netns: Option<PathBuf>,
     /// Volumes, binds, tmpfs and the per-capsule `/etc` files.
     #[serde(default)]
-    pub mounts: Vec<crate::volumes::MountConfig>,
+    pub mounts: Vec<crate::shim::mounts::MountConfig>,
 }
 
 impl SupervisorConfig {

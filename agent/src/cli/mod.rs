@@ -3,6 +3,14 @@
 //! Rendering is pure (`render_*` take API views and return text) so it is tested without an
 //! agent; [`run`] is the thin driver that parses, calls the client and prints.
 
+pub mod capsules;
+pub mod images;
+pub mod networks;
+pub mod snapshots;
+pub mod table;
+mod util;
+pub mod volumes;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -101,7 +109,7 @@ pub enum Command {
         )]
         default_network: String,
         #[command(flatten)]
-        registry: crate::cli_images::RegistryArgs,
+        registry: crate::cli::images::RegistryArgs,
     },
     /// Show the node, its log head and its state hash.
     Info {
@@ -125,22 +133,22 @@ pub enum Command {
     },
     /// Images: pull, images, rmi, tag, push, image ...
     #[command(flatten)]
-    Images(crate::cli_images::ImageCommands),
+    Images(crate::cli::images::ImageCommands),
     /// Capsules: run, ps, logs, exec, attach, top, stop, kill, rm, inspect.
     #[command(flatten)]
-    Capsule(crate::cli_capsules::CapsuleCommand),
+    Capsule(crate::cli::capsules::CapsuleCommand),
     /// Bridge networks: create, ls, rm, inspect.
     #[command(subcommand)]
-    Network(crate::cli_networks::NetworkCommand),
+    Network(crate::cli::networks::NetworkCommand),
     /// Named volumes: create, ls, rm, inspect, prune.
     #[command(subcommand)]
-    Volume(crate::cli_volumes::VolumeCommand),
+    Volume(crate::cli::volumes::VolumeCommand),
     /// Btrfs snapshots of a capsule's writable layer or a volume (no docker equivalent):
     /// create, ls, restore, rm; targets are capsule:NAME or volume:NAME.
     #[command(subcommand)]
-    Snapshot(crate::cli_snapshots::SnapshotCommand),
+    Snapshot(crate::cli::snapshots::SnapshotCommand),
     /// Make a new image from a capsule's changes.
-    Commit(crate::cli_snapshots::CommitArgs),
+    Commit(crate::cli::snapshots::CommitArgs),
 }
 
 /// `bolt events`.
@@ -192,7 +200,7 @@ pub enum CliError {
     #[error("{0}")]
     Failed(String),
     #[error(transparent)]
-    Capsule(#[from] crate::cli_capsules::CapsuleCliError),
+    Capsule(#[from] crate::cli::capsules::CapsuleCliError),
 }
 
 impl CliError {
@@ -215,11 +223,11 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             println!("bolt {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Capsule(c) => crate::cli_capsules::run(cli.socket, c),
-        Command::Network(c) => crate::cli_networks::run(cli.socket, c),
-        Command::Volume(c) => crate::cli_volumes::run(cli.socket, c),
-        Command::Snapshot(c) => crate::cli_snapshots::run(cli.socket, c),
-        Command::Commit(a) => crate::cli_snapshots::commit(cli.socket, a),
+        Command::Capsule(c) => crate::cli::capsules::run(cli.socket, c),
+        Command::Network(c) => crate::cli::networks::run(cli.socket, c),
+        Command::Volume(c) => crate::cli::volumes::run(cli.socket, c),
+        Command::Snapshot(c) => crate::cli::snapshots::run(cli.socket, c),
+        Command::Commit(a) => crate::cli::snapshots::commit(cli.socket, a),
         command => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -233,7 +241,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
 /// `--default-network`: what `bolt run --network` accepts (none, host, bridge or a network's
 /// name), refused before the agent starts rather than at every run.
 fn parse_default_network(s: &str) -> Result<String, String> {
-    crate::networks::plan(s, &[]).map(|_| s.to_owned())
+    crate::service::networks::plan(s, &[]).map(|_| s.to_owned())
 }
 
 fn run_agent(
@@ -241,7 +249,7 @@ fn run_agent(
     socket: PathBuf,
     snapshot_every: u64,
     default_network: String,
-    registry: crate::cli_images::RegistryArgs,
+    registry: crate::cli::images::RegistryArgs,
 ) -> Result<ExitCode, CliError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -326,7 +334,7 @@ async fn run_client(client: Client, command: Command) -> Result<ExitCode, CliErr
             }
             None => list(&client, Cursor(args.since), args.format, &mut out).await?,
         },
-        Command::Images(cmd) => crate::cli_images::run(&client, cmd, &mut out).await?,
+        Command::Images(cmd) => crate::cli::images::run(&client, cmd, &mut out).await?,
         Command::Agent { .. }
         | Command::Version
         | Command::Capsule(_)
@@ -444,7 +452,7 @@ fn event_row(ev: &EventView) -> [String; 6] {
 pub fn render_events(events: &[EventView]) -> String {
     let mut rows = vec![EVENT_HEADER.map(String::from).to_vec()];
     rows.extend(events.iter().map(|e| event_row(e).to_vec()));
-    crate::table::align(&rows, 2)
+    crate::cli::table::align(&rows, 2)
 }
 
 /// `bolt info` for people.
@@ -459,7 +467,7 @@ pub fn render_info(info: &InfoView) -> String {
         ["state hash", &info.state_hash.to_string()],
         ["uptime", &format_duration(info.uptime_s)],
     ];
-    crate::table::align(&rows.map(|r| r.map(String::from).to_vec()), 2)
+    crate::cli::table::align(&rows.map(|r| r.map(String::from).to_vec()), 2)
 }
 
 /// `bolt events verify` for people.
@@ -504,7 +512,7 @@ pub fn render_state(view: &StateView) -> String {
         }
         other => fields.push(vec!["state".to_string(), cell(other)]),
     }
-    let mut s = crate::table::align(&fields, 2);
+    let mut s = crate::cli::table::align(&fields, 2);
     s.push_str(&tables);
     s
 }
@@ -548,7 +556,7 @@ fn record_table(rows: &[(String, &serde_json::Map<String, Value>)]) -> String {
                 .collect(),
         );
     }
-    crate::table::align(&table, 2)
+    crate::cli::table::align(&table, 2)
 }
 
 /// One value in a cell: scalars as they are, 64-hex ids shortened, the rest as compact JSON.
@@ -728,7 +736,7 @@ mod tests {
                 "last column".to_string(),
             ],
         ];
-        let t = crate::table::align(&rows, 2);
+        let t = crate::cli::table::align(&rows, 2);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0], "A       LONG HEADER  Z");
         assert_eq!(lines[1], "longer  b            last column");

@@ -21,11 +21,11 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::images::{
+use crate::node::Node;
+use crate::service::images::{
     parse_format, parse_platform, progress_channel, ExportRequest, ImagesError, ImportRequest,
     ProgressView, PullRequest, PushRequest, StreamLine, TagRequest,
 };
-use crate::node::Node;
 use crate::wire::ErrorBody;
 
 /// `GET /v1/images`: every stored image.
@@ -277,14 +277,14 @@ async fn import(
     }))
 }
 
-async fn list(State(node): State<Arc<Node>>) -> Answer<Vec<crate::images::ImageView>> {
+async fn list(State(node): State<Arc<Node>>) -> Answer<Vec<crate::service::images::ImageView>> {
     Ok(Json(node.list_images().await?))
 }
 
 async fn remove(
     State(node): State<Arc<Node>>,
     Path(reference): Path<String>,
-) -> Answer<crate::images::RefView> {
+) -> Answer<crate::service::images::RefView> {
     check_ref(&reference)?;
     Ok(Json(node.remove_image(&reference).await?))
 }
@@ -292,21 +292,21 @@ async fn remove(
 async fn tag(
     State(node): State<Arc<Node>>,
     body: Result<Json<TagRequest>, JsonRejection>,
-) -> Answer<crate::images::RefView> {
+) -> Answer<crate::service::images::RefView> {
     let Json(req) = body?;
     check_ref(&req.source)?;
     check_ref(&req.target)?;
     Ok(Json(node.tag_image(&req.source, &req.target).await?))
 }
 
-async fn prune(State(node): State<Arc<Node>>) -> Answer<crate::images::PruneView> {
+async fn prune(State(node): State<Arc<Node>>) -> Answer<crate::service::images::PruneView> {
     Ok(Json(node.prune_images().await?))
 }
 
 async fn export(
     State(node): State<Arc<Node>>,
     body: Result<Json<ExportRequest>, JsonRejection>,
-) -> Answer<crate::images::ExportView> {
+) -> Answer<crate::service::images::ExportView> {
     let Json(req) = body?;
     if req.references.is_empty() {
         return Err(ImageApiError::bad_request("no image to export"));

@@ -6,8 +6,8 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use crate::cli::capsules::{CapsuleCliError, CapsuleFormat};
 use crate::cli::CliError;
-use crate::cli_capsules::{CapsuleCliError, CapsuleFormat};
 
 /// Runs `fut` on a fresh current-thread runtime.
 pub(crate) fn block_on<T>(
@@ -65,8 +65,8 @@ pub(crate) async fn inspect_named<T: serde::de::DeserializeOwned + Serialize>(
 ) -> Result<(), CapsuleCliError> {
     let mut all: Vec<T> = Vec::with_capacity(names.len());
     for name in names {
-        let path = format!("{base}/{}", crate::cli_capsules::encode(&name));
-        all.push(crate::cli_capsules::call(socket, hyper::Method::GET, &path, None).await?);
+        let path = format!("{base}/{}", crate::cli::capsules::encode(&name));
+        all.push(crate::cli::capsules::call(socket, hyper::Method::GET, &path, None).await?);
     }
     writeln!(
         out,

@@ -10,11 +10,11 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use hyper::Method;
 
-use crate::api_snapshots::{CreateSnapshotRequest, PATH_COMMIT, PATH_SNAPSHOTS};
+use crate::api::snapshots::{CreateSnapshotRequest, PATH_COMMIT, PATH_SNAPSHOTS};
+use crate::cli::capsules::{call, encode, CapsuleCliError, CapsuleFormat};
+use crate::cli::util::{block_on, each_name, json_err, now_ms, write_list};
 use crate::cli::CliError;
-use crate::cli_capsules::{call, encode, CapsuleCliError, CapsuleFormat};
-use crate::cli_util::{block_on, each_name, json_err, now_ms, write_list};
-use crate::snapshots::{CommitRequest, CommitView, SnapshotView};
+use crate::service::snapshots::{CommitRequest, CommitView, SnapshotView};
 
 /// `bolt snapshot <command>`. TARGET is `capsule:NAME` or `volume:NAME`; the agent root must
 /// be on btrfs.
@@ -196,7 +196,7 @@ pub fn render_ls(list: &[SnapshotView], now_ms: u64) -> String {
         .collect();
     let head = ["TARGET", "SNAPSHOT", "CREATED", "RESTORES"].map(str::to_owned);
     let all: Vec<[String; 4]> = std::iter::once(head).chain(rows).collect();
-    crate::table::align(&all, 3)
+    crate::cli::table::align(&all, 3)
 }
 
 #[cfg(test)]

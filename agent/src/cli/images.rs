@@ -14,9 +14,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{CliError, Format};
+use crate::client::images::ImageCallError;
 use crate::client::Client;
-use crate::client_images::ImageCallError;
-use crate::images::{
+use crate::service::images::{
     ExportRequest, ImageView, ImportRequest, ProgressView, PullRequest, PullView, PushRequest,
     TagRequest,
 };
@@ -41,9 +41,9 @@ pub struct RegistryArgs {
     pub max_layer_bytes: Option<u64>,
 }
 
-impl From<RegistryArgs> for crate::images::ImagesConfig {
+impl From<RegistryArgs> for crate::service::images::ImagesConfig {
     fn from(a: RegistryArgs) -> Self {
-        crate::images::ImagesConfig {
+        crate::service::images::ImagesConfig {
             insecure_registries: a.insecure_registries,
             registry_auth: a.registry_auth,
             max_layer_bytes: a.max_layer_bytes,
@@ -458,7 +458,7 @@ pub fn render_images(images: &[ImageView], now_ms: u64) -> String {
             human_ago(now_ms.saturating_sub(created_ms)),
         ]);
     }
-    crate::table::align(&rows, 3)
+    crate::cli::table::align(&rows, 3)
 }
 
 /// Sizes as docker prints them: decimal units, three significant digits (`4.26MB`).

@@ -1,7 +1,7 @@
 //! The capsule manager: create → supervise → events, stop/kill/remove, restart policies, and
 //! re-adoption after an agent restart.
 //!
-//! Every capsule runs under its own supervisor process ([`crate::supervisor`], `bolt supervise
+//! Every capsule runs under its own supervisor process ([`crate::shim`], `bolt supervise
 //! DIR`) in `ROOT/capsules/<id>/`. The manager starts it, learns from one line on the
 //! supervisor's stdout whether the capsule started, and only then appends `capsule.created` and
 //! `capsule.started` (one durable batch): a start that fails leaves no event, no directory, no
@@ -31,9 +31,9 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout};
 
-use crate::api_capsules::{CapsuleView, CreateRequest, TopView};
+use crate::api::capsules::{CapsuleView, CreateRequest, TopView};
 use crate::node::{Node, NodeError};
-use crate::supervisor::{Report, SupervisorConfig, SUPERVISOR_LOG};
+use crate::shim::{Report, SupervisorConfig, SUPERVISOR_LOG};
 
 /// Label: remove the capsule when it exits (`--rm`).
 pub const LABEL_AUTO_REMOVE: &str = "bolt.auto_remove";
@@ -138,8 +138,8 @@ impl From<DecideError> for CapsuleError {
 }
 
 /// A network step's error as a capsule error (bad input, conflict, or a failed step).
-fn net_err(e: &crate::networks::NetworkError) -> CapsuleError {
-    use crate::networks::NetworkError as N;
+fn net_err(e: &crate::service::networks::NetworkError) -> CapsuleError {
+    use crate::service::networks::NetworkError as N;
     match e {
         N::BadRequest(m) => CapsuleError::BadRequest(m.clone()),
         N::NotFound(n) => CapsuleError::BadRequest(format!("no such network: {n}")),
@@ -633,7 +633,7 @@ impl Capsules {
     }
 
     /// The node's networks (set by the daemon).
-    fn networks(&self) -> Result<Arc<crate::networks::Networks>, CapsuleError> {
+    fn networks(&self) -> Result<Arc<crate::service::networks::Networks>, CapsuleError> {
         self.node.networks.get().cloned().ok_or_else(|| {
             CapsuleError::BadRequest("bridge networks are not available in this agent".into())
         })
@@ -749,9 +749,15 @@ impl Capsules {
             .network
             .clone()
             .unwrap_or_else(|| self.node.options().default_network.clone());
-        let (net_choice, port_specs) = crate::networks::plan(&network, &req.ports).map_err(bad)?;
+        let (net_choice, port_specs) =
+            crate::service::networks::plan(&network, &req.ports).map_err(bad)?;
         let rootless = !nix::unistd::geteuid().is_root();
-        if rootless && matches!(net_choice, crate::networks::NetworkChoice::Bridge(_)) {
+        if rootless
+            && matches!(
+                net_choice,
+                crate::service::networks::NetworkChoice::Bridge(_)
+            )
+        {
             return Err(bad(ROOTLESS_BRIDGE.to_owned()));
         }
         if let Some(name) = &req.name {
@@ -936,7 +942,7 @@ impl Capsules {
             .map_err(|e| CapsuleError::Task(e.to_string()))?;
         // Bridge networks: address (an event), namespace, veth, ports; undone on failure.
         let prepared = match &net_choice {
-            crate::networks::NetworkChoice::Bridge(net) => {
+            crate::service::networks::NetworkChoice::Bridge(net) => {
                 let nets = self.networks()?;
                 let p = nets
                     .prepare(&id, net, port_specs.clone())
@@ -949,12 +955,16 @@ impl Capsules {
         let started = async {
             if let Some((_, p)) = &prepared {
                 let host = req.hostname.clone().unwrap_or_else(|| short(&id));
-                let files =
-                    crate::networks::write_etc_files(&dir, &host, &name, Some(p.attachment.ip))
-                        .map_err(io_err("write /etc files in", &dir))?;
+                let files = crate::service::networks::write_etc_files(
+                    &dir,
+                    &host,
+                    &name,
+                    Some(p.attachment.ip),
+                )
+                .map_err(io_err("write /etc files in", &dir))?;
                 cfg.netns = Some(p.join_path());
                 for (source, target) in files {
-                    cfg.mounts.push(crate::volumes::MountConfig::Bind {
+                    cfg.mounts.push(crate::shim::mounts::MountConfig::Bind {
                         source,
                         target: target.to_owned(),
                         readonly: false,
@@ -1036,8 +1046,8 @@ impl Capsules {
         &self,
         volumes: &[VolumeSpec],
         tmpfs: &[TmpfsSpec],
-    ) -> Result<(Vec<crate::volumes::MountConfig>, Vec<String>), CapsuleError> {
-        use crate::volumes::MountConfig;
+    ) -> Result<(Vec<crate::shim::mounts::MountConfig>, Vec<String>), CapsuleError> {
+        use crate::shim::mounts::MountConfig;
         if volumes.is_empty() && tmpfs.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
@@ -1343,13 +1353,13 @@ impl Capsules {
             return Ok(());
         }
         let dir = self.dir_of(id);
-        for f in [files::PID, files::EXIT, crate::supervisor::ATTACH_SOCK] {
+        for f in [files::PID, files::EXIT, crate::shim::ATTACH_SOCK] {
             let _ = std::fs::remove_file(dir.join(f));
         }
         let mut cfg =
             SupervisorConfig::load(&dir).map_err(|e| CapsuleError::Task(e.to_string()))?;
-        let prepared = match crate::networks::plan(&info.spec.network, &info.spec.ports) {
-            Ok((crate::networks::NetworkChoice::Bridge(net), ports)) => {
+        let prepared = match crate::service::networks::plan(&info.spec.network, &info.spec.ports) {
+            Ok((crate::service::networks::NetworkChoice::Bridge(net), ports)) => {
                 let nets = self.networks()?;
                 let p = nets
                     .prepare(id, &net, ports)
@@ -1777,7 +1787,7 @@ impl Capsules {
                 .and_then(|h| h.open(&id).pids().ok())
                 .filter(|p| !p.is_empty())
                 .unwrap_or_else(|| vec![record.pid]);
-            crate::api_capsules::top_view(&pids)
+            crate::api::capsules::top_view(&pids)
         })
         .await
     }

@@ -1,6 +1,8 @@
 //! The client side of the API: HTTP/1 over the agent's unix socket (hyper, one connection per
 //! request) and the event stream over a WebSocket on the same socket (tokio-tungstenite).
 
+pub mod images;
+
 use std::path::{Path, PathBuf};
 
 use bolt_events::Cursor;

@@ -1,5 +1,5 @@
 //! `/v1/snapshots...` (btrfs snapshots of capsule layers and volumes) and `/v1/commit` (a
-//! capsule's changes as a new image): the routes over [`crate::snapshots`].
+//! capsule's changes as a new image): the routes over [`crate::service::snapshots`].
 
 use std::sync::Arc;
 
@@ -14,9 +14,9 @@ use bolt_state::DecideError;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::capsules::{one_line, CapsuleError};
 use crate::node::Node;
-use crate::snapshots::{
+use crate::service::capsules::{one_line, CapsuleError};
+use crate::service::snapshots::{
     CommitRequest, CommitView, SnapshotView, Snapshots, SnapshotsError, TargetArg,
 };
 
@@ -94,7 +94,7 @@ pub fn status_of(e: &SnapshotsError) -> StatusCode {
             | SnapshotError::InUse(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },
-        SnapshotsError::Images(i) => crate::api_images::status_of(i),
+        SnapshotsError::Images(i) => crate::api::images::status_of(i),
         SnapshotsError::Task(_) | SnapshotsError::Pause { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

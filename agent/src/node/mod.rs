@@ -106,12 +106,12 @@ pub struct Node {
     streams_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
     opts: NodeOptions,
     started: Instant,
-    /// The image service, set once at start by the daemon (see [`crate::images`]).
-    pub(crate) images: std::sync::OnceLock<crate::images::Images>,
-    /// The capsule manager, set once at start by the daemon (see [`crate::capsules`]).
-    pub(crate) capsules: std::sync::OnceLock<Arc<crate::capsules::Capsules>>,
-    /// The networks, set once at start by the daemon (see [`crate::networks`]).
-    pub(crate) networks: std::sync::OnceLock<Arc<crate::networks::Networks>>,
+    /// The image service, set once at start by the daemon (see [`crate::service::images`]).
+    pub(crate) images: std::sync::OnceLock<crate::service::images::Images>,
+    /// The capsule manager, set once at start by the daemon (see [`crate::service::capsules`]).
+    pub(crate) capsules: std::sync::OnceLock<Arc<crate::service::capsules::Capsules>>,
+    /// The networks, set once at start by the daemon (see [`crate::service::networks`]).
+    pub(crate) networks: std::sync::OnceLock<Arc<crate::service::networks::Networks>>,
 }
 
 impl std::fmt::Debug for Node {

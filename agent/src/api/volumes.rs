@@ -17,8 +17,8 @@ use bolt_state::{decide, CapsuleStatus, Command, DecideError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::capsules::{one_line, CapsuleError, Capsules};
 use crate::node::Node;
+use crate::service::capsules::{one_line, CapsuleError, Capsules};
 
 /// `GET` (list) and `POST` (create) volumes.
 pub const PATH_VOLUMES: &str = "/v1/volumes";

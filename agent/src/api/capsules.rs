@@ -1,9 +1,9 @@
 //! `/v1/capsules...`: create+start, list, inspect, stop, kill, remove, logs (follow as a
 //! chunked NDJSON stream), attach and exec (WebSockets carrying framed stdio), top. The JSON
-//! shapes here are shared with the client side ([`crate::cli_capsules`]).
+//! shapes here are shared with the client side ([`crate::cli::capsules`]).
 //!
 //! WebSocket stdio: a binary message is one frame, its first byte the kind
-//! ([`frame`](crate::supervisor::frame): 0 stdin, 1 stdout, 2 stderr, 4 stdin EOF, 5 resize)
+//! ([`frame`](crate::shim::frame): 0 stdin, 1 stdout, 2 stderr, 4 stdin EOF, 5 resize)
 //! and the rest the payload. The server ends with one text message, a [`StreamEnd`], and a
 //! close frame.
 
@@ -31,9 +31,9 @@ use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::capsules::{self, CapsuleError, Capsules};
 use crate::node::Node;
-use crate::supervisor::{frame, ATTACH_SOCK};
+use crate::service::capsules::{self, CapsuleError, Capsules};
+use crate::shim::{frame, ATTACH_SOCK};
 
 /// `GET` (list) and `POST` (create and start) capsules.
 pub const PATH_CAPSULES: &str = "/v1/capsules";
@@ -1125,7 +1125,7 @@ pub fn top_view(pids: &[i32]) -> TopView {
             uid,
             pid.to_string(),
             ppid.to_string(),
-            crate::cli_capsules::clock(start),
+            crate::cli::capsules::clock(start),
             format!(
                 "{:02}:{:02}:{:02}",
                 cpu_s / 3600,

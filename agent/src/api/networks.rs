@@ -1,4 +1,4 @@
-//! `/v1/networks...`: create, list, inspect, remove bridge networks ([`crate::networks`]).
+//! `/v1/networks...`: create, list, inspect, remove bridge networks ([`crate::service::networks`]).
 
 use std::sync::Arc;
 
@@ -10,8 +10,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::networks::{CreateNetworkRequest, NetworkError, NetworkView, Networks};
 use crate::node::Node;
+use crate::service::networks::{CreateNetworkRequest, NetworkError, NetworkView, Networks};
 
 /// `GET` (list) and `POST` (create) networks.
 pub const PATH_NETWORKS: &str = "/v1/networks";
@@ -35,7 +35,7 @@ impl From<NetworkError> for NetworkApiError {
         };
         Self {
             status,
-            error: crate::capsules::one_line(&e.to_string()),
+            error: crate::service::capsules::one_line(&e.to_string()),
         }
     }
 }
@@ -44,7 +44,7 @@ impl From<JsonRejection> for NetworkApiError {
     fn from(e: JsonRejection) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
-            error: crate::capsules::one_line(&e.body_text()),
+            error: crate::service::capsules::one_line(&e.body_text()),
         }
     }
 }
