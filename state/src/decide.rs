@@ -266,6 +266,70 @@ pub enum DecideError {
     RestoreVolumeInUse { volume: String, capsule: String },
 }
 
+/// What kind of refusal a [`DecideError`] is: the API maps it to a status once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The command names something the state does not know (HTTP 404).
+    NotFound,
+    /// The command is well formed but the state is in the way (HTTP 409).
+    Conflict,
+    /// The command itself is malformed (HTTP 400).
+    Invalid,
+}
+
+impl DecideError {
+    /// What kind of refusal this is.
+    pub fn kind(&self) -> Refusal {
+        use DecideError as E;
+        match self {
+            E::UnknownNode(_)
+            | E::UnknownImage(_)
+            | E::ImageNotHeld { .. }
+            | E::UnknownCapsule(_)
+            | E::CapsuleRemoved(_)
+            | E::UnknownService(_)
+            | E::NoRevision(_)
+            | E::UnknownRevision { .. }
+            | E::NoSuchReplica { .. }
+            | E::NoMigration(_)
+            | E::UnknownVolume(_)
+            | E::UnknownNetwork(_)
+            | E::UnknownSnapshot { .. } => Refusal::NotFound,
+            E::NodeNotUp(_)
+            | E::ImageInUse { .. }
+            | E::CapsuleExists(_)
+            | E::NameInUse { .. }
+            | E::CapsuleRunning(_)
+            | E::RemoveRunning(_)
+            | E::CapsuleNotRunning(_)
+            | E::ServiceInOtherStack { .. }
+            | E::RevisionUnchanged { .. }
+            | E::NotPlaced { .. }
+            | E::MigrationInFlight(_)
+            | E::SameNode { .. }
+            | E::VolumeExists(_)
+            | E::VolumeInUse { .. }
+            | E::NetworkExists(_)
+            | E::SubnetOverlap { .. }
+            | E::NetworkInUse { .. }
+            | E::AddressInUse { .. }
+            | E::AddressesExhausted(_)
+            | E::AddressNotHeld { .. }
+            | E::SnapshotExists { .. }
+            | E::RestoreRunning(_)
+            | E::RestoreVolumeInUse { .. } => Refusal::Conflict,
+            E::InvalidName(_)
+            | E::NotEarlier { .. }
+            | E::InvalidSubnet(_)
+            | E::GatewayOutsideSubnet { .. }
+            | E::AddressOutsideSubnet { .. }
+            | E::AddressIsGateway { .. }
+            | E::SnapshotKind(_)
+            | E::SnapshotName(_) => Refusal::Invalid,
+        }
+    }
+}
+
 /// An IPv4 subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subnet {
@@ -734,7 +798,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
                     && c.spec
                         .mounts
                         .iter()
-                        .any(|m| m.split(':').next() == Some(name.as_str()))
+                        .any(|m| crate::rules::mounted_volume(m) == Some(name.as_str()))
             }) {
                 return Err(E::VolumeInUse {
                     volume: name,
@@ -795,7 +859,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
             name,
         } => {
             snapshot_target(state, &target_kind, &target)?;
-            if !valid_snapshot_name(&name) {
+            if !crate::rules::valid_snapshot_name(&name) {
                 return Err(E::SnapshotName(name));
             }
             let k = snapshot_key(&target_kind, &target);
@@ -851,15 +915,6 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
     Ok(vec![payload])
 }
 
-/// The rule of the storage library's snapshot names: `[A-Za-z0-9][A-Za-z0-9_.-]*`, up to 200.
-fn valid_snapshot_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 200
-        && b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
 
 /// A snapshot target that exists: a capsule not removed, or a known volume.
 fn snapshot_target(state: &State, kind: &str, target: &str) -> Result<(), DecideError> {
@@ -908,7 +963,7 @@ fn restore_blocker<'s>(state: &'s State, kind: &str, target: &str) -> Option<&'s
                 c.spec
                     .mounts
                     .iter()
-                    .any(|m| m.split(':').next() == Some(target))
+                    .any(|m| crate::rules::mounted_volume(m) == Some(target))
             }),
     }
 }

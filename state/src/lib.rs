@@ -12,11 +12,12 @@ mod decide;
 mod keymap;
 mod model;
 mod replica;
+pub mod rules;
 mod snapshot;
 mod spare;
 
 pub use apply::{apply, Misfit};
-pub use decide::{decide, spec_hash, Command, DecideError, Subnet, DEFAULT_MTU};
+pub use decide::{decide, spec_hash, Command, DecideError, Refusal, Subnet, DEFAULT_MTU};
 pub use keymap::{KeyMap, NodeIdHash, NodeIdHasher, Tombstones};
 pub use model::snapshot_key;
 pub use model::{

@@ -859,3 +859,35 @@ fn a_node_holds_an_image_until_it_removes_its_last_name() {
         Some("sha256:new")
     );
 }
+
+// ---- what kind of refusal ----
+
+#[test]
+fn each_refusal_says_its_kind() {
+    use bolt_state::Refusal;
+    let s = given(vec![created("c1", "web")]);
+    let kind = |cmd| decide(&s, cmd).unwrap_err().kind();
+    assert_eq!(
+        kind(Command::RemoveCapsule {
+            id: "nope".into(),
+            force: false
+        }),
+        Refusal::NotFound
+    );
+    assert_eq!(
+        kind(Command::CreateCapsule {
+            id: "c2".into(),
+            name: "web".into(),
+            spec: spec("alpine"),
+        }),
+        Refusal::Conflict
+    );
+    assert_eq!(
+        kind(Command::CreateCapsule {
+            id: "c3".into(),
+            name: String::new(),
+            spec: spec("alpine"),
+        }),
+        Refusal::Invalid
+    );
+}
