@@ -1,6 +1,11 @@
-//! `bolt agent`: one daemon per root. Takes the root's lock, opens the node key and the log,
-//! announces the node, serves the API on the unix socket until told to stop, then records the
-//! stop, closes the streams and removes the socket.
+//! `bolt agent`: one daemon per root, and the composition root of the agent's layers. Takes the
+//! root's lock, opens the node key and the log, announces the node, builds the services in
+//! dependency order ([`compose`]) and hands the API router what each route needs, serves the
+//! API on the unix socket until told to stop, then records the stop, closes the streams and
+//! removes the socket.
+//!
+//! This file alone may import every layer; the next issues wire the mesh, DNS, Surge and the
+//! placement planners here too (docs/ARCHITECTURE.md).
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::future::{Future, IntoFuture};
@@ -14,7 +19,12 @@ use bolt_events::{KeyError, Log, LogError, NodeKey};
 use tokio::net::UnixListener;
 
 use crate::api;
+use crate::cli::images::RegistryArgs;
+use crate::cli::AgentArgs;
 use crate::node::{Node, NodeError, NodeOptions};
+use crate::service::capsules::CapsuleError;
+use crate::service::images::{ImagesConfig, ImagesError};
+use crate::service::{Services, ServicesError};
 
 /// How long a stop waits for open requests and streams to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,7 +39,7 @@ pub struct Config {
     /// What the node announces and how often it snapshots its state.
     pub node: NodeOptions,
     /// Registry settings of the image store at `ROOT/images`.
-    pub images: crate::service::images::ImagesConfig,
+    pub images: ImagesConfig,
 }
 
 impl Config {
@@ -88,13 +98,72 @@ pub enum DaemonError {
     #[error(transparent)]
     Node(#[from] NodeError),
     #[error(transparent)]
-    Images(#[from] crate::service::images::ImagesError),
+    Images(#[from] ImagesError),
     #[error("serve the API: {0}")]
     Serve(std::io::Error),
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("listen for signals: {0}")]
+    Signals(std::io::Error),
+    #[error("install the metrics recorder: {0}")]
+    Metrics(String),
     #[error("capsules: {0}")]
-    Capsules(#[from] crate::service::capsules::CapsuleError),
+    Capsules(#[from] CapsuleError),
+    #[error(transparent)]
+    Services(#[from] ServicesError),
+}
+
+/// `bolt agent`: the async runtime, logging to stderr (`BOLT_LOG`), the Prometheus recorder,
+/// SIGTERM/SIGINT as the stop, then [`run`].
+pub fn main(args: AgentArgs, socket: PathBuf) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("BOLT_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init();
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(|e| DaemonError::Metrics(e.to_string()))?;
+        let mut node = NodeOptions::for_this_host();
+        node.snapshot_every = args.snapshot_every;
+        node.default_network = args.default_network;
+        node.metrics = Some(handle);
+        let config = Config {
+            root: args.root,
+            socket,
+            node,
+            images: images_config(args.registry),
+        };
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM".to_string(),
+                _ = int.recv() => "SIGINT".to_string(),
+            }
+        };
+        run(config, shutdown).await
+    })
+}
+
+/// The image store's registry settings from `bolt agent`'s flags.
+fn images_config(a: RegistryArgs) -> ImagesConfig {
+    ImagesConfig {
+        insecure_registries: a.insecure_registries,
+        registry_auth: a.registry_auth,
+        max_layer_bytes: a.max_layer_bytes,
+    }
 }
 
 /// Run the agent until `shutdown` resolves (with the reason recorded in `node.stopped`).
@@ -158,33 +227,7 @@ pub async fn run(
         let node = Arc::clone(&node);
         blocking(move || node.start()).await??;
     }
-    {
-        // The image store (interrupted pulls cleaned), and the events a stop between a store
-        // change and its event left out.
-        let (root, cfg) = (config.root.clone(), config.images.clone());
-        let images = blocking(move || crate::service::images::Images::open(&root, &cfg)).await??;
-        node.set_images(images);
-        let n = node.reconcile_images().await?;
-        if n > 0 {
-            tracing::info!("recorded {n} image event(s) the store had and the log lacked");
-        }
-    }
-    // Networks: set up again before capsules restart on them.
-    let networks = crate::service::networks::Networks::new(Arc::clone(&node), &config.root);
-    let _ = node.networks.set(Arc::clone(&networks));
-    if let Err(e) = networks.restore().await {
-        tracing::warn!("set up networks again: {e}");
-    }
-    // Capsules: re-adopt the running ones, record the exits no agent saw.
-    let capsules = crate::service::capsules::Capsules::new(Arc::clone(&node), &config.root)?;
-    let _ = node.capsules.set(Arc::clone(&capsules));
-    if let Err(e) = capsules.recover().await {
-        tracing::warn!("re-adopt capsules: {e}");
-    }
-    // Then the attachments of the running ones; leftovers of the others removed.
-    if let Err(e) = networks.adopt_running().await {
-        tracing::warn!("adopt capsule networks: {e}");
-    }
+    let services = compose(node.clone(), &config).await?;
 
     let listener = UnixListener::bind(&config.socket).map_err(|source| DaemonError::Bind {
         path: config.socket.clone(),
@@ -215,7 +258,7 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(Arc::clone(&node));
+    let app = api::router(&services);
     let mut server = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -266,6 +309,34 @@ pub async fn run(
     drop(guard);
     tracing::info!("stopped");
     result
+}
+
+/// Builds the node's services ([`Services::open`], in dependency order, each handed only
+/// what it uses) and brings them back to what the state says: the image store reconciled with
+/// the log, networks set up again before capsules restart on them, running capsules
+/// re-adopted, then their network attachments.
+async fn compose(node: Arc<Node>, config: &Config) -> Result<Services, DaemonError> {
+    let services = {
+        let (root, cfg) = (config.root.clone(), config.images.clone());
+        blocking(move || Services::open(node, &root, &cfg)).await??
+    };
+    // The events a stop between a store change and its event left out.
+    let n = services.images.reconcile().await?;
+    if n > 0 {
+        tracing::info!("recorded {n} image event(s) the store had and the log lacked");
+    }
+    if let Err(e) = services.networks.restore().await {
+        tracing::warn!("set up networks again: {e}");
+    }
+    // Re-adopt the running capsules, record the exits no agent saw.
+    if let Err(e) = services.capsules.recover().await {
+        tracing::warn!("re-adopt capsules: {e}");
+    }
+    // Then the attachments of the running ones; leftovers of the others removed.
+    if let Err(e) = services.networks.adopt_running().await {
+        tracing::warn!("adopt capsule networks: {e}");
+    }
+    Ok(services)
 }
 
 /// Create the socket's directory and remove a stale socket file. Called with the root lock

@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use bolt_agent::cli::{self, Cli};
+use bolt_agent::cli::capsules::CapsuleCommand;
+use bolt_agent::cli::{self, Cli, Command};
 use clap::Parser;
 
 /// mimalloc: the state fold allocates and frees small strings at a high rate (replaying the log
@@ -22,12 +23,27 @@ fn main() -> ExitCode {
         (args.next(), args.next(), args.next(), args.next())
     {
         if cmd == "supervise" {
-            let code = bolt_agent::shim::main(std::path::Path::new(&dir));
-            return ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255));
+            return cli::capsules::exit_code(bolt_agent::shim::main(std::path::Path::new(&dir)));
         }
     }
-    let cli = Cli::parse();
-    match cli::run(cli) {
+    let Cli { socket, command } = Cli::parse();
+    let result = match command {
+        // The daemon and the supervisor are the binary's own: the client side never runs them.
+        Command::Agent(args) => {
+            return match bolt_agent::daemon::main(args, socket) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bolt: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Capsule(CapsuleCommand::Supervise { dir }) => {
+            return cli::capsules::exit_code(bolt_agent::shim::main(&dir));
+        }
+        command => cli::run(socket, command),
+    };
+    match result {
         Ok(code) => code,
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {

@@ -915,7 +915,6 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
     Ok(vec![payload])
 }
 
-
 /// A snapshot target that exists: a capsule not removed, or a known volume.
 fn snapshot_target(state: &State, kind: &str, target: &str) -> Result<(), DecideError> {
     match kind {

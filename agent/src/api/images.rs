@@ -21,48 +21,17 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::node::Node;
-use crate::service::images::{
-    parse_format, parse_platform, progress_channel, ExportRequest, ImagesError, ImportRequest,
-    ProgressView, PullRequest, PushRequest, StreamLine, TagRequest,
+use crate::api::{refusal_status, ApiError, Res};
+use crate::service::images::{parse_format, parse_platform, progress_channel, Images, ImagesError};
+use crate::wire::images::{
+    ExportRequest, ExportView, ImageView, ImportRequest, ProgressView, PruneView, PullRequest,
+    PushRequest, RefView, StreamLine, TagRequest, NDJSON, PATH_EXPORT, PATH_IMAGE, PATH_IMAGES,
+    PATH_IMPORT, PATH_PRUNE, PATH_PULL, PATH_PUSH, PATH_TAG,
 };
-use crate::wire::ErrorBody;
 
-/// `GET /v1/images`: every stored image.
-pub const PATH_IMAGES: &str = "/v1/images";
-/// `DELETE /v1/images/{reference}` (the reference percent-encoded as one path segment).
-pub const PATH_IMAGE: &str = "/v1/images/{reference}";
-/// `POST /v1/images/pull` (streamed).
-pub const PATH_PULL: &str = "/v1/images/pull";
-/// `POST /v1/images/tag`.
-pub const PATH_TAG: &str = "/v1/images/tag";
-/// `POST /v1/images/push` (streamed).
-pub const PATH_PUSH: &str = "/v1/images/push";
-/// `POST /v1/images/prune`.
-pub const PATH_PRUNE: &str = "/v1/images/prune";
-/// `POST /v1/images/import` (streamed).
-pub const PATH_IMPORT: &str = "/v1/images/import";
-/// `POST /v1/images/export`.
-pub const PATH_EXPORT: &str = "/v1/images/export";
-
-/// Every image route.
-pub const ROUTES: [&str; 8] = [
-    PATH_IMAGES,
-    PATH_IMAGE,
-    PATH_PULL,
-    PATH_TAG,
-    PATH_PUSH,
-    PATH_PRUNE,
-    PATH_IMPORT,
-    PATH_EXPORT,
-];
-
-/// The content type of streamed answers.
-pub const NDJSON: &str = "application/x-ndjson";
-
-/// The image routes, merged into the main router (which adds the state, fallbacks and the
-/// request counter).
-pub fn routes() -> Router<Arc<Node>> {
+/// The image routes, merged into the main router (which adds the fallbacks and the request
+/// counter).
+pub fn routes<S>(images: Arc<Images>) -> Router<S> {
     Router::new()
         .route(PATH_IMAGES, get(list))
         .route(PATH_IMAGE, delete(remove))
@@ -72,32 +41,17 @@ pub fn routes() -> Router<Arc<Node>> {
         .route(PATH_PRUNE, post(prune))
         .route(PATH_IMPORT, post(import))
         .route(PATH_EXPORT, post(export))
-}
-
-/// An error answer: a status and `{"error": "one line"}`.
-#[derive(Debug)]
-pub struct ImageApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ImageApiError {
-    fn bad_request(message: impl Into<String>) -> ImageApiError {
-        ImageApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-        }
-    }
+        .with_state(images)
 }
 
 /// The status that fits an image error.
 pub fn status_of(e: &ImagesError) -> StatusCode {
     match e {
-        ImagesError::NotOpen => StatusCode::SERVICE_UNAVAILABLE,
         ImagesError::Platform(_) | ImagesError::Format(_) | ImagesError::RelativePath { .. } => {
             StatusCode::BAD_REQUEST
         }
-        ImagesError::Decide(_) | ImagesError::InUse { .. } => StatusCode::CONFLICT,
+        ImagesError::Decide(d) => refusal_status(d),
+        ImagesError::InUse { .. } => StatusCode::CONFLICT,
         ImagesError::Store(e) => match e {
             ImageError::Ref(_) | ImageError::Layout(_) => StatusCode::BAD_REQUEST,
             ImageError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -124,42 +78,16 @@ pub fn one_line(e: &dyn std::fmt::Display) -> String {
         .join("; ")
 }
 
-impl From<ImagesError> for ImageApiError {
-    fn from(e: ImagesError) -> ImageApiError {
-        ImageApiError {
-            status: status_of(&e),
-            message: one_line(&e),
-        }
+impl From<ImagesError> for ApiError {
+    fn from(e: ImagesError) -> ApiError {
+        ApiError::new(status_of(&e), one_line(&e))
     }
 }
 
-impl From<JsonRejection> for ImageApiError {
-    fn from(e: JsonRejection) -> ImageApiError {
-        ImageApiError {
-            status: e.status(),
-            message: one_line(&e.body_text()),
-        }
-    }
-}
-
-impl IntoResponse for ImageApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response()
-    }
-}
-
-type Answer<T> = Result<Json<T>, ImageApiError>;
-
-fn check_ref(reference: &str) -> Result<(), ImageApiError> {
+fn check_ref(reference: &str) -> Res<()> {
     ImageRef::parse(reference)
         .map(|_| ())
-        .map_err(|e| ImageApiError::bad_request(one_line(&e)))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, one_line(&e)))
 }
 
 /// Run `op` in its own task and stream its progress, then its outcome, as JSON lines.
@@ -227,41 +155,44 @@ where
     ([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(stream)).into_response()
 }
 
+type Imgs = State<Arc<Images>>;
+
 async fn pull(
-    State(node): State<Arc<Node>>,
+    State(images): Imgs,
     body: Result<Json<PullRequest>, JsonRejection>,
-) -> Result<Response, ImageApiError> {
+) -> Res<Response> {
     let Json(req) = body?;
     check_ref(&req.reference)?;
     let platform = req.platform.as_deref().map(parse_platform).transpose()?;
-    node.images()?;
     let what = format!("pull {}", req.reference);
     Ok(streamed(what, move |progress| async move {
-        node.pull_image_view(&req.reference, platform, Some(progress))
+        images
+            .pull_view(&req.reference, platform, Some(progress))
             .await
     }))
 }
 
 async fn push(
-    State(node): State<Arc<Node>>,
+    State(images): Imgs,
     body: Result<Json<PushRequest>, JsonRejection>,
-) -> Result<Response, ImageApiError> {
+) -> Res<Response> {
     let Json(req) = body?;
     check_ref(&req.reference)?;
-    node.image_store()?
+    images
+        .store()
         .require(&req.reference)
         .await
         .map_err(ImagesError::from)?;
     let what = format!("push {}", req.reference);
     Ok(streamed(what, move |progress| async move {
-        node.push_image(&req.reference, Some(progress)).await
+        images.push(&req.reference, Some(progress)).await
     }))
 }
 
 async fn import(
-    State(node): State<Arc<Node>>,
+    State(images): Imgs,
     body: Result<Json<ImportRequest>, JsonRejection>,
-) -> Result<Response, ImageApiError> {
+) -> Res<Response> {
     let Json(req) = body?;
     if let Some(r) = &req.reference {
         check_ref(r)?;
@@ -269,55 +200,51 @@ async fn import(
     if !req.path.is_absolute() {
         return Err(ImagesError::RelativePath { path: req.path }.into());
     }
-    node.images()?;
     let what = format!("import {}", req.path.display());
     Ok(streamed(what, move |progress| async move {
-        node.import_images(&req.path, req.reference, Some(progress))
+        images
+            .import(&req.path, req.reference, Some(progress))
             .await
     }))
 }
 
-async fn list(State(node): State<Arc<Node>>) -> Answer<Vec<crate::service::images::ImageView>> {
-    Ok(Json(node.list_images().await?))
+async fn list(State(images): Imgs) -> Res<Json<Vec<ImageView>>> {
+    Ok(Json(images.list().await?))
 }
 
-async fn remove(
-    State(node): State<Arc<Node>>,
-    Path(reference): Path<String>,
-) -> Answer<crate::service::images::RefView> {
+async fn remove(State(images): Imgs, Path(reference): Path<String>) -> Res<Json<RefView>> {
     check_ref(&reference)?;
-    Ok(Json(node.remove_image(&reference).await?))
+    Ok(Json(images.remove(&reference).await?))
 }
 
 async fn tag(
-    State(node): State<Arc<Node>>,
+    State(images): Imgs,
     body: Result<Json<TagRequest>, JsonRejection>,
-) -> Answer<crate::service::images::RefView> {
+) -> Res<Json<RefView>> {
     let Json(req) = body?;
     check_ref(&req.source)?;
     check_ref(&req.target)?;
-    Ok(Json(node.tag_image(&req.source, &req.target).await?))
+    Ok(Json(images.tag(&req.source, &req.target).await?))
 }
 
-async fn prune(State(node): State<Arc<Node>>) -> Answer<crate::service::images::PruneView> {
-    Ok(Json(node.prune_images().await?))
+async fn prune(State(images): Imgs) -> Res<Json<PruneView>> {
+    Ok(Json(images.prune().await?))
 }
 
 async fn export(
-    State(node): State<Arc<Node>>,
+    State(images): Imgs,
     body: Result<Json<ExportRequest>, JsonRejection>,
-) -> Answer<crate::service::images::ExportView> {
+) -> Res<Json<ExportView>> {
     let Json(req) = body?;
     if req.references.is_empty() {
-        return Err(ImageApiError::bad_request("no image to export"));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "no image to export"));
     }
     for r in &req.references {
         check_ref(r)?;
     }
     let format = parse_format(req.format.as_deref())?;
     Ok(Json(
-        node.export_images(&req.references, &req.path, format)
-            .await?,
+        images.export(&req.references, &req.path, format).await?,
     ))
 }
 

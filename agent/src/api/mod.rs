@@ -1,7 +1,11 @@
 //! The HTTP/JSON API, versioned under `/v1`, served on the agent's unix socket.
 //!
-//! Handlers are thin: they parse the query, run one blocking [`Node`] method on the blocking
-//! pool and turn its result into JSON. Every error is `{"error": "..."}` with a fitting status.
+//! Handlers are thin: they parse the query, call one service (or one blocking [`Node`] method on
+//! the blocking pool) and turn its result into JSON. Every error is one [`ApiError`]:
+//! `{"error": "..."}` with a fitting status. The paths and shapes are `crate::wire`'s.
+//!
+//! This layer imports `service`, `node` and `wire`; it never imports `cli` or `client` (the
+//! other side of the socket).
 
 pub mod capsules;
 pub mod images;
@@ -11,7 +15,7 @@ pub mod volumes;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{MatchedPath, Query, Request, State};
@@ -21,65 +25,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bolt_events::Cursor;
+use bolt_state::{DecideError, Refusal};
 use serde_json::json;
 
 use crate::node::{Node, NodeError};
-use crate::wire::{AtQuery, ErrorBody, EventsQuery, MAX_EVENTS_PAGE};
-
-/// `GET /v1/info`.
-pub const PATH_INFO: &str = "/v1/info";
-/// `GET /v1/events`.
-pub const PATH_EVENTS: &str = "/v1/events";
-/// `GET /v1/events/verify`.
-pub const PATH_VERIFY: &str = "/v1/events/verify";
-/// `GET /v1/events/stream` (WebSocket).
-pub const PATH_STREAM: &str = "/v1/events/stream";
-/// `GET /v1/state`.
-pub const PATH_STATE: &str = "/v1/state";
-/// `GET /v1/state/hash`.
-pub const PATH_STATE_HASH: &str = "/v1/state/hash";
-/// `GET /v1/openapi.json`.
-pub const PATH_OPENAPI: &str = "/v1/openapi.json";
-/// `GET /metrics` (Prometheus text).
-pub const PATH_METRICS: &str = "/metrics";
-
-/// Every route the router serves.
-pub const ROUTES: [&str; 34] = [
-    PATH_INFO,
-    PATH_EVENTS,
-    PATH_VERIFY,
-    PATH_STREAM,
-    PATH_STATE,
-    PATH_STATE_HASH,
-    PATH_OPENAPI,
-    PATH_METRICS,
-    crate::api::images::PATH_IMAGES,
-    crate::api::images::PATH_IMAGE,
-    crate::api::images::PATH_PULL,
-    crate::api::images::PATH_TAG,
-    crate::api::images::PATH_PUSH,
-    crate::api::images::PATH_PRUNE,
-    crate::api::images::PATH_IMPORT,
-    crate::api::images::PATH_EXPORT,
-    crate::api::capsules::PATH_CAPSULES,
-    crate::api::capsules::PATH_CAPSULE,
-    crate::api::capsules::PATH_STOP,
-    crate::api::capsules::PATH_START,
-    crate::api::capsules::PATH_KILL,
-    crate::api::capsules::PATH_LOGS,
-    crate::api::capsules::PATH_ATTACH,
-    crate::api::capsules::PATH_EXEC,
-    crate::api::capsules::PATH_TOP,
-    crate::api::networks::PATH_NETWORKS,
-    crate::api::networks::PATH_NETWORK,
-    crate::api::volumes::PATH_VOLUMES,
-    crate::api::volumes::PATH_VOLUME,
-    crate::api::volumes::PATH_VOLUMES_PRUNE,
-    crate::api::snapshots::PATH_SNAPSHOTS,
-    crate::api::snapshots::PATH_SNAPSHOT,
-    crate::api::snapshots::PATH_SNAPSHOT_RESTORE,
-    crate::api::snapshots::PATH_COMMIT,
-];
+use crate::service::Services;
+use crate::wire::capsules::one_line;
+pub use crate::wire::ROUTES;
+use crate::wire::{
+    AtQuery, ErrorBody, EventsQuery, MAX_EVENTS_PAGE, PATH_EVENTS, PATH_INFO, PATH_METRICS,
+    PATH_OPENAPI, PATH_STATE, PATH_STATE_HASH, PATH_STREAM, PATH_VERIFY,
+};
 
 /// Counter of HTTP requests, by method, route and status.
 pub const METRIC_HTTP_REQUESTS: &str = "bolt_http_requests_total";
@@ -87,8 +43,33 @@ pub const METRIC_HTTP_REQUESTS: &str = "bolt_http_requests_total";
 /// Events a stream reads from the log per step.
 const STREAM_PAGE: usize = 1024;
 
-/// The API router over a node.
-pub fn router(node: Arc<Node>) -> Router {
+/// The API router over a node's services: each route module gets only the service it serves.
+pub fn router(services: &Services) -> Router {
+    finish(
+        node_routes(Arc::clone(&services.node))
+            .merge(images::routes(Arc::clone(&services.images)))
+            .merge(capsules::routes(Arc::clone(&services.capsules)))
+            .merge(networks::routes(Arc::clone(&services.networks)))
+            .merge(volumes::routes(Arc::clone(&services.volumes)))
+            .merge(snapshots::routes(Arc::clone(&services.snapshots))),
+    )
+}
+
+/// The router of the node's own routes alone (info, events, verify, stream, state, openapi,
+/// metrics): an agent's log and state without its services.
+pub fn node_router(node: Arc<Node>) -> Router {
+    finish(node_routes(node))
+}
+
+/// The fallbacks and the request counter, around every route.
+fn finish(routes: Router) -> Router {
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(count_requests))
+}
+
+fn node_routes(node: Arc<Node>) -> Router {
     Router::new()
         .route(PATH_INFO, get(info))
         .route(PATH_EVENTS, get(events))
@@ -98,30 +79,59 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(PATH_STATE_HASH, get(state_hash))
         .route(PATH_OPENAPI, get(openapi))
         .route(PATH_METRICS, get(prometheus))
-        .merge(crate::api::images::routes())
-        .merge(crate::api::capsules::routes())
-        .merge(crate::api::networks::routes())
-        .merge(crate::api::volumes::routes())
-        .merge(crate::api::snapshots::routes())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(count_requests))
         .with_state(node)
 }
 
-/// An error response: a status and a one-line message, sent as `{"error": "..."}`.
+/// The one error answer of every route: a status and [`ErrorBody`] (`{"error": "..."}`, plus
+/// docker's `exit_code` when a capsule could not be started). Each service's error maps into
+/// it in that service's route module; a state refusal maps once, by its kind.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    message: String,
+    body: ErrorBody,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    /// An answer with `status` and the message as it is.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            message: message.into(),
+            body: ErrorBody {
+                error: message.into(),
+                exit_code: None,
+            },
         }
+    }
+
+    /// An answer with `status` and the first line of `message` (errors stay one line).
+    pub fn line(status: StatusCode, message: &str) -> ApiError {
+        ApiError::new(status, one_line(message))
+    }
+
+    /// The same answer carrying docker's exit code for a failed start.
+    pub fn with_exit_code(mut self, exit_code: i32) -> ApiError {
+        self.body.exit_code = Some(exit_code);
+        self
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+/// The status of a state refusal: not found 404, conflict 409, invalid 400.
+pub fn refusal_status(e: &DecideError) -> StatusCode {
+    match e.kind() {
+        Refusal::NotFound => StatusCode::NOT_FOUND,
+        Refusal::Conflict => StatusCode::CONFLICT,
+        Refusal::Invalid => StatusCode::BAD_REQUEST,
+    }
+}
+
+impl From<DecideError> for ApiError {
+    fn from(e: DecideError) -> ApiError {
+        ApiError::line(refusal_status(&e), &e.to_string())
     }
 }
 
@@ -130,6 +140,7 @@ impl From<NodeError> for ApiError {
         let status = match &e {
             NodeError::BeyondHead { .. } => StatusCode::NOT_FOUND,
             NodeError::Limit { .. } => StatusCode::BAD_REQUEST,
+            NodeError::Decide(d) => refusal_status(d),
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -142,17 +153,26 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response()
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> ApiError {
+        ApiError::line(StatusCode::BAD_REQUEST, &e.body_text())
     }
 }
+
+impl From<WebSocketUpgradeRejection> for ApiError {
+    fn from(e: WebSocketUpgradeRejection) -> ApiError {
+        ApiError::new(e.status(), e.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// A route's result.
+pub type Res<T> = Result<T, ApiError>;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
@@ -215,7 +235,7 @@ async fn stream(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q?;
-    let ws = ws.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let ws = ws?;
     let ticket = node.stream_ticket().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -239,7 +259,7 @@ async fn follow(node: Arc<Node>, mut socket: WebSocket, mut last: Cursor) {
             let page = match blocking(&node, move |n| n.events(last, STREAM_PAGE)).await {
                 Ok(page) => page,
                 Err(e) => {
-                    close(&mut socket, close_code::ERROR, &e.message).await;
+                    close(&mut socket, close_code::ERROR, &e.body.error).await;
                     return;
                 }
             };
@@ -340,15 +360,15 @@ async fn count_requests(req: Request, next: Next) -> Response {
 pub fn openapi_document() -> serde_json::Value {
     let mut doc = core_openapi_document();
     if let Some(paths) = doc["paths"].as_object_mut() {
-        paths.extend(crate::api::images::openapi_paths());
+        paths.extend(images::openapi_paths());
     }
     if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
-        schemas.extend(crate::api::images::openapi_schemas());
+        schemas.extend(images::openapi_schemas());
     }
-    crate::api::capsules::merge_openapi(&mut doc);
-    crate::api::networks::merge_openapi(&mut doc);
-    crate::api::volumes::merge_openapi(&mut doc);
-    crate::api::snapshots::merge_openapi(&mut doc);
+    capsules::merge_openapi(&mut doc);
+    networks::merge_openapi(&mut doc);
+    volumes::merge_openapi(&mut doc);
+    snapshots::merge_openapi(&mut doc);
     doc
 }
 
@@ -463,7 +483,6 @@ fn core_openapi_document() -> serde_json::Value {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::future::IntoFuture;
     use std::path::Path;
     use std::sync::OnceLock;
 
@@ -475,8 +494,8 @@ mod tests {
     use serde_json::Value;
     use tower::ServiceExt;
 
+    use super::node_router as router;
     use super::*;
-    use crate::client::{Client, ClientError};
     use crate::node::NodeOptions;
 
     const SEED: [u8; 32] = [7; 32];
@@ -651,11 +670,15 @@ mod tests {
     #[tokio::test]
     async fn openapi_lists_every_route_and_every_listed_route_is_served() {
         let dir = tempfile::tempdir().unwrap();
-        let router = router(started_node(dir.path()));
+        let node = started_node(dir.path());
+        let router = router(Arc::clone(&node));
         let (status, doc) = get_json(&router, PATH_OPENAPI).await;
         assert_eq!(status, StatusCode::OK);
         assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
         let paths = doc["paths"].as_object().unwrap();
+        // Every route, the services' too.
+        let services = Services::open(Arc::clone(&node), dir.path(), &Default::default());
+        let router = super::router(&services.unwrap());
         let mut listed: Vec<&str> = paths.keys().map(String::as_str).collect();
         let mut routes = ROUTES.to_vec();
         listed.sort_unstable();
@@ -717,55 +740,5 @@ mod tests {
         ] {
             assert!(text.contains(needle), "no {needle} in:\n{text}");
         }
-    }
-
-    #[tokio::test]
-    async fn stream_sends_the_backlog_then_live_events_and_resumes_from_a_cursor() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = started_node(dir.path());
-        let sock = dir.path().join("api.sock");
-        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
-        let server = tokio::spawn(axum::serve(listener, router(Arc::clone(&node))).into_future());
-        let client = Client::new(&sock);
-
-        let info = client.info().await.unwrap();
-        assert_eq!(info.node_id, node.node_id());
-
-        let mut stream = client.stream(Cursor(0)).await.unwrap();
-        let first = stream.next().await.unwrap().unwrap();
-        assert_eq!((first.cursor, first.kind.as_str()), (1, "node.started"));
-        let stopping = Arc::clone(&node);
-        tokio::task::spawn_blocking(move || stopping.stop("live").unwrap())
-            .await
-            .unwrap();
-        let live = stream.next().await.unwrap().unwrap();
-        assert_eq!((live.cursor, live.kind.as_str()), (2, "node.stopped"));
-        drop(stream);
-
-        let mut resumed = client.stream(Cursor(1)).await.unwrap();
-        let again = resumed.next().await.unwrap().unwrap();
-        assert_eq!(again, live, "resuming after cursor 1 starts at cursor 2");
-
-        node.begin_shutdown();
-        assert!(resumed.next().await.is_none(), "shutdown closes the stream");
-        drop(resumed);
-        assert!(node.drain_streams(std::time::Duration::from_secs(10)).await);
-        let refused = client.stream(Cursor(0)).await;
-        assert!(refused.is_err(), "no new stream once shutting down");
-        server.abort();
-    }
-
-    #[tokio::test]
-    async fn client_says_it_cannot_reach_a_missing_agent() {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("none.sock");
-        let err = Client::new(&sock).info().await.unwrap_err();
-        assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
-        let line = err.to_string();
-        assert!(line.starts_with(&format!(
-            "cannot reach the bolt agent at {}: ",
-            sock.display()
-        )));
-        assert!(!line.contains('\n'));
     }
 }

@@ -1,103 +1,60 @@
-//! `/v1/networks...`: create, list, inspect, remove bridge networks ([`crate::service::networks`]).
+//! `/v1/networks...`: create, list, inspect, remove bridge networks: thin handlers over
+//! [`Networks`].
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::node::Node;
-use crate::service::networks::{CreateNetworkRequest, NetworkError, NetworkView, Networks};
+use crate::api::{refusal_status, ApiError, Res};
+use crate::service::networks::{NetworkError, Networks};
+use crate::wire::networks::{CreateNetworkRequest, NetworkView, PATH_NETWORK, PATH_NETWORKS};
 
-/// `GET` (list) and `POST` (create) networks.
-pub const PATH_NETWORKS: &str = "/v1/networks";
-/// `GET` (inspect) and `DELETE` (remove) one network.
-pub const PATH_NETWORK: &str = "/v1/networks/{name}";
-
-/// An error answer: status and a one-line message.
-#[derive(Debug)]
-pub struct NetworkApiError {
-    status: StatusCode,
-    error: String,
-}
-
-impl From<NetworkError> for NetworkApiError {
+impl From<NetworkError> for ApiError {
     fn from(e: NetworkError) -> Self {
         let status = match &e {
-            NetworkError::BadRequest(_) | NetworkError::Decide(_) => StatusCode::BAD_REQUEST,
+            NetworkError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            NetworkError::Decide(d) => refusal_status(d),
             NetworkError::NotFound(_) => StatusCode::NOT_FOUND,
             NetworkError::Conflict(_) | NetworkError::Host(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self {
-            status,
-            error: crate::service::capsules::one_line(&e.to_string()),
-        }
+        ApiError::line(status, &e.to_string())
     }
-}
-
-impl From<JsonRejection> for NetworkApiError {
-    fn from(e: JsonRejection) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            error: crate::service::capsules::one_line(&e.body_text()),
-        }
-    }
-}
-
-impl IntoResponse for NetworkApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.error }))).into_response()
-    }
-}
-
-type Res<T> = Result<T, NetworkApiError>;
-
-fn networks(node: &Node) -> Res<Arc<Networks>> {
-    node.networks.get().cloned().ok_or(NetworkApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        error: "networks are not available in this agent".into(),
-    })
 }
 
 /// The network routes, merged into the API router.
-pub fn routes() -> Router<Arc<Node>> {
+pub fn routes<S>(networks: Arc<Networks>) -> Router<S> {
     Router::new()
         .route(PATH_NETWORKS, get(list).post(create))
         .route(PATH_NETWORK, get(inspect).delete(remove))
+        .with_state(networks)
 }
 
-async fn list(State(node): State<Arc<Node>>) -> Res<Json<Vec<NetworkView>>> {
-    Ok(Json(networks(&node)?.list().await?))
+type Nets = State<Arc<Networks>>;
+
+async fn list(State(nets): Nets) -> Res<Json<Vec<NetworkView>>> {
+    Ok(Json(nets.list().await?))
 }
 
 async fn create(
-    State(node): State<Arc<Node>>,
+    State(nets): Nets,
     body: Result<Json<CreateNetworkRequest>, JsonRejection>,
 ) -> Res<(StatusCode, Json<NetworkView>)> {
     let Json(req) = body?;
-    Ok((
-        StatusCode::CREATED,
-        Json(networks(&node)?.create(req).await?),
-    ))
+    Ok((StatusCode::CREATED, Json(nets.create(req).await?)))
 }
 
-async fn inspect(
-    State(node): State<Arc<Node>>,
-    Path(name): Path<String>,
-) -> Res<Json<NetworkView>> {
-    Ok(Json(networks(&node)?.inspect(&name).await?))
+async fn inspect(State(nets): Nets, Path(name): Path<String>) -> Res<Json<NetworkView>> {
+    Ok(Json(nets.inspect(&name).await?))
 }
 
-async fn remove(
-    State(node): State<Arc<Node>>,
-    Path(name): Path<String>,
-) -> Res<Json<serde_json::Value>> {
-    networks(&node)?.remove(&name).await?;
+async fn remove(State(nets): Nets, Path(name): Path<String>) -> Res<Json<serde_json::Value>> {
+    nets.remove(&name).await?;
     Ok(Json(json!({ "removed": name })))
 }
 

@@ -1,65 +1,23 @@
 //! `/v1/snapshots...` (btrfs snapshots of capsule layers and volumes) and `/v1/commit` (a
-//! capsule's changes as a new image): the routes over [`crate::service::snapshots`].
+//! capsule's changes as a new image): thin handlers over [`Snapshots`].
 
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bolt_capsule::storage::SnapshotError;
-use bolt_state::DecideError;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::node::Node;
-use crate::service::capsules::{one_line, CapsuleError};
-use crate::service::snapshots::{
-    CommitRequest, CommitView, SnapshotView, Snapshots, SnapshotsError, TargetArg,
+use crate::api::{refusal_status, ApiError, Res};
+use crate::service::capsules::CapsuleError;
+use crate::service::snapshots::{Snapshots, SnapshotsError, TargetArg};
+use crate::wire::snapshots::{
+    CommitRequest, CommitView, CreateSnapshotRequest, ListQuery, SnapshotView, PATH_COMMIT,
+    PATH_SNAPSHOT, PATH_SNAPSHOTS, PATH_SNAPSHOT_RESTORE,
 };
-
-/// `GET` (list, `?target=KIND:NAME` for one target) and `POST` (create) snapshots.
-pub const PATH_SNAPSHOTS: &str = "/v1/snapshots";
-/// `DELETE`: remove one snapshot (`{target}` is `capsule:NAME` or `volume:NAME`).
-pub const PATH_SNAPSHOT: &str = "/v1/snapshots/{target}/{name}";
-/// `POST`: restore the target from the snapshot.
-pub const PATH_SNAPSHOT_RESTORE: &str = "/v1/snapshots/{target}/{name}/restore";
-/// `POST`: commit a capsule's changes as a new image.
-pub const PATH_COMMIT: &str = "/v1/commit";
-
-/// `POST /v1/snapshots` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CreateSnapshotRequest {
-    /// `capsule:NAME` or `volume:NAME`.
-    pub target: String,
-    /// The snapshot's name.
-    pub name: String,
-}
-
-/// `GET /v1/snapshots` query.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ListQuery {
-    /// Only this target's snapshots.
-    pub target: Option<String>,
-}
-
-/// An error answer: status and a one-line message.
-#[derive(Debug)]
-pub struct SnapshotApiError {
-    status: StatusCode,
-    error: String,
-}
-
-impl SnapshotApiError {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
-        Self {
-            status,
-            error: one_line(&error.into()),
-        }
-    }
-}
 
 /// The status that fits a snapshot or commit error.
 pub fn status_of(e: &SnapshotsError) -> StatusCode {
@@ -72,18 +30,10 @@ pub fn status_of(e: &SnapshotsError) -> StatusCode {
             CapsuleError::NotFound(_) => StatusCode::NOT_FOUND,
             CapsuleError::Ambiguous(_) | CapsuleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             CapsuleError::Conflict(_) => StatusCode::CONFLICT,
+            CapsuleError::Decide(d) => refusal_status(d),
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },
-        SnapshotsError::Decide(d) => match d {
-            DecideError::UnknownCapsule(_)
-            | DecideError::CapsuleRemoved(_)
-            | DecideError::UnknownVolume(_)
-            | DecideError::UnknownSnapshot { .. } => StatusCode::NOT_FOUND,
-            DecideError::SnapshotExists { .. }
-            | DecideError::RestoreRunning(_)
-            | DecideError::RestoreVolumeInUse { .. } => StatusCode::CONFLICT,
-            _ => StatusCode::BAD_REQUEST,
-        },
+        SnapshotsError::Decide(d) => refusal_status(d),
         SnapshotsError::Storage(s) => match s {
             SnapshotError::BadName(_) | SnapshotError::BadTarget(_) => StatusCode::BAD_REQUEST,
             SnapshotError::NoTarget(_) | SnapshotError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -94,48 +44,15 @@ pub fn status_of(e: &SnapshotsError) -> StatusCode {
             | SnapshotError::InUse(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },
-        SnapshotsError::Images(i) => crate::api::images::status_of(i),
+        SnapshotsError::Images(i) => super::images::status_of(i),
         SnapshotsError::Task(_) | SnapshotsError::Pause { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-impl From<SnapshotsError> for SnapshotApiError {
+impl From<SnapshotsError> for ApiError {
     fn from(e: SnapshotsError) -> Self {
-        Self::new(status_of(&e), e.to_string())
+        ApiError::line(status_of(&e), &e.to_string())
     }
-}
-
-impl From<JsonRejection> for SnapshotApiError {
-    fn from(e: JsonRejection) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, e.body_text())
-    }
-}
-
-impl From<QueryRejection> for SnapshotApiError {
-    fn from(e: QueryRejection) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, e.body_text())
-    }
-}
-
-impl IntoResponse for SnapshotApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.error }))).into_response()
-    }
-}
-
-type Res<T> = Result<T, SnapshotApiError>;
-
-fn snapshots(node: &Node) -> Res<Snapshots> {
-    node.capsules
-        .get()
-        .cloned()
-        .map(Snapshots::new)
-        .ok_or_else(|| {
-            SnapshotApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "snapshots are not available in this agent",
-            )
-        })
 }
 
 fn target(s: &str) -> Res<TargetArg> {
@@ -143,57 +60,60 @@ fn target(s: &str) -> Res<TargetArg> {
 }
 
 /// The snapshot and commit routes, merged into the API router.
-pub fn routes() -> Router<Arc<Node>> {
+pub fn routes<S>(snapshots: Arc<Snapshots>) -> Router<S> {
     Router::new()
         .route(PATH_SNAPSHOTS, get(list).post(create))
         .route(PATH_SNAPSHOT, delete(remove))
         .route(PATH_SNAPSHOT_RESTORE, post(restore))
         .route(PATH_COMMIT, post(commit))
+        .with_state(snapshots)
 }
 
+type Snaps = State<Arc<Snapshots>>;
+
 async fn list(
-    State(node): State<Arc<Node>>,
+    State(snaps): Snaps,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Res<Json<Vec<SnapshotView>>> {
     let Query(q) = q?;
     let t = q.target.as_deref().map(target).transpose()?;
-    Ok(Json(snapshots(&node)?.list(t).await?))
+    Ok(Json(snaps.list(t).await?))
 }
 
 async fn create(
-    State(node): State<Arc<Node>>,
+    State(snaps): Snaps,
     body: Result<Json<CreateSnapshotRequest>, JsonRejection>,
 ) -> Res<(StatusCode, Json<SnapshotView>)> {
     let Json(req) = body?;
     let t = target(&req.target)?;
-    let v = snapshots(&node)?.create(&t, &req.name).await?;
+    let v = snaps.create(&t, &req.name).await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
 async fn restore(
-    State(node): State<Arc<Node>>,
+    State(snaps): Snaps,
     Path((t, name)): Path<(String, String)>,
 ) -> Res<Json<serde_json::Value>> {
     let arg = target(&t)?;
-    snapshots(&node)?.restore(&arg, &name).await?;
+    snaps.restore(&arg, &name).await?;
     Ok(Json(json!({ "restored": name, "target": t })))
 }
 
 async fn remove(
-    State(node): State<Arc<Node>>,
+    State(snaps): Snaps,
     Path((t, name)): Path<(String, String)>,
 ) -> Res<Json<serde_json::Value>> {
     let arg = target(&t)?;
-    snapshots(&node)?.remove(&arg, &name).await?;
+    snaps.remove(&arg, &name).await?;
     Ok(Json(json!({ "removed": name, "target": t })))
 }
 
 async fn commit(
-    State(node): State<Arc<Node>>,
+    State(snaps): Snaps,
     body: Result<Json<CommitRequest>, JsonRejection>,
 ) -> Res<(StatusCode, Json<CommitView>)> {
     let Json(req) = body?;
-    let v = snapshots(&node)?.commit(req).await?;
+    let v = snaps.commit(req).await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -16,10 +16,11 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::cli::{CliError, Format};
 use crate::client::images::ImageCallError;
 use crate::client::Client;
-use crate::service::images::{
+use crate::wire::images::{
     ExportRequest, ImageView, ImportRequest, ProgressView, PullRequest, PullView, PushRequest,
     TagRequest,
 };
+use crate::wire::time::{now_ms, parse_rfc3339_ms};
 
 /// `bolt agent` registry settings.
 #[derive(Debug, Clone, Default, Args)]
@@ -39,16 +40,6 @@ pub struct RegistryArgs {
     /// Refuse a layer that unpacks to more than this many bytes (a decompression bomb).
     #[arg(long, env = "BOLT_MAX_LAYER_BYTES", value_name = "BYTES")]
     pub max_layer_bytes: Option<u64>,
-}
-
-impl From<RegistryArgs> for crate::service::images::ImagesConfig {
-    fn from(a: RegistryArgs) -> Self {
-        crate::service::images::ImagesConfig {
-            insecure_registries: a.insecure_registries,
-            registry_auth: a.registry_auth,
-            max_layer_bytes: a.max_layer_bytes,
-        }
-    }
 }
 
 /// The top-level image commands (flattened into `bolt`'s commands).
@@ -518,77 +509,6 @@ pub fn human_ago(ms: u64) -> String {
     format!("{text} ago")
 }
 
-/// Milliseconds since the epoch of an RFC 3339 time (`2024-05-01T12:34:56.789Z`, or with a
-/// `+02:00` offset); None when it is not one.
-pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    let num = |from: usize, len: usize| -> Option<i64> {
-        let part = s.get(from..from + len)?;
-        if !part.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        part.parse().ok()
-    };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (y, mo, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
-    let (h, mi, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut frac_ms = 0i64;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-        let digits = s.get(start..i.min(start + 3))?;
-        frac_ms = digits.parse::<i64>().ok()? * 10i64.pow(3 - digits.len() as u32);
-    }
-    let offset_s = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let v = num(i + 1, 2)? * 3600 + num(i + 4, 2)? * 60;
-            if *sign == b'+' {
-                v
-            } else {
-                -v
-            }
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(y, mo, d);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
-    u64::try_from(secs * 1000 + frac_ms).ok()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -637,34 +557,6 @@ mod tests {
         assert_eq!(human_ago(21 * 86_400_000), "3 weeks ago");
         assert_eq!(human_ago(90 * 86_400_000), "3 months ago");
         assert_eq!(human_ago(3 * 365 * 86_400_000), "3 years ago");
-    }
-
-    #[test]
-    fn rfc3339_times_parse_with_fractions_and_offsets() {
-        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339_ms("2000-02-29T00:00:00.123Z"),
-            Some(951_782_400_123)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2000-02-29T02:00:00.123456789+02:00"),
-            Some(951_782_400_123)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("1970-01-01T01:00:00-01:00"),
-            Some(7_200_000)
-        );
-        for bad in [
-            "",
-            "yesterday",
-            "2000-13-01T00:00:00Z",
-            "2000-01-01T00:00:00",
-            "2000-01-01T00:00:00.Z",
-            "2000-01-01T00:00:00+0200",
-            "1969-12-31T23:59:59Z",
-        ] {
-            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
-        }
     }
 
     #[test]

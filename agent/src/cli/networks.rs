@@ -2,17 +2,17 @@
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use hyper::Method;
 
-use crate::api::networks::PATH_NETWORKS;
-use crate::cli::capsules::{call, encode, CapsuleCliError, CapsuleFormat};
 use crate::cli::util::{block_on, each_name, inspect_named, json_err, write_list};
-use crate::cli::CliError;
-use crate::service::networks::{CreateNetworkRequest, NetworkView};
+use crate::cli::{CliError, Format};
+use crate::client::{encode_segment, Client};
+use crate::wire::networks::PATH_NETWORKS;
+use crate::wire::networks::{CreateNetworkRequest, NetworkView};
 
 /// `bolt network <command>`.
 #[derive(Debug, Subcommand)]
@@ -38,7 +38,7 @@ pub enum NetworkCommand {
         #[arg(short, long)]
         quiet: bool,
         #[arg(long, value_enum, default_value_t)]
-        format: CapsuleFormat,
+        format: Format,
     },
     /// Remove networks no capsule holds an address on.
     #[command(alias = "remove")]
@@ -57,10 +57,10 @@ pub enum NetworkCommand {
 
 /// Runs a network command.
 pub fn run(socket: PathBuf, cmd: NetworkCommand) -> Result<ExitCode, CliError> {
-    block_on(run_async(&socket, cmd))
+    block_on(run_async(&Client::new(socket), cmd))
 }
 
-async fn run_async(socket: &Path, cmd: NetworkCommand) -> Result<ExitCode, CapsuleCliError> {
+async fn run_async(client: &Client, cmd: NetworkCommand) -> Result<ExitCode, CliError> {
     let mut out = std::io::stdout().lock();
     match cmd {
         NetworkCommand::Create {
@@ -76,11 +76,11 @@ async fn run_async(socket: &Path, cmd: NetworkCommand) -> Result<ExitCode, Capsu
                 mtu,
             };
             let body = serde_json::to_vec(&req).map_err(json_err)?;
-            let n: NetworkView = call(socket, Method::POST, PATH_NETWORKS, Some(body)).await?;
+            let n: NetworkView = client.call(Method::POST, PATH_NETWORKS, Some(body)).await?;
             writeln!(out, "{}", n.name)?;
         }
         NetworkCommand::Ls { quiet, format } => {
-            let list: Vec<NetworkView> = call(socket, Method::GET, PATH_NETWORKS, None).await?;
+            let list: Vec<NetworkView> = client.call(Method::GET, PATH_NETWORKS, None).await?;
             write_list(
                 &mut out,
                 &list,
@@ -92,15 +92,17 @@ async fn run_async(socket: &Path, cmd: NetworkCommand) -> Result<ExitCode, Capsu
         }
         NetworkCommand::Rm { names } => {
             let removed = each_name(&mut out, names, async |name: &str| {
-                let path = format!("{PATH_NETWORKS}/{}", encode(name));
-                call::<serde_json::Value>(socket, Method::DELETE, &path, None).await
+                let path = format!("{PATH_NETWORKS}/{}", encode_segment(name));
+                client
+                    .call::<serde_json::Value>(Method::DELETE, &path, None)
+                    .await
             });
             if !removed.await? {
                 return Ok(ExitCode::FAILURE);
             }
         }
         NetworkCommand::Inspect { names } => {
-            inspect_named::<NetworkView>(&mut out, socket, PATH_NETWORKS, names).await?;
+            inspect_named::<NetworkView>(&mut out, client, PATH_NETWORKS, names).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

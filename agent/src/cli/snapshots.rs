@@ -4,17 +4,18 @@
 //! docker has no snapshots, so the kind is always spelled out.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use hyper::Method;
 
-use crate::api::snapshots::{CreateSnapshotRequest, PATH_COMMIT, PATH_SNAPSHOTS};
-use crate::cli::capsules::{call, encode, CapsuleCliError, CapsuleFormat};
-use crate::cli::util::{block_on, each_name, json_err, now_ms, write_list};
-use crate::cli::CliError;
-use crate::service::snapshots::{CommitRequest, CommitView, SnapshotView};
+use crate::cli::util::{block_on, each_name, json_err, write_list};
+use crate::cli::{CliError, Format};
+use crate::client::{encode_segment, Client};
+use crate::wire::snapshots::{CommitRequest, CommitView, SnapshotView};
+use crate::wire::snapshots::{CreateSnapshotRequest, PATH_COMMIT, PATH_SNAPSHOTS};
+use crate::wire::time::now_ms;
 
 /// `bolt snapshot <command>`. TARGET is `capsule:NAME` or `volume:NAME`; the agent root must
 /// be on btrfs.
@@ -36,7 +37,7 @@ pub enum SnapshotCommand {
         #[arg(short, long)]
         quiet: bool,
         #[arg(long, value_enum, default_value_t)]
-        format: CapsuleFormat,
+        format: Format,
     },
     /// Replace the target's content with a snapshot's (stop the capsule, or the capsules that
     /// mount the volume, first). The snapshot stays.
@@ -90,7 +91,7 @@ pub struct CommitArgs {
 
 /// Runs a snapshot command.
 pub fn run(socket: PathBuf, cmd: SnapshotCommand) -> Result<ExitCode, CliError> {
-    block_on(run_async(&socket, cmd))
+    block_on(run_async(&Client::new(socket), cmd))
 }
 
 /// Runs `bolt commit`: prints the new image's id (manifest digest).
@@ -105,7 +106,9 @@ pub fn commit(socket: PathBuf, args: CommitArgs) -> Result<ExitCode, CliError> {
     };
     let v: CommitView = block_on(async {
         let body = serde_json::to_vec(&req).map_err(json_err)?;
-        call(&socket, Method::POST, PATH_COMMIT, Some(body)).await
+        Ok(Client::new(socket)
+            .call(Method::POST, PATH_COMMIT, Some(body))
+            .await?)
     })?;
     if let Some(note) = &v.note {
         eprintln!("warning: {note}");
@@ -118,18 +121,20 @@ pub fn commit(socket: PathBuf, args: CommitArgs) -> Result<ExitCode, CliError> {
 fn snapshot_path(target: &str, name: &str, suffix: &str) -> String {
     format!(
         "{PATH_SNAPSHOTS}/{}/{}{suffix}",
-        encode(target),
-        encode(name)
+        encode_segment(target),
+        encode_segment(name)
     )
 }
 
-async fn run_async(socket: &Path, cmd: SnapshotCommand) -> Result<ExitCode, CapsuleCliError> {
+async fn run_async(client: &Client, cmd: SnapshotCommand) -> Result<ExitCode, CliError> {
     let mut out = std::io::stdout().lock();
     match cmd {
         SnapshotCommand::Create { target, name } => {
             let req = CreateSnapshotRequest { target, name };
             let body = serde_json::to_vec(&req).map_err(json_err)?;
-            let v: SnapshotView = call(socket, Method::POST, PATH_SNAPSHOTS, Some(body)).await?;
+            let v: SnapshotView = client
+                .call(Method::POST, PATH_SNAPSHOTS, Some(body))
+                .await?;
             writeln!(out, "{}", v.name)?;
         }
         SnapshotCommand::Ls {
@@ -138,10 +143,10 @@ async fn run_async(socket: &Path, cmd: SnapshotCommand) -> Result<ExitCode, Caps
             format,
         } => {
             let path = match &target {
-                Some(t) => format!("{PATH_SNAPSHOTS}?target={}", encode(t)),
+                Some(t) => format!("{PATH_SNAPSHOTS}?target={}", encode_segment(t)),
                 None => PATH_SNAPSHOTS.to_owned(),
             };
-            let list: Vec<SnapshotView> = call(socket, Method::GET, &path, None).await?;
+            let list: Vec<SnapshotView> = client.call(Method::GET, &path, None).await?;
             write_list(
                 &mut out,
                 &list,
@@ -153,13 +158,17 @@ async fn run_async(socket: &Path, cmd: SnapshotCommand) -> Result<ExitCode, Caps
         }
         SnapshotCommand::Restore { target, name } => {
             let path = snapshot_path(&target, &name, "/restore");
-            call::<serde_json::Value>(socket, Method::POST, &path, None).await?;
+            client
+                .call::<serde_json::Value>(Method::POST, &path, None)
+                .await?;
             writeln!(out, "{name}")?;
         }
         SnapshotCommand::Rm { target, names } => {
             let removed = each_name(&mut out, names, async |name: &str| {
                 let path = snapshot_path(&target, name, "");
-                call::<serde_json::Value>(socket, Method::DELETE, &path, None).await
+                client
+                    .call::<serde_json::Value>(Method::DELETE, &path, None)
+                    .await
             });
             if !removed.await? {
                 return Ok(ExitCode::FAILURE);

@@ -6,41 +6,32 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::cli::capsules::{CapsuleCliError, CapsuleFormat};
-use crate::cli::CliError;
+use crate::cli::{CliError, Format};
+use crate::client::{encode_segment, Client};
 
 /// Runs `fut` on a fresh current-thread runtime.
-pub(crate) fn block_on<T>(
-    fut: impl Future<Output = Result<T, CapsuleCliError>>,
-) -> Result<T, CliError> {
+pub(crate) fn block_on<T>(fut: impl Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(CapsuleCliError::Runtime)?;
+        .map_err(CliError::Runtime)?;
     Ok(rt.block_on(fut)?)
 }
 
 /// A JSON encoding or decoding failure as the CLI reports it.
-pub(crate) fn json_err(e: serde_json::Error) -> CapsuleCliError {
-    CapsuleCliError::Decode(e.to_string())
-}
-
-/// Milliseconds since the epoch (0 before it).
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+pub(crate) fn json_err(e: serde_json::Error) -> CliError {
+    CliError::Client(crate::client::ClientError::Decode(e.to_string()))
 }
 
 /// docker's way with several names: `op` each in turn, printing the name on `out` when it
 /// succeeds and `bolt: ERROR` on stderr (one line, as it happens) when it fails. `Ok(true)`
 /// when all succeeded; the caller exits 1 otherwise. Only a failed write to `out` stops the
 /// loop.
-pub(crate) async fn each_name<T>(
+pub(crate) async fn each_name<T, E: std::fmt::Display>(
     out: &mut impl Write,
     names: Vec<String>,
-    mut op: impl AsyncFnMut(&str) -> Result<T, CapsuleCliError>,
-) -> Result<bool, CapsuleCliError> {
+    mut op: impl AsyncFnMut(&str) -> Result<T, E>,
+) -> Result<bool, CliError> {
     let mut ok = true;
     for name in names {
         match op(&name).await {
@@ -59,14 +50,14 @@ pub(crate) async fn each_name<T>(
 /// `GET base/NAME`, then one pretty JSON array. The first failure ends it (docker's way).
 pub(crate) async fn inspect_named<T: serde::de::DeserializeOwned + Serialize>(
     out: &mut impl Write,
-    socket: &std::path::Path,
+    client: &Client,
     base: &str,
     names: Vec<String>,
-) -> Result<(), CapsuleCliError> {
+) -> Result<(), CliError> {
     let mut all: Vec<T> = Vec::with_capacity(names.len());
     for name in names {
-        let path = format!("{base}/{}", crate::cli::capsules::encode(&name));
-        all.push(crate::cli::capsules::call(socket, hyper::Method::GET, &path, None).await?);
+        let path = format!("{base}/{}", encode_segment(&name));
+        all.push(client.call(hyper::Method::GET, &path, None).await?);
     }
     writeln!(
         out,
@@ -82,10 +73,10 @@ pub(crate) fn write_list<T: Serialize>(
     out: &mut impl Write,
     list: &[T],
     quiet: bool,
-    format: CapsuleFormat,
+    format: Format,
     quiet_line: impl Fn(&T) -> String,
     table: impl FnOnce(&[T]) -> String,
-) -> Result<(), CapsuleCliError> {
+) -> Result<(), CliError> {
     if quiet {
         for item in list {
             writeln!(out, "{}", quiet_line(item))?;
@@ -93,12 +84,12 @@ pub(crate) fn write_list<T: Serialize>(
         return Ok(());
     }
     match format {
-        CapsuleFormat::Json => {
+        Format::Json => {
             for item in list {
                 writeln!(out, "{}", serde_json::to_string(item).map_err(json_err)?)?;
             }
         }
-        CapsuleFormat::Table => out.write_all(table(list).as_bytes())?,
+        Format::Table => out.write_all(table(list).as_bytes())?,
     }
     Ok(())
 }
@@ -120,7 +111,7 @@ mod tests {
             .collect()
     }
 
-    fn render(quiet: bool, format: CapsuleFormat) -> String {
+    fn render(quiet: bool, format: Format) -> String {
         let mut out = Vec::new();
         write_list(
             &mut out,
@@ -136,13 +127,13 @@ mod tests {
 
     #[test]
     fn ls_prints_quiet_lines_json_lines_or_the_table() {
-        assert_eq!(render(true, CapsuleFormat::Json), "q-a\nq-b\n");
-        assert_eq!(render(true, CapsuleFormat::Table), "q-a\nq-b\n");
+        assert_eq!(render(true, Format::Json), "q-a\nq-b\n");
+        assert_eq!(render(true, Format::Table), "q-a\nq-b\n");
         assert_eq!(
-            render(false, CapsuleFormat::Json),
+            render(false, Format::Json),
             "{\"name\":\"a\"}\n{\"name\":\"b\"}\n"
         );
-        assert_eq!(render(false, CapsuleFormat::Table), "table of 2\n");
+        assert_eq!(render(false, Format::Table), "table of 2\n");
     }
 
     #[test]
@@ -159,7 +150,7 @@ mod tests {
                 async |n: &str| {
                     seen.push(n.to_owned());
                     if n == "bad" {
-                        Err(CapsuleCliError::Usage("no".into()))
+                        Err(CliError::Usage("no".into()))
                     } else {
                         Ok(())
                     }
@@ -173,7 +164,7 @@ mod tests {
         let mut out = Vec::new();
         let ok = rt
             .block_on(each_name(&mut out, vec!["z".into()], async |_: &str| {
-                Ok::<_, CapsuleCliError>(())
+                Ok::<_, CliError>(())
             }))
             .unwrap();
         assert!(ok);

@@ -2,17 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bolt_capsule::storage::{PruneReport, Volume};
 use clap::Subcommand;
 use hyper::Method;
 
-use crate::api::volumes::{CreateVolumeRequest, PATH_VOLUMES, PATH_VOLUMES_PRUNE};
-use crate::cli::capsules::{call, encode, CapsuleCliError, CapsuleFormat};
 use crate::cli::util::{block_on, each_name, inspect_named, json_err, write_list};
-use crate::cli::CliError;
+use crate::cli::{CliError, Format};
+use crate::client::{encode_segment, Client};
+use crate::wire::volumes::{CreateVolumeRequest, PATH_VOLUMES, PATH_VOLUMES_PRUNE};
 
 /// `bolt volume <command>`.
 #[derive(Debug, Subcommand)]
@@ -32,7 +32,7 @@ pub enum VolumeCommand {
         #[arg(short, long)]
         quiet: bool,
         #[arg(long, value_enum, default_value_t)]
-        format: CapsuleFormat,
+        format: Format,
     },
     /// Remove volumes no live capsule mounts.
     #[command(alias = "remove")]
@@ -57,7 +57,7 @@ pub enum VolumeCommand {
 
 /// Runs a volume command.
 pub fn run(socket: PathBuf, cmd: VolumeCommand) -> Result<ExitCode, CliError> {
-    block_on(run_async(&socket, cmd))
+    block_on(run_async(&Client::new(socket), cmd))
 }
 
 /// Parses `KEY=VALUE` labels.
@@ -71,7 +71,7 @@ pub fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, Strin
         .collect()
 }
 
-async fn run_async(socket: &Path, cmd: VolumeCommand) -> Result<ExitCode, CapsuleCliError> {
+async fn run_async(client: &Client, cmd: VolumeCommand) -> Result<ExitCode, CliError> {
     let mut out = std::io::stdout().lock();
     match cmd {
         VolumeCommand::Create { labels, name } => {
@@ -84,11 +84,11 @@ async fn run_async(socket: &Path, cmd: VolumeCommand) -> Result<ExitCode, Capsul
             };
             let req = CreateVolumeRequest { name, labels };
             let body = serde_json::to_vec(&req).map_err(json_err)?;
-            let v: Volume = call(socket, Method::POST, PATH_VOLUMES, Some(body)).await?;
+            let v: Volume = client.call(Method::POST, PATH_VOLUMES, Some(body)).await?;
             writeln!(out, "{}", v.name)?;
         }
         VolumeCommand::Ls { quiet, format } => {
-            let list: Vec<Volume> = call(socket, Method::GET, PATH_VOLUMES, None).await?;
+            let list: Vec<Volume> = client.call(Method::GET, PATH_VOLUMES, None).await?;
             write_list(
                 &mut out,
                 &list,
@@ -100,19 +100,21 @@ async fn run_async(socket: &Path, cmd: VolumeCommand) -> Result<ExitCode, Capsul
         }
         VolumeCommand::Rm { names } => {
             let removed = each_name(&mut out, names, async |name: &str| {
-                let path = format!("{PATH_VOLUMES}/{}", encode(name));
-                call::<serde_json::Value>(socket, Method::DELETE, &path, None).await
+                let path = format!("{PATH_VOLUMES}/{}", encode_segment(name));
+                client
+                    .call::<serde_json::Value>(Method::DELETE, &path, None)
+                    .await
             });
             if !removed.await? {
                 return Ok(ExitCode::FAILURE);
             }
         }
         VolumeCommand::Inspect { names } => {
-            inspect_named::<Volume>(&mut out, socket, PATH_VOLUMES, names).await?;
+            inspect_named::<Volume>(&mut out, client, PATH_VOLUMES, names).await?;
         }
         VolumeCommand::Prune { all } => {
             let path = format!("{PATH_VOLUMES_PRUNE}?all={all}");
-            let r: PruneReport = call(socket, Method::POST, &path, None).await?;
+            let r: PruneReport = client.call(Method::POST, &path, None).await?;
             for name in &r.removed {
                 writeln!(out, "{name}")?;
             }

@@ -1,20 +1,16 @@
 //! Client calls of the image routes: plain JSON requests, and the streamed ones (pull, push,
 //! import) read line by line as the agent sends them.
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::{header, Method, Request, Response};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
+use hyper::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::images;
-use crate::client::{Client, ClientError};
-use crate::service::images::{
-    ExportRequest, ExportView, ImageView, ImportRequest, ProgressView, PruneView, PullRequest,
-    PullView, PushRequest, PushView, RefView, StreamLine, TagRequest,
+use crate::client::{api_error, encode_segment, Client, ClientError};
+use crate::wire::images::{
+    self as images, ExportRequest, ExportView, ImageView, ImportRequest, ProgressView, PruneView,
+    PullRequest, PullView, PushRequest, PushView, RefView, StreamLine, TagRequest,
 };
-use crate::wire::ErrorBody;
 
 /// A failed image call: the agent could not be asked, or it said the operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,97 +22,7 @@ pub enum ImageCallError {
     Failed(String),
 }
 
-/// Percent-encode `s` as one path segment (everything but unreserved characters).
-pub fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Keeps the connection task of one request and ends it when dropped.
-struct Conn(tokio::task::JoinHandle<()>);
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl Client {
-    fn call_err(&self, e: impl std::fmt::Display) -> ClientError {
-        ClientError::Http {
-            path: self.socket().to_path_buf(),
-            reason: e.to_string(),
-        }
-    }
-
-    /// Send `method path` with an optional JSON body; the response head, its body unread.
-    async fn send<B: Serialize>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&B>,
-    ) -> Result<(Response<Incoming>, Conn), ClientError> {
-        let stream = tokio::net::UnixStream::connect(self.socket())
-            .await
-            .map_err(|source| ClientError::Connect {
-                path: self.socket().to_path_buf(),
-                source,
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.call_err(e))?;
-        let conn = Conn(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
-        let bytes = match body {
-            Some(b) => {
-                Bytes::from(serde_json::to_vec(b).map_err(|e| ClientError::Decode(e.to_string()))?)
-            }
-            None => Bytes::new(),
-        };
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, "localhost");
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-        }
-        let req = req.body(Full::new(bytes)).map_err(|e| self.call_err(e))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| self.call_err(e))?;
-        Ok((resp, conn))
-    }
-
-    /// A whole JSON answer; an error status becomes [`ClientError::Api`].
-    async fn json<B: Serialize, T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&B>,
-    ) -> Result<T, ClientError> {
-        let (resp, _conn) = self.send(method, path, body).await?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.call_err(e))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(api_error(status.as_u16(), &bytes));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
-    }
-
     /// A streamed answer: `on_progress` sees each progress line; the result line is returned.
     async fn streamed<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -131,9 +37,9 @@ impl Client {
             let bytes = body
                 .collect()
                 .await
-                .map_err(|e| self.call_err(e))?
+                .map_err(|e| self.http_err(e))?
                 .to_bytes();
-            return Err(api_error(status.as_u16(), &bytes).into());
+            return Err(api_error(status, &bytes).into());
         }
         let mut buf: Vec<u8> = Vec::new();
         loop {
@@ -157,10 +63,10 @@ impl Client {
                         buf.extend_from_slice(&data);
                     }
                 }
-                Some(Err(e)) => return Err(self.call_err(e).into()),
+                Some(Err(e)) => return Err(self.http_err(e).into()),
                 None => {
                     return Err(self
-                        .call_err("the agent closed the answer before the result")
+                        .http_err("the agent closed the answer before the result")
                         .into())
                 }
             }
@@ -222,14 +128,6 @@ impl Client {
         self.json(Method::POST, images::PATH_EXPORT, Some(req))
             .await
     }
-}
-
-fn api_error(status: u16, body: &[u8]) -> ClientError {
-    let message = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) => e.error,
-        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
-    };
-    ClientError::Api { status, message }
 }
 
 #[cfg(test)]

@@ -1,24 +1,34 @@
-//! The client side of the API: HTTP/1 over the agent's unix socket (hyper, one connection per
-//! request) and the event stream over a WebSocket on the same socket (tokio-tungstenite).
+//! The client side of the API: ONE HTTP/1 client over the agent's unix socket (hyper, one
+//! connection per request), the event stream over a WebSocket on the same socket
+//! (tokio-tungstenite), the image calls ([`images`]) and the attach/exec stream client
+//! ([`stream`]).
+//!
+//! This layer imports only `wire` (the paths and shapes the server speaks); it never imports
+//! `api`, `service`, `node`, `shim` or `cli`.
 
 pub mod images;
+pub mod logs;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 
 use bolt_events::Cursor;
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::net::UnixStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::api;
-use crate::wire::{ErrorBody, EventView, HashView, InfoView, StateView, VerifyView};
+use crate::wire::{
+    ErrorBody, EventView, HashView, InfoView, StateView, VerifyView, PATH_EVENTS, PATH_INFO,
+    PATH_STATE, PATH_STATE_HASH, PATH_STREAM, PATH_VERIFY,
+};
 
 /// One step of talking to the agent that failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +40,69 @@ pub enum ClientError {
     },
     #[error("talk to the bolt agent at {path}: {reason}")]
     Http { path: PathBuf, reason: String },
-    #[error("the bolt agent answered {status}: {message}")]
-    Api { status: u16, message: String },
+    /// The agent's one-line reason (and docker's exit code for a failed start).
+    #[error("{message}")]
+    Api {
+        status: u16,
+        message: String,
+        exit_code: Option<i32>,
+    },
     #[error("unreadable answer from the bolt agent: {0}")]
     Decode(String),
-    #[error("event stream from the bolt agent at {path}: {reason}")]
-    Stream { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Stream(String),
+    #[error("write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+fn stream_err(socket: &Path, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Stream(format!(
+        "event stream from the bolt agent at {}: {e}",
+        socket.display()
+    ))
+}
+
+/// Percent-encode `s` as one path segment or query value (everything but unreserved
+/// characters).
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The error of an answer with a failing status: the agent's [`ErrorBody`], or the body as
+/// text when it is not one.
+pub fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => ClientError::Api {
+            status: status.as_u16(),
+            message: e.error,
+            exit_code: e.exit_code,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            message: format!(
+                "the bolt agent answered {status}: {}",
+                String::from_utf8_lossy(body).trim()
+            ),
+            exit_code: None,
+        },
+    }
+}
+
+/// Keeps the connection task of one request and ends it when dropped.
+struct Conn(tokio::task::JoinHandle<()>);
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A client of one agent socket.
@@ -73,21 +140,56 @@ impl Client {
         }
     }
 
-    /// `GET path_and_query`: the status and the whole body.
-    pub async fn get(&self, path_and_query: &str) -> Result<(StatusCode, Bytes), ClientError> {
+    /// Sends `method path` with an optional JSON body (already encoded); the response head,
+    /// its body unread, and the connection (dropped: closed).
+    async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(Response<Incoming>, Conn), ClientError> {
         let io = TokioIo::new(self.connect().await?);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| self.http_err(e))?;
-        let conn = tokio::spawn(conn);
-        let req = Request::get(path_and_query)
-            .header(header::HOST, "localhost")
-            .body(Empty::<Bytes>::new())
+        let conn = Conn(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "localhost");
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| self.http_err(e))?;
         let resp = sender
             .send_request(req)
             .await
             .map_err(|e| self.http_err(e))?;
+        Ok((resp, conn))
+    }
+
+    /// [`Client::send_raw`] with a body to encode as JSON.
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(Response<Incoming>, Conn), ClientError> {
+        let bytes = body
+            .map(|b| serde_json::to_vec(b).map_err(|e| ClientError::Decode(e.to_string())))
+            .transpose()?;
+        self.send_raw(method, path, bytes).await
+    }
+
+    /// The status and the whole body of an answer.
+    async fn whole(
+        &self,
+        (resp, _conn): (Response<Incoming>, Conn),
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let status = resp.status();
         let body = resp
             .into_body()
@@ -95,8 +197,43 @@ impl Client {
             .await
             .map_err(|e| self.http_err(e))?
             .to_bytes();
-        conn.abort();
         Ok((status, body))
+    }
+
+    /// A whole JSON answer; an error status becomes [`ClientError::Api`].
+    fn decode<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<T, ClientError> {
+        if !status.is_success() {
+            return Err(api_error(status, body));
+        }
+        serde_json::from_slice(body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `method path` with an optional JSON body; the JSON answer.
+    pub async fn json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.whole(self.send(method, path, body).await?).await?;
+        Self::decode(status, &bytes)
+    }
+
+    /// `method path` with an optional body already encoded as JSON; the JSON answer.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.whole(self.send_raw(method, path, body).await?).await?;
+        Self::decode(status, &bytes)
+    }
+
+    /// `GET path_and_query`: the status and the whole body.
+    pub async fn get(&self, path_and_query: &str) -> Result<(StatusCode, Bytes), ClientError> {
+        self.whole(self.send_raw(Method::GET, path_and_query, None).await?)
+            .await
     }
 
     /// `GET path_and_query` as JSON; an error status becomes [`ClientError::Api`].
@@ -104,50 +241,39 @@ impl Client {
         &self,
         path_and_query: &str,
     ) -> Result<T, ClientError> {
-        let (status, body) = self.get(path_and_query).await?;
-        if !status.is_success() {
-            let message = match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(e) => e.error,
-                Err(_) => String::from_utf8_lossy(&body).trim().to_string(),
-            };
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                message,
-            });
-        }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+        self.call(Method::GET, path_and_query, None).await
     }
 
     /// `GET /v1/info`.
     pub async fn info(&self) -> Result<InfoView, ClientError> {
-        self.get_json(api::PATH_INFO).await
+        self.get_json(PATH_INFO).await
     }
 
     /// `GET /v1/events`: up to `limit` events after `since`.
     pub async fn events(&self, since: Cursor, limit: usize) -> Result<Vec<EventView>, ClientError> {
-        self.get_json(&format!("{}?since={since}&limit={limit}", api::PATH_EVENTS))
+        self.get_json(&format!("{}?since={since}&limit={limit}", PATH_EVENTS))
             .await
     }
 
     /// `GET /v1/events/verify`.
     pub async fn verify(&self) -> Result<VerifyView, ClientError> {
-        self.get_json(api::PATH_VERIFY).await
+        self.get_json(PATH_VERIFY).await
     }
 
     /// `GET /v1/state`, live or at a cursor.
     pub async fn state(&self, at: Option<Cursor>) -> Result<StateView, ClientError> {
-        self.get_json(&with_at(api::PATH_STATE, at)).await
+        self.get_json(&with_at(PATH_STATE, at)).await
     }
 
     /// `GET /v1/state/hash`, live or at a cursor.
     pub async fn state_hash(&self, at: Option<Cursor>) -> Result<HashView, ClientError> {
-        self.get_json(&with_at(api::PATH_STATE_HASH, at)).await
+        self.get_json(&with_at(PATH_STATE_HASH, at)).await
     }
 
     /// Open `GET /v1/events/stream?since=CURSOR`.
     pub async fn stream(&self, since: Cursor) -> Result<EventStream, ClientError> {
         let io = self.connect().await?;
-        let url = format!("ws://localhost{}?since={since}", api::PATH_STREAM);
+        let url = format!("ws://localhost{}?since={since}", PATH_STREAM);
         let (ws, _) = tokio_tungstenite::client_async(url, io)
             .await
             .map_err(|e| self.stream_err(e))?;
@@ -158,10 +284,7 @@ impl Client {
     }
 
     fn stream_err(&self, e: impl std::fmt::Display) -> ClientError {
-        ClientError::Stream {
-            path: self.socket.clone(),
-            reason: e.to_string(),
-        }
+        stream_err(&self.socket, e)
     }
 }
 
@@ -185,12 +308,7 @@ impl EventStream {
         loop {
             let msg = match self.ws.next().await? {
                 Ok(m) => m,
-                Err(e) => {
-                    return Some(Err(ClientError::Stream {
-                        path: self.socket.clone(),
-                        reason: e.to_string(),
-                    }))
-                }
+                Err(e) => return Some(Err(stream_err(&self.socket, e))),
             };
             match msg {
                 Message::Text(text) => {
@@ -202,10 +320,10 @@ impl EventStream {
                 Message::Close(Some(frame))
                     if !matches!(frame.code, CloseCode::Normal | CloseCode::Away) =>
                 {
-                    return Some(Err(ClientError::Stream {
-                        path: self.socket.clone(),
-                        reason: format!("closed by the agent: {}", frame.reason),
-                    }))
+                    return Some(Err(stream_err(
+                        &self.socket,
+                        format!("closed by the agent: {}", frame.reason),
+                    )))
                 }
                 Message::Close(_) => return None,
                 _ => continue,

@@ -1,8 +1,13 @@
-//! The running node: the log, the live state replica folded from it, and the head bridged from
-//! the log's commit hook to async watchers.
+//! The running node: the log, the live state replica folded from it, the head bridged from the
+//! log's commit hook to async watchers, and the one path every change takes: read the live
+//! state, decide, append durably ([`Node::decide_append`], [`Node::record`]).
 //!
-//! Every method here but [`Node::drain_streams`] is blocking (it reads or writes the log): call
-//! it from `spawn_blocking`. The HTTP handlers and the daemon are thin drivers around it.
+//! Every method here but [`Node::drain_streams`] and the async [`Node::record`] is blocking (it
+//! reads or writes the log): call it from `spawn_blocking`. The services, the HTTP handlers and
+//! the daemon are thin drivers around it.
+//!
+//! This layer imports only `wire`; it never names a service (`service`, `api`, `client`, `cli`
+//! or `shim`): a node knows events and state, not images or capsules.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -12,6 +17,7 @@ use bolt_state::{decide, state_at, Command, DecideError, Replica, ReplicaError, 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{mpsc, watch};
 
+pub use crate::wire::{default_network, DEFAULT_SNAPSHOT_EVERY};
 use crate::wire::{EventView, HashView, InfoView, StateView, VerifyView, MAX_EVENTS_PAGE};
 
 /// How many events one catch-up read takes from the log.
@@ -43,6 +49,8 @@ pub enum NodeError {
     Json(String),
     #[error("limit must be between 1 and {max}, got {got}")]
     Limit { got: usize, max: usize },
+    #[error("background task failed: {0}")]
+    Task(String),
 }
 
 /// What the node announces and how it keeps its state.
@@ -74,18 +82,6 @@ impl NodeOptions {
     }
 }
 
-/// The default `--default-network`: `bridge` as root, `none` rootless.
-pub fn default_network() -> &'static str {
-    if nix::unistd::geteuid().is_root() {
-        "bridge"
-    } else {
-        "none"
-    }
-}
-
-/// Default interval between state snapshots, in events.
-pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
-
 /// The host name, or `unknown` when the system does not say.
 pub fn hostname() -> String {
     nix::unistd::gethostname()
@@ -106,12 +102,6 @@ pub struct Node {
     streams_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
     opts: NodeOptions,
     started: Instant,
-    /// The image service, set once at start by the daemon (see [`crate::service::images`]).
-    pub(crate) images: std::sync::OnceLock<crate::service::images::Images>,
-    /// The capsule manager, set once at start by the daemon (see [`crate::service::capsules`]).
-    pub(crate) capsules: std::sync::OnceLock<Arc<crate::service::capsules::Capsules>>,
-    /// The networks, set once at start by the daemon (see [`crate::service::networks`]).
-    pub(crate) networks: std::sync::OnceLock<Arc<crate::service::networks::Networks>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -154,9 +144,6 @@ impl Node {
             streams_done: tokio::sync::Mutex::new(streams_done),
             opts,
             started: Instant::now(),
-            images: std::sync::OnceLock::new(),
-            capsules: std::sync::OnceLock::new(),
-            networks: std::sync::OnceLock::new(),
         });
         node.sync()?;
         Ok(node)
@@ -216,17 +203,66 @@ impl Node {
         Ok(appended)
     }
 
+    /// The one change path: `f` reads the live state (folded up to the head, under the replica
+    /// lock: keep it short) and returns the payloads that carry a decision out, or refuses;
+    /// they are then appended in one durable batch. Returns what was appended (nothing when `f`
+    /// decided there is nothing to record). Blocking. The caller serializes decisions that must
+    /// not interleave (the services hold their operations lock around this).
+    pub fn decide_append<E>(
+        &self,
+        f: impl FnOnce(&State) -> Result<Vec<Payload>, E>,
+    ) -> Result<Vec<Appended>, E>
+    where
+        E: From<NodeError>,
+    {
+        let payloads = self.with_live_state(f)??;
+        if payloads.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.append(payloads)?)
+    }
+
+    /// [`Node::decide_append`] on the blocking pool, for async callers.
+    pub async fn record<E>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&State) -> Result<Vec<Payload>, E> + Send + 'static,
+    ) -> Result<Vec<Appended>, E>
+    where
+        E: From<NodeError> + Send + 'static,
+    {
+        let node = Arc::clone(self);
+        tokio::task::spawn_blocking(move || node.decide_append(f))
+            .await
+            .map_err(|e| E::from(NodeError::Task(e.to_string())))?
+    }
+
+    /// [`Node::record`] of commands: each is decided on the live state as it is before the
+    /// batch (use it for commands about different facts, or whose later ones do not depend on
+    /// the earlier ones, such as an exit and a forced removal).
+    pub async fn decide_commands<E>(
+        self: &Arc<Self>,
+        cmds: Vec<Command>,
+    ) -> Result<Vec<Appended>, E>
+    where
+        E: From<NodeError> + From<DecideError> + Send + 'static,
+    {
+        self.record(move |s| {
+            let mut out = Vec::new();
+            for c in cmds {
+                out.extend(decide(s, c).map_err(E::from)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Announce this node: `decide(StartNode)` on the live state, appended. Blocking.
     pub fn start(&self) -> Result<Vec<Appended>, NodeError> {
         let cmd = Command::StartNode {
             name: self.opts.name.clone(),
             version: self.opts.version.clone(),
         };
-        let payloads = {
-            let replica = lock(&self.replica);
-            decide(replica.state(), cmd).map_err(NodeError::Decide)?
-        };
-        self.append(payloads)
+        self.decide_append(|s| decide(s, cmd).map_err(NodeError::Decide))
     }
 
     /// Record that this node stops: `decide(StopNode)` on the live state, appended. Blocking.
@@ -236,11 +272,7 @@ impl Node {
             node: self.node_id,
             reason: reason.to_string(),
         };
-        let payloads = {
-            let replica = lock(&self.replica);
-            decide(replica.state(), cmd).map_err(NodeError::Decide)?
-        };
-        self.append(payloads)
+        self.decide_append(|s| decide(s, cmd).map_err(NodeError::Decide))
     }
 
     /// Fold every event past the live state's cursor into it, and store a snapshot when one is

@@ -14,14 +14,14 @@
 //!   `image.removed` of that name only: the state keeps each node's names of an image
 //!   (`ImageInfo::held`) and the node's hold until its last name goes, and `decide` skips the
 //!   in-use check while another name keeps the image;
-//! - at start, [`Node::reconcile_images`] appends what an agent that stopped between a store
+//! - at start, [`Images::reconcile`] appends what an agent that stopped between a store
 //!   change and its event left out.
 //!
-//! **For the capsule runtime:** [`Node::image_store`] is the store handle, and
-//! [`Node::ensure_image`] pulls a reference that is not stored yet (recording the pull) and
+//! **For the capsule runtime:** [`Images::store`] is the store handle, and
+//! [`Images::ensure`] pulls a reference that is not stored yet (recording the pull) and
 //! returns its [`ImageRecord`]; the unpacked layer of each `rec.layers[i]` is the directory
 //! `store.layer_path(&layer.diff_id)` (base first; overlayfs `lowerdir` lists them top first),
-//! or all at once `store.layer_dirs(reference)`. [`Node::prune_images`] refuses to collect an
+//! or all at once `store.layer_dirs(reference)`. [`Images::prune`] refuses to collect an
 //! image that a live capsule of this node uses once no reference names it.
 
 use std::collections::HashMap;
@@ -30,22 +30,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bolt_capsule::image::auth::{self, AuthError};
 use bolt_capsule::image::{
-    Credentials, Digest, ExportFormat, GcReport, ImageError, ImageRecord, ImageRef, ImageStore,
-    ImportOptions, Phase, Platform, Progress, ProgressFn, PullOptions, Pulled, PushOptions, Pushed,
-    StoreConfig,
+    Credentials, Digest, ExportFormat, ImageError, ImageRecord, ImageStore, ImportOptions, Phase,
+    Platform, Progress, ProgressFn, PullOptions, Pulled, PushOptions, StoreConfig,
 };
 use bolt_events::{NodeId, Payload};
 use bolt_state::{decide, CapsuleStatus, Command, DecideError, State};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::node::{Node, NodeError};
+use crate::wire::images::{
+    ExportView, ImageView, ProgressView, PruneView, PullView, PushView, RefView,
+};
 
 /// One step of an image operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ImagesError {
-    #[error("the image store is not open on this agent")]
-    NotOpen,
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -81,10 +80,12 @@ pub struct ImagesConfig {
     pub max_layer_bytes: Option<u64>,
 }
 
-/// The image service of a node: its store, and a lock that keeps a store change and the event
-/// recording it together.
+/// The image service of a node: its store, the node that records every change, and a lock
+/// that keeps a store change and the event recording it together. One per agent, shared as
+/// `Arc`.
 #[derive(Debug)]
 pub struct Images {
+    node: Arc<Node>,
     store: ImageStore,
     changes: tokio::sync::Mutex<()>,
 }
@@ -92,7 +93,7 @@ pub struct Images {
 impl Images {
     /// Open (creating) the store at `ROOT/images`: take its lock, clean what an interrupted
     /// pull left in its `tmp/`, and load the registry credentials. Blocking.
-    pub fn open(root: &Path, cfg: &ImagesConfig) -> Result<Images, ImagesError> {
+    pub fn open(node: Arc<Node>, root: &Path, cfg: &ImagesConfig) -> Result<Images, ImagesError> {
         let auth_path = cfg.registry_auth.clone().or_else(auth::default_config_path);
         let credentials = match &auth_path {
             Some(p) => Credentials::load(p)?,
@@ -105,6 +106,7 @@ impl Images {
             store_cfg.unpack.max_bytes = max;
         }
         Ok(Images {
+            node,
             store: ImageStore::open(store_cfg)?,
             changes: tokio::sync::Mutex::new(()),
         })
@@ -117,275 +119,7 @@ impl Images {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The JSON shapes of the image routes (server and client).
-
-/// One layer of a stored image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerView {
-    /// Compressed blob digest.
-    pub digest: String,
-    /// Uncompressed digest (names the unpacked directory).
-    pub diff_id: String,
-    /// Compressed size in bytes.
-    pub size: u64,
-    /// Media type.
-    pub media_type: String,
-}
-
-/// A stored image, as `GET /v1/images` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageView {
-    /// The normalized reference, e.g. `127.0.0.1:5000/team/app:v1`.
-    pub reference: String,
-    /// `registry/repository`.
-    pub repository: String,
-    /// The tag (None for a reference pinned by digest).
-    pub tag: Option<String>,
-    /// Manifest digest.
-    pub digest: String,
-    /// Config blob digest (the image id).
-    pub config_digest: String,
-    /// Digest of the index the manifest was picked from, if any.
-    pub index_digest: Option<String>,
-    /// Compressed size: config plus layers.
-    pub size: u64,
-    /// Operating system.
-    pub os: String,
-    /// Architecture.
-    pub architecture: String,
-    /// When the image was built (`created` of its config, RFC 3339), if it says.
-    pub created: Option<String>,
-    /// When this node stored the reference (ms since the epoch).
-    pub stored_at_ms: u64,
-    /// Layers, base first.
-    pub layers: Vec<LayerView>,
-}
-
-impl ImageView {
-    /// The view of a store record.
-    pub fn new(rec: &ImageRecord, created: Option<String>) -> ImageView {
-        let (repository, tag) = match ImageRef::parse(&rec.reference) {
-            Ok(r) => (r.name(), r.tag().map(str::to_string)),
-            Err(_) => (rec.reference.clone(), None),
-        };
-        ImageView {
-            reference: rec.reference.clone(),
-            repository,
-            tag,
-            digest: rec.manifest_digest.to_string(),
-            config_digest: rec.config_digest.to_string(),
-            index_digest: rec.index_digest.as_ref().map(Digest::to_string),
-            size: rec.size,
-            os: rec.os.clone(),
-            architecture: rec.architecture.clone(),
-            created,
-            stored_at_ms: rec.stored_at_ms,
-            layers: rec
-                .layers
-                .iter()
-                .map(|l| LayerView {
-                    digest: l.digest.to_string(),
-                    diff_id: l.diff_id.to_string(),
-                    size: l.size,
-                    media_type: l.media_type.clone(),
-                })
-                .collect(),
-        }
-    }
-}
-
-/// The result of a pull or of one imported image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PullView {
-    /// The stored image.
-    pub image: ImageView,
-    /// Blobs this operation fetched (from the registry or the archive).
-    pub fetched: Vec<String>,
-    /// Blobs that were in the store already.
-    pub reused: Vec<String>,
-    /// Layers this operation unpacked (diff_ids).
-    pub unpacked: Vec<String>,
-    /// Cursor of the last event recording it (None: the state knew it already).
-    pub cursor: Option<u64>,
-}
-
-impl PullView {
-    fn new(p: &Pulled, created: Option<String>, cursor: Option<u64>) -> PullView {
-        let strings = |v: &[Digest]| v.iter().map(Digest::to_string).collect();
-        PullView {
-            image: ImageView::new(&p.record, created),
-            fetched: strings(&p.fetched),
-            reused: strings(&p.reused),
-            unpacked: strings(&p.unpacked),
-            cursor,
-        }
-    }
-}
-
-/// A reference set or removed: the result of a tag or an `rmi`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefView {
-    /// The normalized reference.
-    pub reference: String,
-    /// The manifest digest it names (named, for a removal).
-    pub digest: String,
-    /// Cursor of the last event recording it (None: nothing to record).
-    pub cursor: Option<u64>,
-}
-
-/// The result of a push.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PushView {
-    /// The reference pushed to.
-    pub reference: String,
-    /// The manifest digest.
-    pub digest: String,
-    /// Blobs uploaded.
-    pub uploaded: Vec<String>,
-    /// Blobs the repository had already.
-    pub skipped: Vec<String>,
-}
-
-impl From<Pushed> for PushView {
-    fn from(p: Pushed) -> PushView {
-        PushView {
-            reference: p.reference,
-            digest: p.digest.to_string(),
-            uploaded: p.uploaded.iter().map(Digest::to_string).collect(),
-            skipped: p.skipped.iter().map(Digest::to_string).collect(),
-        }
-    }
-}
-
-/// What a prune removed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PruneView {
-    /// Blobs removed.
-    pub blobs: Vec<String>,
-    /// Unpacked layers removed (diff_ids).
-    pub layers: Vec<String>,
-    /// Bytes of blobs freed.
-    pub blob_bytes: u64,
-}
-
-impl From<GcReport> for PruneView {
-    fn from(r: GcReport) -> PruneView {
-        PruneView {
-            blobs: r.blobs.iter().map(Digest::to_string).collect(),
-            layers: r.layers.iter().map(Digest::to_string).collect(),
-            blob_bytes: r.blob_bytes,
-        }
-    }
-}
-
-/// The result of an export.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportView {
-    /// Where the layout was written.
-    pub path: PathBuf,
-    /// `oci-dir` or `oci-tar`.
-    pub format: String,
-    /// The references exported.
-    pub references: Vec<String>,
-}
-
-/// One progress report of a streamed operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProgressView {
-    /// The blob (for layers: the compressed digest).
-    pub digest: String,
-    /// `fetching`, `fetched`, `reused`, `unpacking`, `unpacked`, `pushing` or `pushed`.
-    pub phase: String,
-    /// Bytes done.
-    pub done: u64,
-    /// Bytes expected, when known.
-    pub total: Option<u64>,
-}
-
-/// The name of a progress phase on the wire.
-pub fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Fetching => "fetching",
-        Phase::Fetched => "fetched",
-        Phase::Reused => "reused",
-        Phase::Unpacking => "unpacking",
-        Phase::Unpacked => "unpacked",
-        Phase::Pushing => "pushing",
-        Phase::Pushed => "pushed",
-    }
-}
-
-impl From<&Progress> for ProgressView {
-    fn from(p: &Progress) -> ProgressView {
-        ProgressView {
-            digest: p.digest.to_string(),
-            phase: phase_name(p.phase).to_string(),
-            done: p.done,
-            total: p.total,
-        }
-    }
-}
-
-/// One line of a streamed answer (`application/x-ndjson`): progress lines, then exactly one
-/// `result` or `error` line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StreamLine<T> {
-    /// `{"progress": {...}}`.
-    Progress(ProgressView),
-    /// `{"result": ...}`: the operation succeeded.
-    Result(T),
-    /// `{"error": "one line"}`: the operation failed.
-    Error(String),
-}
-
-/// `POST /v1/images/pull`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PullRequest {
-    /// What to pull, e.g. `127.0.0.1:5000/app:v1`.
-    pub reference: String,
-    /// `os/arch[/variant]` to pick from an index (default linux/amd64).
-    #[serde(default)]
-    pub platform: Option<String>,
-}
-
-/// `POST /v1/images/tag`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TagRequest {
-    /// A stored reference.
-    pub source: String,
-    /// The new name.
-    pub target: String,
-}
-
-/// `POST /v1/images/push`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PushRequest {
-    /// A stored reference; pushed to the registry and repository it names.
-    pub reference: String,
-}
-
-/// `POST /v1/images/import`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImportRequest {
-    /// An OCI image layout directory or tar, or a docker-archive tar, on the agent's host.
-    pub path: PathBuf,
-    /// Name for the imported image (needed when the archive names none).
-    #[serde(default)]
-    pub reference: Option<String>,
-}
-
-/// `POST /v1/images/export`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportRequest {
-    /// Stored references to export.
-    pub references: Vec<String>,
-    /// Where to write, on the agent's host; must not exist.
-    pub path: PathBuf,
-    /// `oci-tar` (default) or `oci-dir`.
-    #[serde(default)]
-    pub format: Option<String>,
-}
+// Parsing what the requests carry.
 
 /// Parse `oci-dir` / `oci-tar` (default `oci-tar`).
 pub fn parse_format(s: Option<&str>) -> Result<ExportFormat, ImagesError> {
@@ -563,17 +297,9 @@ async fn record(
     node: &Arc<Node>,
     f: impl FnOnce(&State, NodeId) -> Result<Vec<Payload>, ImagesError> + Send + 'static,
 ) -> Result<Option<u64>, ImagesError> {
-    let node = Arc::clone(node);
-    blocking(move || {
-        let me = node.node_id();
-        let payloads = node.with_live_state(|s| f(s, me))??;
-        if payloads.is_empty() {
-            return Ok(None);
-        }
-        let appended = node.append(payloads)?;
-        Ok(appended.last().map(|a| a.cursor.0))
-    })
-    .await
+    let me = node.node_id();
+    let appended = node.record(move |s| f(s, me)).await?;
+    Ok(appended.last().map(|a| a.cursor.0))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -643,75 +369,56 @@ fn absolute(path: &Path) -> Result<(), ImagesError> {
 // ---------------------------------------------------------------------------------------------
 // The node's image operations.
 
-impl Node {
-    /// Give the node its image service (the daemon does this once at start). Returns false when
-    /// it had one already.
-    pub fn set_images(&self, images: Images) -> bool {
-        self.images.set(images).is_ok()
-    }
-
-    /// The image service, once the daemon opened it.
-    pub fn images(&self) -> Result<&Images, ImagesError> {
-        self.images.get().ok_or(ImagesError::NotOpen)
-    }
-
-    /// The image store handle (cheap to clone). For the capsule runtime: layer directories are
-    /// `store.layer_path(&layer.diff_id)` for each layer of an [`ImageRecord`].
-    pub fn image_store(&self) -> Result<ImageStore, ImagesError> {
-        Ok(self.images()?.store.clone())
-    }
-
+impl Images {
     /// The stored image `reference` names, pulled first (and the pull recorded as
     /// `image.pulled`) when it is not stored or a layer directory is missing. Its layers are
     /// unpacked under `store.layer_path(&layer.diff_id)`.
-    pub async fn ensure_image(
-        self: &Arc<Self>,
-        reference: &str,
-    ) -> Result<ImageRecord, ImagesError> {
-        let store = self.image_store()?;
+    pub async fn ensure(&self, reference: &str) -> Result<ImageRecord, ImagesError> {
+        let store = self.store.clone();
         if let Some(rec) = store.get(reference).await? {
             if store.layer_dirs(reference).await.is_ok() {
                 return Ok(rec);
             }
         }
-        let (pulled, _) = self.pull_image(reference, None, None).await?;
+        let (pulled, _) = self.pull(reference, None, None).await?;
         Ok(pulled.record)
     }
 
     /// Pull `reference` into the store and record it (`image.pulled`, after an `image.removed`
     /// of the image the reference named before when nothing else names it here). Returns what
     /// the pull did and the cursor of its last event.
-    pub async fn pull_image(
-        self: &Arc<Self>,
+    pub async fn pull(
+        &self,
         reference: &str,
         platform: Option<Platform>,
         progress: Option<ProgressFn>,
     ) -> Result<(Pulled, Option<u64>), ImagesError> {
-        let store = self.image_store()?;
+        let store = self.store.clone();
         let before = names(&store).await?;
         let opts = PullOptions { platform, progress };
         let pulled = store.pull(reference, &opts).await?;
-        let _g = self.images()?.changes.lock().await;
-        let cursor = record_stored(self, &store, std::slice::from_ref(&pulled), &before).await?;
+        let _g = self.changes.lock().await;
+        let cursor =
+            record_stored(&self.node, &store, std::slice::from_ref(&pulled), &before).await?;
         Ok((pulled, cursor))
     }
 
-    /// [`Node::pull_image`] as the API answers it.
-    pub async fn pull_image_view(
-        self: &Arc<Self>,
+    /// [`Images::pull`] as the API answers it.
+    pub async fn pull_view(
+        &self,
         reference: &str,
         platform: Option<Platform>,
         progress: Option<ProgressFn>,
     ) -> Result<PullView, ImagesError> {
-        let (pulled, cursor) = self.pull_image(reference, platform, progress).await?;
-        let store = self.image_store()?;
+        let (pulled, cursor) = self.pull(reference, platform, progress).await?;
+        let store = self.store.clone();
         let created = created_of(&store, &pulled.record.reference).await;
         Ok(PullView::new(&pulled, created, cursor))
     }
 
     /// Every stored image, sorted by reference.
-    pub async fn list_images(&self) -> Result<Vec<ImageView>, ImagesError> {
-        let store = self.image_store()?;
+    pub async fn list(&self) -> Result<Vec<ImageView>, ImagesError> {
+        let store = self.store.clone();
         let mut out = Vec::new();
         for rec in store.list().await? {
             let created = created_of(&store, &rec.reference).await;
@@ -721,13 +428,9 @@ impl Node {
     }
 
     /// Point `target` at the image `source` names, and record it (`image.tagged`).
-    pub async fn tag_image(
-        self: &Arc<Self>,
-        source: &str,
-        target: &str,
-    ) -> Result<RefView, ImagesError> {
-        let store = self.image_store()?;
-        let _g = self.images()?.changes.lock().await;
+    pub async fn tag(&self, source: &str, target: &str) -> Result<RefView, ImagesError> {
+        let store = self.store.clone();
+        let _g = self.changes.lock().await;
         let old = store.get(target).await?;
         let tagged = store.tag(source, target).await?;
         let rec = store.require(&tagged.reference).await?;
@@ -738,7 +441,7 @@ impl Node {
         });
         let cursor = {
             let rec = rec.clone();
-            record(self, move |s, me| {
+            record(&self.node, move |s, me| {
                 let old = old.as_ref().map(|(d, h)| (d.as_str(), *h));
                 naming_payloads(s, me, &rec, old, true)
             })
@@ -751,15 +454,15 @@ impl Node {
         })
     }
 
-    /// Forget `reference` (its blobs stay until [`Node::prune_images`]) and record it
+    /// Forget `reference` (its blobs stay until [`Images::prune`]) and record it
     /// (`image.removed`). Refused, before anything changes, while a capsule of this node uses
     /// the image and no other reference names it here.
-    pub async fn remove_image(self: &Arc<Self>, reference: &str) -> Result<RefView, ImagesError> {
-        let store = self.image_store()?;
-        let _g = self.images()?.changes.lock().await;
+    pub async fn remove(&self, reference: &str) -> Result<RefView, ImagesError> {
+        let store = self.store.clone();
+        let _g = self.changes.lock().await;
         let rec = store.require(reference).await?;
         let payloads = {
-            let node = Arc::clone(self);
+            let node = Arc::clone(&self.node);
             let rec = rec.clone();
             blocking(move || {
                 let me = node.node_id();
@@ -771,7 +474,7 @@ impl Node {
         let cursor = if payloads.is_empty() {
             None
         } else {
-            let node = Arc::clone(self);
+            let node = Arc::clone(&self.node);
             blocking(move || Ok(node.append(payloads)?.last().map(|a| a.cursor.0))).await?
         };
         Ok(RefView {
@@ -783,11 +486,11 @@ impl Node {
 
     /// Remove every blob and unpacked layer no stored reference uses. Refused when a live
     /// capsule of this node uses an image no reference names any more.
-    pub async fn prune_images(self: &Arc<Self>) -> Result<PruneView, ImagesError> {
-        let store = self.image_store()?;
-        let _g = self.images()?.changes.lock().await;
+    pub async fn prune(&self) -> Result<PruneView, ImagesError> {
+        let store = self.store.clone();
+        let _g = self.changes.lock().await;
         let in_use: Vec<(String, String)> = {
-            let node = Arc::clone(self);
+            let node = Arc::clone(&self.node);
             blocking(move || {
                 let me = node.node_id();
                 Ok(node.with_live_state(|s| {
@@ -815,12 +518,12 @@ impl Node {
 
     /// Push a stored image to the registry its reference names (nothing is recorded: the node
     /// did not change).
-    pub async fn push_image(
+    pub async fn push(
         &self,
         reference: &str,
         progress: Option<ProgressFn>,
     ) -> Result<PushView, ImagesError> {
-        let store = self.image_store()?;
+        let store = self.store.clone();
         Ok(store
             .push(reference, &PushOptions { progress })
             .await?
@@ -829,22 +532,22 @@ impl Node {
 
     /// Import the images of an archive or layout at `path` (on this host) and record each
     /// (`image.pulled`).
-    pub async fn import_images(
-        self: &Arc<Self>,
+    pub async fn import(
+        &self,
         path: &Path,
         reference: Option<String>,
         progress: Option<ProgressFn>,
     ) -> Result<Vec<PullView>, ImagesError> {
         absolute(path)?;
-        let store = self.image_store()?;
+        let store = self.store.clone();
         let before = names(&store).await?;
         let opts = ImportOptions {
             reference,
             progress,
         };
         let pulled = store.import(path, &opts).await?;
-        let _g = self.images()?.changes.lock().await;
-        let cursor = record_stored(self, &store, &pulled, &before).await?;
+        let _g = self.changes.lock().await;
+        let cursor = record_stored(&self.node, &store, &pulled, &before).await?;
         let mut out = Vec::new();
         for p in &pulled {
             let created = created_of(&store, &p.record.reference).await;
@@ -855,14 +558,14 @@ impl Node {
 
     /// Export stored images as an OCI layout (directory or tar) at `path` (on this host; it
     /// must not exist).
-    pub async fn export_images(
+    pub async fn export(
         &self,
         references: &[String],
         path: &Path,
         format: ExportFormat,
     ) -> Result<ExportView, ImagesError> {
         absolute(path)?;
-        let store = self.image_store()?;
+        let store = self.store.clone();
         store.export(references, path, format).await?;
         let mut refs = Vec::new();
         for r in references {
@@ -880,16 +583,16 @@ impl Node {
     /// like one (`image.pulled`, after an `image.removed` of the image the reference named
     /// before when nothing else names it here), so `bolt images` lists it and `bolt run` runs
     /// it. Returns the new layer's diff_id and the stored image.
-    pub async fn commit_image(
-        self: &Arc<Self>,
+    pub async fn commit(
+        &self,
         req: &bolt_capsule::storage::commit::ImageCommit,
     ) -> Result<(String, PullView), ImagesError> {
-        let store = self.image_store()?;
+        let store = self.store.clone();
         let before = names(&store).await?;
         let done = bolt_capsule::storage::commit::commit_image(&store, req).await?;
-        let _g = self.images()?.changes.lock().await;
+        let _g = self.changes.lock().await;
         let pulled = std::slice::from_ref(&done.pulled);
-        let cursor = record_stored(self, &store, pulled, &before).await?;
+        let cursor = record_stored(&self.node, &store, pulled, &before).await?;
         let created = created_of(&store, &done.pulled.record.reference).await;
         Ok((
             done.layer.diff_id.to_string(),
@@ -900,11 +603,11 @@ impl Node {
     /// Make the state say what the store holds (what an agent that stopped between a store
     /// change and its event left out). Called by the daemon at start. Returns the events
     /// appended.
-    pub async fn reconcile_images(self: &Arc<Self>) -> Result<usize, ImagesError> {
-        let store = self.image_store()?;
-        let _g = self.images()?.changes.lock().await;
+    pub async fn reconcile(&self) -> Result<usize, ImagesError> {
+        let store = self.store.clone();
+        let _g = self.changes.lock().await;
         let records = store.list().await?;
-        let node = Arc::clone(self);
+        let node = Arc::clone(&self.node);
         blocking(move || {
             let me = node.node_id();
             let payloads = node.with_live_state(|s| reconcile_payloads(s, me, &records))?;

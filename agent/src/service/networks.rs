@@ -28,9 +28,10 @@ use bolt_capsule::net::{
 use bolt_events::payload::NetworkEvent;
 use bolt_events::Payload;
 use bolt_state::{decide, CapsuleStatus, Command, DecideError, NetworkInfo, State};
-use serde::{Deserialize, Serialize};
 
 use crate::node::{Node, NodeError};
+use crate::wire::capsules::short;
+use crate::wire::networks::{CreateNetworkRequest, NetworkView};
 
 /// The default network's name (`--network bridge`, the default of `bolt run` is `none`).
 pub const DEFAULT_NETWORK: &str = "bridge";
@@ -78,57 +79,21 @@ impl From<DecideError> for NetworkError {
     }
 }
 
-/// A network as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkView {
-    /// Name.
-    pub name: String,
-    /// Driver (`bridge`).
-    pub driver: String,
-    /// Subnet, CIDR.
-    pub subnet: String,
-    /// Gateway (the bridge's address).
-    pub gateway: Ipv4Addr,
-    /// MTU.
-    pub mtu: u32,
-    /// The Linux bridge.
-    pub bridge: String,
-    /// Address -> capsule id.
-    pub capsules: Vec<(Ipv4Addr, String)>,
-}
-
-impl NetworkView {
-    /// The view of a network of the state.
-    pub fn of(n: &NetworkInfo) -> NetworkView {
-        NetworkView {
-            name: n.name.clone(),
-            driver: n.driver.clone(),
-            subnet: n.subnet.clone(),
-            gateway: n.gateway,
-            mtu: n.mtu,
-            bridge: bridge_of(&n.name),
-            capsules: n
-                .allocations
-                .iter()
-                .map(|(ip, c)| (*ip, c.clone()))
-                .collect(),
-        }
+/// The view of a network of the state.
+pub fn network_view(n: &NetworkInfo) -> NetworkView {
+    NetworkView {
+        name: n.name.clone(),
+        driver: n.driver.clone(),
+        subnet: n.subnet.clone(),
+        gateway: n.gateway,
+        mtu: n.mtu,
+        bridge: bridge_of(&n.name),
+        capsules: n
+            .allocations
+            .iter()
+            .map(|(ip, c)| (*ip, c.clone()))
+            .collect(),
     }
-}
-
-/// `POST /v1/networks`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CreateNetworkRequest {
-    /// Name.
-    pub name: String,
-    /// Subnet, `A.B.C.D/LEN`.
-    pub subnet: String,
-    /// Gateway (default: the first host address).
-    #[serde(default)]
-    pub gateway: Option<Ipv4Addr>,
-    /// MTU (0 or absent: 1500).
-    #[serde(default)]
-    pub mtu: u32,
 }
 
 /// The bridge interface of network `name`.
@@ -148,35 +113,6 @@ pub fn bridge_network(n: &NetworkInfo) -> Result<BridgeNetwork, HostError> {
     } else {
         Ok(net)
     }
-}
-
-/// What `--network` asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NetworkChoice {
-    /// Only `lo`.
-    None,
-    /// The host's namespace.
-    Host,
-    /// A bridge network by name.
-    Bridge(String),
-}
-
-/// Parses `--network` and `-p` before anything is made: `-p` needs a bridge network.
-pub fn plan(network: &str, ports: &[String]) -> Result<(NetworkChoice, Vec<PortSpec>), String> {
-    let choice = match network {
-        "none" => NetworkChoice::None,
-        "host" => NetworkChoice::Host,
-        "" => return Err("empty --network".into()),
-        n if crate::service::capsules::valid_name(n) => NetworkChoice::Bridge(n.to_owned()),
-        n => return Err(format!("invalid network name {n:?}")),
-    };
-    let specs = ports::parse_all(ports).map_err(|e| e.to_string())?;
-    if !specs.is_empty() && !matches!(choice, NetworkChoice::Bridge(_)) {
-        return Err(format!(
-            "published ports need a bridge network (--network bridge), not {network}"
-        ));
-    }
-    Ok((choice, specs))
 }
 
 /// A capsule's namespace, attached and holding its address. Dropping it without
@@ -411,14 +347,14 @@ impl Networks {
 
     /// `bolt network ls`.
     pub async fn list(self: &Arc<Self>) -> Result<Vec<NetworkView>, NetworkError> {
-        self.state(|s| s.networks.values().map(NetworkView::of).collect())
+        self.state(|s| s.networks.values().map(network_view).collect())
             .await
     }
 
     /// `bolt network inspect`.
     pub async fn inspect(self: &Arc<Self>, name: &str) -> Result<NetworkView, NetworkError> {
         let n = name.to_owned();
-        self.state(move |s| s.networks.get(&n).map(NetworkView::of))
+        self.state(move |s| s.networks.get(&n).map(network_view))
             .await?
             .ok_or_else(|| NetworkError::NotFound(name.to_owned()))
     }
@@ -587,7 +523,7 @@ impl Networks {
                 .blocking(move |_| bolt_capsule::net::link::remove(&ns, &veth))
                 .await;
             if let Ok(Err(e)) = removed {
-                tracing::debug!(capsule = %crate::service::capsules::short(capsule), "delete the veth: {e}");
+                tracing::debug!(capsule = %short(capsule), "delete the veth: {e}");
             }
         }
         let _ops = self.ops.lock().await;
@@ -603,7 +539,7 @@ impl Networks {
         if attached {
             let c = capsule.to_owned();
             if let Err(e) = self.with_host(move |h| h.detach(&c).map(|_| ())).await {
-                tracing::warn!(capsule = %crate::service::capsules::short(capsule), "detach: {e}");
+                tracing::warn!(capsule = %short(capsule), "detach: {e}");
             }
         }
     }
@@ -691,7 +627,7 @@ impl Networks {
                 }
                 let specs = ports::parse_all(&ports).unwrap_or_default();
                 if let Err(e) = h.adopt(&n, &c, ip, &specs) {
-                    tracing::warn!(capsule = %crate::service::capsules::short(&c), "adopt: {e}");
+                    tracing::warn!(capsule = %short(&c), "adopt: {e}");
                 }
             }
             let gone = h.cleanup_leftovers(known.iter().map(String::as_str))?;
@@ -761,6 +697,7 @@ pub fn resolv_conf(host: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::wire::networks::{plan, NetworkChoice};
 
     #[test]
     fn network_and_ports_parse_before_anything_is_made() {

@@ -11,20 +11,19 @@
 //! layer) or `volume:NAME` (a named volume). Docker has no snapshots, hence the explicit kind.
 //!
 //! `bolt commit` turns a capsule's writable layer into a new image through
-//! [`Node::commit_image`](crate::node::Node::commit_image) (recorded as `image.pulled`).
+//! [`Images::commit`] (recorded as `image.pulled`).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bolt_capsule::storage::commit::{ConfigChanges, ImageCommit};
 use bolt_capsule::storage::{Backend, CommitOptions, FsKind, SnapshotError, Storage, Target};
 use bolt_events::payload::{SNAPSHOT_CAPSULE, SNAPSHOT_VOLUME};
 use bolt_state::{decide, CapsuleStatus, Command, DecideError, SnapshotInfo, State};
-use serde::{Deserialize, Serialize};
 
 use crate::service::capsules::{find, CapsuleError, Capsules};
-use crate::service::images::{ImagesError, PullView};
+use crate::service::images::{Images, ImagesError};
+use crate::wire::snapshots::{CommitRequest, CommitView, SnapshotView};
 
 /// One step of a snapshot or commit operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,85 +95,6 @@ impl std::fmt::Display for TargetArg {
     }
 }
 
-/// A snapshot as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotView {
-    /// `capsule` or `volume`.
-    pub target_kind: String,
-    /// The capsule id or the volume name.
-    pub target: String,
-    /// The capsule's name (the volume's name for a volume).
-    pub target_name: String,
-    /// The snapshot's name.
-    pub name: String,
-    /// When it was taken (HLC physical time, ms since the epoch).
-    pub created_ms: u64,
-    /// How many times it was restored.
-    pub restores: u32,
-    /// When it was last restored (ms since the epoch).
-    pub restored_ms: Option<u64>,
-    /// The node holding it (short id).
-    pub node: String,
-    /// The read-only subvolume on that node.
-    pub path: PathBuf,
-}
-
-/// `POST /v1/commit` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitRequest {
-    /// Capsule name, id or unique id prefix.
-    pub capsule: String,
-    /// The new image's reference (`repo[:tag]`).
-    pub reference: String,
-    /// History comment (`-m`).
-    #[serde(default)]
-    pub comment: Option<String>,
-    /// Author (`-a`).
-    #[serde(default)]
-    pub author: Option<String>,
-    /// Dockerfile instructions to apply (`-c`): `CMD`, `ENTRYPOINT`, `ENV`.
-    #[serde(default)]
-    pub changes: Vec<String>,
-    /// Freeze a running capsule's cgroup while its layer is read (`-p`, default true, as
-    /// `docker commit --pause`).
-    #[serde(default = "default_pause")]
-    pub pause: bool,
-}
-
-fn default_pause() -> bool {
-    true
-}
-
-impl Default for CommitRequest {
-    fn default() -> Self {
-        Self {
-            capsule: String::new(),
-            reference: String::new(),
-            comment: None,
-            author: None,
-            changes: Vec::new(),
-            pause: true,
-        }
-    }
-}
-
-/// What `bolt commit` made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitView {
-    /// The capsule committed (id).
-    pub capsule: String,
-    /// The new layer's diff_id.
-    pub diff_id: String,
-    /// The stored image.
-    pub image: PullView,
-    /// Whether the capsule was frozen while its layer was read.
-    #[serde(default)]
-    pub paused: bool,
-    /// Why a running capsule was committed live although pausing was asked (rootless).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
 /// Why a rootless agent commits a running capsule without pausing it.
 pub const ROOTLESS_PAUSE_NOTE: &str =
     "rootless: the capsule has no cgroup to freeze; committed without pausing";
@@ -239,7 +159,7 @@ pub fn restore_in_use(state: &State) -> BTreeSet<Target> {
     {
         out.insert(Target::Capsule(c.id.clone()));
         for m in &c.spec.mounts {
-            if let Some(src) = m.split(':').next().filter(|s| !s.starts_with('/')) {
+            if let Some(src) = bolt_state::rules::mounted_volume(m) {
                 out.insert(Target::Volume(src.to_owned()));
             }
         }
@@ -394,12 +314,13 @@ struct Decided<'a> {
 #[derive(Debug, Clone)]
 pub struct Snapshots {
     caps: Arc<Capsules>,
+    images: Arc<Images>,
 }
 
 impl Snapshots {
-    /// Over the node's capsule manager (its storage and state).
-    pub fn new(caps: Arc<Capsules>) -> Snapshots {
-        Snapshots { caps }
+    /// Over the node's capsule manager (its storage and state) and image store (commits).
+    pub fn new(caps: Arc<Capsules>, images: Arc<Images>) -> Arc<Snapshots> {
+        Arc::new(Snapshots { caps, images })
     }
 
     /// Checks for btrfs, takes the node's operations lock and decides `change` of snapshot
@@ -536,7 +457,7 @@ impl Snapshots {
         changes.comment = req.comment.clone();
         let key = req.capsule.clone();
         let info = self.caps.state(move |s| find(s, &key).cloned()).await??;
-        let store = self.caps.node().image_store()?;
+        let store = self.images.store().clone();
         // The base is the image the capsule was created from, by digest: its reference may
         // name another image by now.
         let records = store.list().await.map_err(ImagesError::from)?;
@@ -594,7 +515,7 @@ impl Snapshots {
             None
         };
         let paused = frozen.is_some();
-        let result = self.caps.node().commit_image(&commit).await;
+        let result = self.images.commit(&commit).await;
         if let Some(frozen) = frozen {
             let thawed = tokio::task::spawn_blocking(move || frozen.thaw())
                 .await

@@ -1,10 +1,90 @@
-//! The JSON shapes of the `/v1` API, shared by the server (`api`) and the client (`client`).
+//! The shapes both sides of the `/v1` API speak: paths and routes, request and view types, the
+//! attach framing, name rules, size/cpu/duration parsing and `--network` parsing. The server
+//! (`api`, `service`) and the client (`client`, `cli`) both import it.
 //!
-//! Payloads travel as `serde_json::Value` so an older client still shows events of kinds it does
-//! not know.
+//! This layer never imports another agent module: it is the bottom of the agent's layers
+//! (`agent/tests/layers.rs` keeps the rule). Event payloads travel as `serde_json::Value` so an
+//! older client still shows events of kinds it does not know.
+
+pub mod capsules;
+pub mod frame;
+pub mod images;
+pub mod networks;
+pub mod parse;
+pub mod snapshots;
+pub mod time;
+pub mod volumes;
 
 use bolt_events::{Appended, Cursor, Hash, NodeId, VerifyReport};
 use serde::{Deserialize, Serialize};
+
+/// `GET /v1/info`.
+pub const PATH_INFO: &str = "/v1/info";
+/// `GET /v1/events`.
+pub const PATH_EVENTS: &str = "/v1/events";
+/// `GET /v1/events/verify`.
+pub const PATH_VERIFY: &str = "/v1/events/verify";
+/// `GET /v1/events/stream` (WebSocket).
+pub const PATH_STREAM: &str = "/v1/events/stream";
+/// `GET /v1/state`.
+pub const PATH_STATE: &str = "/v1/state";
+/// `GET /v1/state/hash`.
+pub const PATH_STATE_HASH: &str = "/v1/state/hash";
+/// `GET /v1/openapi.json`.
+pub const PATH_OPENAPI: &str = "/v1/openapi.json";
+/// `GET /metrics` (Prometheus text).
+pub const PATH_METRICS: &str = "/metrics";
+
+/// Every route the agent serves.
+pub const ROUTES: [&str; 34] = [
+    PATH_INFO,
+    PATH_EVENTS,
+    PATH_VERIFY,
+    PATH_STREAM,
+    PATH_STATE,
+    PATH_STATE_HASH,
+    PATH_OPENAPI,
+    PATH_METRICS,
+    images::PATH_IMAGES,
+    images::PATH_IMAGE,
+    images::PATH_PULL,
+    images::PATH_TAG,
+    images::PATH_PUSH,
+    images::PATH_PRUNE,
+    images::PATH_IMPORT,
+    images::PATH_EXPORT,
+    capsules::PATH_CAPSULES,
+    capsules::PATH_CAPSULE,
+    capsules::PATH_STOP,
+    capsules::PATH_START,
+    capsules::PATH_KILL,
+    capsules::PATH_LOGS,
+    capsules::PATH_ATTACH,
+    capsules::PATH_EXEC,
+    capsules::PATH_TOP,
+    networks::PATH_NETWORKS,
+    networks::PATH_NETWORK,
+    volumes::PATH_VOLUMES,
+    volumes::PATH_VOLUME,
+    volumes::PATH_VOLUMES_PRUNE,
+    snapshots::PATH_SNAPSHOTS,
+    snapshots::PATH_SNAPSHOT,
+    snapshots::PATH_SNAPSHOT_RESTORE,
+    snapshots::PATH_COMMIT,
+];
+
+/// Default interval between state snapshots, in events (`bolt agent --snapshot-every`).
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+
+/// The default `--default-network` of `bolt agent`: `bridge` as root (docker's default), `none`
+/// rootless (bridges need root).
+pub fn default_network() -> &'static str {
+    if nix::unistd::geteuid().is_root() {
+        "bridge"
+    } else {
+        "none"
+    }
+}
 
 /// One event as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,11 +198,15 @@ pub struct HashView {
     pub hash: Hash,
 }
 
-/// The body of every error response.
+/// The body of every error response: `{"error": "..."}`, plus docker's `exit_code` (125, 126,
+/// 127) when a capsule could not be started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// What went wrong, one line.
     pub error: String,
+    /// docker's exit code for a failed start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 /// The query of `GET /v1/events` and `GET /v1/events/stream`.

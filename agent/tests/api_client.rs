@@ -1,0 +1,74 @@
+//! The client against a served API: the event stream's backlog, live events, resume and
+//! shutdown, and the one-line error of an agent that is not there.
+#![allow(clippy::unwrap_used)]
+
+use std::future::IntoFuture;
+use std::path::Path;
+use std::sync::Arc;
+
+use bolt_agent::api::node_router as router;
+use bolt_agent::client::{Client, ClientError};
+use bolt_agent::node::{Node, NodeOptions};
+use bolt_events::{Cursor, Log, NodeKey};
+
+const SEED: [u8; 32] = [7; 32];
+
+/// A node on a fresh log in `dir`, started once (cursor 1 is its `node.started`).
+fn started_node(dir: &Path) -> Arc<Node> {
+    let log = Log::open(&dir.join("events.redb"), NodeKey::from_seed(SEED)).unwrap();
+    let mut opts = NodeOptions::for_this_host();
+    opts.name = "test-node".into();
+    let node = Node::open(log, opts).unwrap();
+    node.start().unwrap();
+    node
+}
+
+#[tokio::test]
+async fn stream_sends_the_backlog_then_live_events_and_resumes_from_a_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = started_node(dir.path());
+    let sock = dir.path().join("api.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let server = tokio::spawn(axum::serve(listener, router(Arc::clone(&node))).into_future());
+    let client = Client::new(&sock);
+
+    let info = client.info().await.unwrap();
+    assert_eq!(info.node_id, node.node_id());
+
+    let mut stream = client.stream(Cursor(0)).await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!((first.cursor, first.kind.as_str()), (1, "node.started"));
+    let stopping = Arc::clone(&node);
+    tokio::task::spawn_blocking(move || stopping.stop("live").unwrap())
+        .await
+        .unwrap();
+    let live = stream.next().await.unwrap().unwrap();
+    assert_eq!((live.cursor, live.kind.as_str()), (2, "node.stopped"));
+    drop(stream);
+
+    let mut resumed = client.stream(Cursor(1)).await.unwrap();
+    let again = resumed.next().await.unwrap().unwrap();
+    assert_eq!(again, live, "resuming after cursor 1 starts at cursor 2");
+
+    node.begin_shutdown();
+    assert!(resumed.next().await.is_none(), "shutdown closes the stream");
+    drop(resumed);
+    assert!(node.drain_streams(std::time::Duration::from_secs(10)).await);
+    let refused = client.stream(Cursor(0)).await;
+    assert!(refused.is_err(), "no new stream once shutting down");
+    server.abort();
+}
+
+#[tokio::test]
+async fn client_says_it_cannot_reach_a_missing_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    let err = Client::new(&sock).info().await.unwrap_err();
+    assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+    let line = err.to_string();
+    assert!(line.starts_with(&format!(
+        "cannot reach the bolt agent at {}: ",
+        sock.display()
+    )));
+    assert!(!line.contains('\n'));
+}
