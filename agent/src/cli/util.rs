@@ -15,7 +15,7 @@ pub(crate) fn block_on<T>(fut: impl Future<Output = Result<T, CliError>>) -> Res
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
-    Ok(rt.block_on(fut)?)
+    rt.block_on(fut)
 }
 
 /// A JSON encoding or decoding failure as the CLI reports it.
