@@ -78,3 +78,36 @@ impl Decoder {
         Ok(Some((kind, payload)))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::wire::frame;
+
+    #[test]
+    fn frames_round_trip_across_split_reads() {
+        let mut bytes = frame::encode(frame::STDOUT, b"hello");
+        bytes.extend(frame::encode(frame::RESIZE, &frame::resize(24, 80)));
+        bytes.extend(frame::encode(frame::STDIN_EOF, b""));
+        let mut d = frame::Decoder::default();
+        let mut got = Vec::new();
+        for b in bytes {
+            d.push(&[b]);
+            while let Some(f) = d.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], (frame::STDOUT, b"hello".to_vec()));
+        assert_eq!(frame::parse_resize(&got[1].1), Some((24, 80)));
+        assert_eq!(got[2], (frame::STDIN_EOF, Vec::new()));
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused() {
+        let mut d = frame::Decoder::default();
+        d.push(&[frame::STDIN]);
+        d.push(&(u32::MAX).to_le_bytes());
+        assert!(d.next_frame().is_err());
+    }
+}
