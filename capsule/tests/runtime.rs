@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bolt_capsule::runtime::cgroup::{self, BOLT_PARENT};
-use bolt_capsule::runtime::supervisor::{self, Adopted, SuperviseOptions};
 use bolt_capsule::runtime::{
     oci, CapsuleSpec, ExecSpec, ExitStatus, Hierarchy, NetworkMode, Rlimit, RlimitKind, Rootfs,
     Runtime, RuntimeError, Stdio, StdioSlot,
@@ -580,81 +579,6 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-#[test]
-fn supervisor_records_pid_logs_and_exit() {
-    if !root_or_skip("supervisor_records_pid_logs_and_exit") {
-        return;
-    }
-    let fx = Fixture::new("sup");
-    let state = fx.dir.path().join("state");
-    let spec = fx.spec(&["sh", "-c", "echo out; echo err >&2; echo partial; exit 3"]);
-    let status = supervisor::supervise(&spec, &state).unwrap();
-    assert_eq!(status.exit_code(), 3);
-    let Adopted::Exited(exit) = supervisor::adopt(&state).unwrap() else {
-        panic!("expected an exit record")
-    };
-    assert_eq!(exit.exit_code, 3);
-    let logs = supervisor::read_logs(&state).unwrap();
-    let text: Vec<(String, String)> = logs.into_iter().map(|l| (l.stream, l.line)).collect();
-    assert!(text.contains(&("stdout".into(), "out".into())), "{text:?}");
-    assert!(text.contains(&("stderr".into(), "err".into())), "{text:?}");
-    assert!(
-        text.contains(&("stdout".into(), "partial".into())),
-        "{text:?}"
-    );
-    fx.finish();
-}
-
-#[test]
-fn supervised_capsule_is_adopted_while_running_and_after_exit() {
-    if !root_or_skip("supervised_capsule_is_adopted_while_running_and_after_exit") {
-        return;
-    }
-    let fx = Fixture::new("adopt");
-    let state = fx.dir.path().join("state");
-    let spec = fx.spec(&["sleep", "60"]);
-    let thread_state = state.clone();
-    let supervisor = std::thread::spawn(move || {
-        let rt = Runtime::new().unwrap();
-        supervisor::supervise_with(&rt, &spec, &thread_state, &SuperviseOptions::default())
-    });
-    wait_for("pid.json", || state.join("pid.json").exists());
-    let Adopted::Running {
-        record,
-        supervisor_alive,
-    } = supervisor::adopt(&state).unwrap()
-    else {
-        panic!("expected a running capsule")
-    };
-    assert!(supervisor_alive);
-    // The agent side stops it by pid (verified by the start time in the record).
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(record.pid), Signal::SIGKILL).unwrap();
-    let status = supervisor.join().unwrap().unwrap();
-    assert_eq!(status.signal, Some(9));
-    let Adopted::Exited(exit) = supervisor::adopt(&state).unwrap() else {
-        panic!("expected an exit record")
-    };
-    assert_eq!(exit.exit_code, 137);
-    fx.finish();
-}
-
-#[test]
-fn supervisor_records_a_start_failure() {
-    if !root_or_skip("supervisor_records_a_start_failure") {
-        return;
-    }
-    let fx = Fixture::new("supfail");
-    let state = fx.dir.path().join("state");
-    let err = supervisor::supervise(&fx.spec(&["missing"]), &state).unwrap_err();
-    assert!(err.to_string().contains("not found"), "{err}");
-    let Adopted::Exited(exit) = supervisor::adopt(&state).unwrap() else {
-        panic!("expected an exit record")
-    };
-    assert_eq!(exit.exit_code, 127);
-    assert!(exit.status.is_none());
-    fx.finish();
 }
 
 /// runc takes the same bundle and prints the same view of the capsule.

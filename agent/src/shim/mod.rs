@@ -7,9 +7,8 @@
 //!
 //! It keeps the file formats of [`bolt_capsule::runtime::supervisor`] (`pid.json`,
 //! `exit.json`, `log`, `log.1`, ...), so [`adopt`](bolt_capsule::runtime::adopt) and
-//! [`read_logs`](bolt_capsule::runtime::supervisor::read_logs) work on its directory. It does
-//! not call `supervise()` itself because that one keeps stdin on `/dev/null`, has no pty and
-//! no way to tell the agent that the capsule started: this loop adds those and nothing else.
+//! [`read_logs`](bolt_capsule::runtime::supervisor::read_logs) work on its directory. The
+//! loop over stdio and attach clients is [`serve`]. Imports only [`crate::wire`] (framing).
 //!
 //! Files in `DIR` (see also docs/runtime.md):
 //!
@@ -172,20 +171,19 @@ impl SupervisorConfig {
         serde_json::from_slice(&bytes).map_err(|source| SupervisorError::Config { path, source })
     }
 
-    /// Writes `DIR/config.json` atomically.
+    /// Writes `DIR/config.json` atomically and durably (temporary file, fsync, rename): a
+    /// capsule restarted after a host crash is started from it.
     pub fn store(&self, dir: &Path) -> Result<(), SupervisorError> {
-        let path = dir.join(CONFIG);
-        let bytes = serde_json::to_vec_pretty(self).map_err(|source| SupervisorError::Config {
-            path: path.clone(),
-            source,
-        })?;
-        replace_file(&path, &bytes)
+        Ok(bolt_capsule::runtime::supervisor::write_record(
+            &dir.join(CONFIG),
+            self,
+        )?)
     }
 }
 
-/// Replaces `path` atomically (temporary file, rename) without an fsync: the files of a capsule
-/// directory must survive a crash of the agent or the supervisor, not of the host (which ends
-/// the capsule too), and a start should not wait for the disk.
+/// Replaces `path` atomically (temporary file, rename) without an fsync, for `pid.json`: it must
+/// survive a crash of the agent or the supervisor, not of the host (which ends the capsule too),
+/// and a start should not wait for the disk. `config.json` and `exit.json` are fsynced.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), SupervisorError> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
@@ -255,13 +253,13 @@ fn close_reports() {
     }
 }
 
+/// `exit.json`, fsynced: how the capsule ended must survive a host crash (the agent folds it
+/// into `capsule.exited` when it next runs).
 fn write_exit(dir: &Path, record: &ExitRecord) -> Result<(), SupervisorError> {
-    let path = dir.join(files::EXIT);
-    let bytes = serde_json::to_vec(record).map_err(|source| SupervisorError::Config {
-        path: path.clone(),
-        source,
-    })?;
-    replace_file(&path, &bytes)
+    Ok(bolt_capsule::runtime::supervisor::write_record(
+        &dir.join(files::EXIT),
+        record,
+    )?)
 }
 
 fn run(dir: &Path) -> Result<i32, SupervisorError> {

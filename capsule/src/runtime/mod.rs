@@ -38,7 +38,7 @@ pub use spec::{
     CapsuleSpec, Mount, NetworkMode, Resources, Rlimit, RlimitKind, Rootfs, SpecError,
     TmpfsOptions, User,
 };
-pub use supervisor::{adopt, supervise, Adopted, SuperviseOptions, SupervisorError};
+pub use supervisor::{adopt, Adopted, SuperviseOptions, SupervisorError};
 pub use userns::{IdMap, MapWriter, UserNamespace, UserNamespaceError};
 
 use crate::sys::{clone_child, detached_tree, ns, ExecArgs, LinuxSyscall};

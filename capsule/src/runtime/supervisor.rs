@@ -1,9 +1,9 @@
-//! The per-capsule supervisor's core (Bolt's containerd-shim).
+//! The per-capsule supervisor's records (Bolt's containerd-shim) and the reading side of them.
 //!
-//! A `bolt` subcommand runs [`supervise`] in its own (double-forked, `setsid`) process: it is the
-//! capsule's parent, holds its stdio and collects its exit status, so the capsule outlives an
-//! agent crash. Everything it knows goes to files in the state directory, each replaced
-//! atomically (write to a temporary file, fsync, rename):
+//! The supervisor itself is the agent's `bolt supervise DIR` process (`bolt-agent`'s `shim`
+//! module): it is the capsule's parent, holds its stdio and collects its exit status, so the
+//! capsule outlives an agent crash. Everything it knows goes to files in the state directory,
+//! in the formats defined here, each replaced atomically (a temporary file, then a rename):
 //!
 //! - `pid.json`: the capsule's host pid, its start time (from `/proc/<pid>/stat`, against pid
 //!   reuse) and the supervisor's pid, written once the capsule runs;
@@ -14,14 +14,12 @@
 //! the capsule still runs, has exited (and how), or was lost.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
 
-use super::{CapsuleSpec, ExitStatus, Runtime, RuntimeError, Stdio, StdioSlot};
+use super::{ExitStatus, RuntimeError};
 
 /// Errors of the supervisor.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +140,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SupervisorError> {
     fs::rename(&tmp, path).map_err(state_err("rename", path))
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SupervisorError> {
+/// Writes `value` as JSON to `path` with [`write_atomic`] (fsynced): how the supervisor
+/// records how a capsule ended, so the record survives a host crash.
+pub fn write_record<T: Serialize>(path: &Path, value: &T) -> Result<(), SupervisorError> {
     let bytes = serde_json::to_vec(value).map_err(|source| SupervisorError::Parse {
         path: path.to_owned(),
         source,
@@ -210,155 +210,6 @@ pub fn adopt(state_dir: &Path) -> Result<Adopted, SupervisorError> {
         return Ok(Adopted::Exited(exit));
     }
     Ok(Adopted::Lost(record))
-}
-
-/// Starts `spec` with a detected runtime and default log rotation, and supervises it until it
-/// exits. See [`supervise_with`].
-pub fn supervise(spec: &CapsuleSpec, state_dir: &Path) -> Result<ExitStatus, SupervisorError> {
-    let runtime = Runtime::new()?;
-    supervise_with(&runtime, spec, state_dir, &SuperviseOptions::default())
-}
-
-/// The supervisor: starts the capsule with stdin on `/dev/null` and stdout/stderr on pipes,
-/// writes `pid.json`, copies output to the rotated log, waits, writes `exit.json`, removes the
-/// capsule's cgroup. A start failure is recorded in `exit.json` too (with 125/126/127).
-pub fn supervise_with(
-    runtime: &Runtime,
-    spec: &CapsuleSpec,
-    state_dir: &Path,
-    opts: &SuperviseOptions,
-) -> Result<ExitStatus, SupervisorError> {
-    fs::create_dir_all(state_dir).map_err(state_err("create", state_dir))?;
-    let (out_r, out_w) = super::pipe()?;
-    let (err_r, err_w) = super::pipe()?;
-    let stdio = Stdio {
-        stdin: StdioSlot::Null,
-        stdout: StdioSlot::Fd(out_w),
-        stderr: StdioSlot::Fd(err_w),
-        terminal: false,
-    };
-    let mut capsule = match runtime.spawn(spec, stdio) {
-        Ok(c) => c,
-        Err(e) => {
-            write_json(
-                &state_dir.join(files::EXIT),
-                &ExitRecord {
-                    status: None,
-                    error: Some(e.to_string()),
-                    exit_code: e.exit_code(),
-                    finished_at_ms: now_ms(),
-                },
-            )?;
-            return Err(e.into());
-        }
-    };
-    let start_time = proc_stat(capsule.pid()).map_or(0, |(_, t)| t);
-    write_json(
-        &state_dir.join(files::PID),
-        &PidRecord {
-            pid: capsule.pid(),
-            start_time,
-            supervisor_pid: std::process::id() as i32,
-        },
-    )?;
-    let mut log = RotatingLog::open(state_dir.join(files::LOG), *opts)?;
-    pump(out_r, err_r, &mut log)?;
-    let status = capsule.wait()?;
-    let removed = capsule.destroy();
-    write_json(
-        &state_dir.join(files::EXIT),
-        &ExitRecord {
-            status: Some(status),
-            error: None,
-            exit_code: status.exit_code(),
-            finished_at_ms: now_ms(),
-        },
-    )?;
-    removed?;
-    Ok(status)
-}
-
-/// Copies both pipes line by line into the log until both close (the capsule's pid namespace
-/// is gone, or every holder closed them).
-fn pump(out: OwnedFd, err: OwnedFd, log: &mut RotatingLog) -> Result<(), SupervisorError> {
-    let mut streams = [
-        Stream::new("stdout", File::from(out)),
-        Stream::new("stderr", File::from(err)),
-    ];
-    loop {
-        let open: Vec<usize> = (0..streams.len()).filter(|i| streams[*i].open).collect();
-        if open.is_empty() {
-            return Ok(());
-        }
-        let mut fds: Vec<PollFd<'_>> = open
-            .iter()
-            .map(|i| PollFd::new(streams[*i].file.as_fd(), PollFlags::POLLIN))
-            .collect();
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(state_err("poll", Path::new("pipes"))(e.into())),
-        }
-        let ready: Vec<usize> = open
-            .iter()
-            .zip(fds.iter())
-            .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(i, _)| *i)
-            .collect();
-        drop(fds);
-        for i in ready {
-            streams[i].read_into(log)?;
-        }
-    }
-}
-
-/// Longest line kept whole; longer output is split.
-const MAX_LINE: usize = 16 * 1024;
-
-struct Stream {
-    name: &'static str,
-    file: File,
-    buf: Vec<u8>,
-    open: bool,
-}
-
-impl Stream {
-    fn new(name: &'static str, file: File) -> Self {
-        Self {
-            name,
-            file,
-            buf: Vec::new(),
-            open: true,
-        }
-    }
-
-    fn read_into(&mut self, log: &mut RotatingLog) -> Result<(), SupervisorError> {
-        let mut chunk = [0u8; 8192];
-        let n = match self.file.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(state_err("read", Path::new(self.name))(e)),
-        };
-        if n == 0 {
-            self.open = false;
-            if !self.buf.is_empty() {
-                let line = std::mem::take(&mut self.buf);
-                log.line(self.name, &line)?;
-            }
-            return Ok(());
-        }
-        self.buf
-            .extend_from_slice(chunk.get(..n).unwrap_or_default());
-        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.buf.drain(..=pos).collect();
-            log.line(self.name, line.get(..pos).unwrap_or_default())?;
-        }
-        if self.buf.len() > MAX_LINE {
-            let line = std::mem::take(&mut self.buf);
-            log.line(self.name, &line)?;
-        }
-        Ok(())
-    }
 }
 
 /// `log` plus `log.1`..`log.N`, rotated when `log` exceeds the size limit; one JSON
@@ -508,7 +359,7 @@ mod tests {
             start_time: start,
             supervisor_pid: me,
         };
-        write_json(&dir.path().join(files::PID), &record).unwrap();
+        write_record(&dir.path().join(files::PID), &record).unwrap();
         assert_eq!(
             adopt(dir.path()).unwrap(),
             Adopted::Running {
@@ -521,7 +372,7 @@ mod tests {
             start_time: start + 1,
             ..record
         };
-        write_json(&dir.path().join(files::PID), &stale).unwrap();
+        write_record(&dir.path().join(files::PID), &stale).unwrap();
         assert_eq!(adopt(dir.path()).unwrap(), Adopted::Lost(stale));
         let exit = ExitRecord {
             status: Some(ExitStatus {
@@ -533,7 +384,7 @@ mod tests {
             exit_code: 3,
             finished_at_ms: 1,
         };
-        write_json(&dir.path().join(files::EXIT), &exit).unwrap();
+        write_record(&dir.path().join(files::EXIT), &exit).unwrap();
         assert_eq!(adopt(dir.path()).unwrap(), Adopted::Exited(exit));
     }
 }
