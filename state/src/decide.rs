@@ -405,7 +405,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
     use DecideError as E;
     let payload = match cmd {
         Command::StartNode { name, version } => {
-            valid_name(&name)?;
+            printable(&name)?;
             Payload::Node(NodeEvent::Started {
                 name,
                 version,
@@ -419,7 +419,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
             addr,
             labels,
         } => {
-            valid_name(&name)?;
+            printable(&name)?;
             Payload::Node(NodeEvent::Started {
                 name,
                 version,
@@ -450,7 +450,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
             })
         }
         Command::TagImage { reference, digest } => {
-            valid_name(&reference)?;
+            printable(&reference)?;
             if !state.images.contains_key(&digest) {
                 return Err(E::UnknownImage(digest));
             }
@@ -495,8 +495,8 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
             Payload::Image(ImageEvent::Removed { reference, digest })
         }
         Command::CreateCapsule { id, name, spec } => {
-            valid_name(&id)?;
-            valid_name(&name)?;
+            printable(&id)?;
+            object_name(&name)?;
             if state.capsules.contains_key(&id) {
                 return Err(E::CapsuleExists(id));
             }
@@ -554,7 +554,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
             return Ok(out);
         }
         Command::DeclareService { name, stack, spec } => {
-            valid_name(&name)?;
+            object_name(&name)?;
             if let Some(s) = state.services.get(&name) {
                 if s.stack != stack {
                     return Err(E::ServiceInOtherStack {
@@ -779,7 +779,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
             driver,
             labels,
         } => {
-            valid_name(&name)?;
+            object_name(&name)?;
             if state.volumes.contains_key(&name) {
                 return Err(E::VolumeExists(name));
             }
@@ -814,7 +814,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
             gateway,
             mtu,
         } => {
-            valid_name(&name)?;
+            object_name(&name)?;
             if state.networks.contains_key(&name) {
                 return Err(E::NetworkExists(name));
             }
@@ -967,8 +967,19 @@ fn restore_blocker<'s>(state: &'s State, kind: &str, target: &str) -> Option<&'s
     }
 }
 
-fn valid_name(name: &str) -> Result<(), DecideError> {
+/// Node names, ids and image references: not empty, no control characters (their own grammar
+/// is checked where they are made).
+fn printable(name: &str) -> Result<(), DecideError> {
     if name.is_empty() || name.chars().any(|c| c.is_control()) {
+        return Err(DecideError::InvalidName(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// Capsule, service, volume and network names: the one rule, docker's
+/// ([`crate::rules::valid_capsule_name`]), as the agent checks it.
+fn object_name(name: &str) -> Result<(), DecideError> {
+    if !crate::rules::valid_capsule_name(name) {
         return Err(DecideError::InvalidName(name.to_owned()));
     }
     Ok(())
