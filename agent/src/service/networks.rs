@@ -15,7 +15,10 @@
 //!
 //! **Forwarding.** Bridge networks need `net.ipv4.ip_forward=1`. Like docker, the agent turns
 //! it on when it sets up its first bridge network; the value it found is written once to
-//! `ROOT/network/ip_forward.before` (and logged), so an operator can put it back.
+//! `ROOT/network/ip_forward.before` (and logged), so an operator can put it back. What is
+//! forwarded is Bolt's table's filter policy (`bolt_capsule::net::filter`): networks isolated
+//! from each other, only published ports reachable from elsewhere; when the agent turned
+//! forwarding on itself, forwarding that involves no Bolt network is dropped too.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -224,22 +227,28 @@ impl Networks {
         .map_err(NetworkError::from)
     }
 
-    /// Turns forwarding on (as docker), recording the value found the first time.
-    fn ensure_forwarding(&self, host: &Host) -> Result<(), HostError> {
-        if host.ip_forward()? {
-            return Ok(());
-        }
+    /// Turns forwarding on (as docker), recording the value found the first time. When the
+    /// agent is the one that turned it on (now or in an earlier run: the record says 0), the
+    /// `forward` hook of Bolt's table drops what involves no Bolt network, so the host forwards
+    /// nothing it did not forward before (docker sets iptables' `FORWARD` policy to `DROP`).
+    fn ensure_forwarding(&self, host: &mut Host) -> Result<(), HostError> {
         let dir = self.root.join("network");
         let before = dir.join("ip_forward.before");
-        if !before.exists() {
-            let _ = std::fs::create_dir_all(&dir);
-            let _ = std::fs::write(&before, "0\n");
+        let mut turned_on = std::fs::read_to_string(&before).is_ok_and(|s| s.trim() == "0");
+        if !host.ip_forward()? {
+            if !before.exists() {
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::write(&before, "0\n");
+            }
+            tracing::info!(
+                "turning on net.ipv4.ip_forward (it was 0; recorded in {}); forwarding that \
+                 involves no bolt network is dropped",
+                before.display()
+            );
+            host.set_ip_forward(true)?;
+            turned_on = true;
         }
-        tracing::info!(
-            "turning on net.ipv4.ip_forward (it was 0; recorded in {})",
-            before.display()
-        );
-        host.set_ip_forward(true)
+        host.set_drop_other_forwarding(turned_on)
     }
 
     /// Sets up network `n` on the host (idempotent).

@@ -301,9 +301,27 @@ impl Host {
         Ok(())
     }
 
+    /// Sets the `forward` hook's policy for traffic that involves no Bolt bridge (see
+    /// [`super::filter`]): `drop` when the caller turned `ip_forward` on itself, so the host
+    /// forwards nothing but Bolt's networks, as before. Rewrites the table when it exists; the
+    /// model only changes when `nft` succeeded.
+    pub fn set_drop_other_forwarding(&mut self, drop: bool) -> Result<(), HostError> {
+        if self.nat.drop_other_forwarding() == drop {
+            return Ok(());
+        }
+        let mut nat = self.nat.clone();
+        nat.set_drop_other_forwarding(drop);
+        if !nat.networks().is_empty() {
+            nft::apply(&self.ns, &nat)?;
+        }
+        self.nat = nat;
+        Ok(())
+    }
+
     /// Sets up a bridge network: refuses a subnet that overlaps another network or an address
     /// of a host interface, and hosts with forwarding off; creates (or finds) the bridge, sets
-    /// its MTU, gateway address, `route_localnet=1`, up; adds its outbound NAT to Bolt's table.
+    /// its MTU, gateway address, `route_localnet=1`, up; adds its outbound NAT and its place in
+    /// the filter policy (isolation, the loopback guard: [`super::filter`]) to Bolt's table.
     /// Adding a network that is already set up with the same settings only re-checks the
     /// bridge (the agent's restart path).
     pub fn add_network(&mut self, net: BridgeNetwork) -> Result<(), HostError> {
@@ -656,7 +674,9 @@ impl Host {
             }
         };
         note(nft::delete(&self.ns).map_err(HostError::from));
+        let drop_other = self.nat.drop_other_forwarding();
         self.nat = NatTable::new();
+        self.nat.set_drop_other_forwarding(drop_other);
         let veths: Vec<String> = self.attachments.values().map(|a| a.veth.clone()).collect();
         let bridges: Vec<String> = self.networks.values().map(|n| n.bridge.clone()).collect();
         note(

@@ -1,10 +1,13 @@
-//! Bridge networking for capsules: IPAM, bridges and veths through netlink, outbound NAT and
-//! published ports in Bolt's own nftables table. See `docs/networking.md`.
+//! Bridge networking for capsules: IPAM, bridges and veths through netlink, outbound NAT,
+//! published ports and the forward/loopback policy in Bolt's own nftables table. See
+//! `docs/networking.md`.
 //!
 //! - [`ipam`]: pure subnet arithmetic and address allocation (the taken addresses come from the
 //!   agent's events);
 //! - [`ports`]: `-p [IP:]HOST:CONTAINER[/tcp|udp]` specs;
 //! - [`nat`]: the pure model of `table ip bolt` and its nft script;
+//! - [`filter`]: the filter chains of that table: the host's loopback guarded from bridges,
+//!   networks isolated from each other, unpublished ports not forwarded to;
 //! - [`netns`]: network namespaces as descriptors, running code inside one;
 //! - [`link`]: bridges, veth pairs, addresses and routes through `rtnetlink`;
 //! - [`nft`]: runs `nft -f -` in a namespace;
@@ -14,6 +17,7 @@
 //! Everything that touches the kernel takes the namespace it works in, so tests run it all in
 //! namespaces of their own.
 
+pub mod filter;
 pub mod host;
 pub mod ipam;
 pub mod link;

@@ -2,11 +2,12 @@
 //! outbound NAT and the published ports that get DNAT, rendered as one nft script that replaces
 //! the whole table in a single transaction.
 //!
-//! Layout (one table, four chains):
+//! Layout (one table; the NAT chains here, the filter chains of [`super::filter`] beside them):
 //!
 //! ```text
 //! table ip bolt {
-//!     chain prerouting  { type nat hook prerouting priority -100; fib daddr type local jump published }
+//!     chain prerouting  { type nat hook prerouting priority -100;
+//!                         ip daddr 127.0.0.0/8 return; fib daddr type local jump published }
 //!     chain output      { type nat hook output priority -100;     fib daddr type local jump published }
 //!     chain published   { [ip daddr HOST_IP] tcp|udp dport HOST_PORT dnat to CAPSULE_IP:PORT ... }
 //!     chain postrouting { type nat hook postrouting priority 100;
@@ -21,11 +22,15 @@
 //! reaching a published port through a host address); `output` catches the host's own
 //! connections, 127.0.0.1 included (the kernel routes such a packet out of the bridge only with
 //! `route_localnet=1` on it, and the masquerade gives it the bridge's address as its source).
+//! `prerouting` never DNATs a packet for 127.0.0.0/8: such a packet comes from another machine
+//! or a capsule (the host's own are NATed in `output`), and a port published on 127.0.0.1 is
+//! the host's alone.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use super::filter;
 use super::ipam::Subnet;
 use super::ports::PortSpec;
 
@@ -80,6 +85,7 @@ pub struct Publication {
 pub struct NatTable {
     networks: BTreeMap<String, Subnet>,
     published: BTreeMap<String, Vec<Publication>>,
+    drop_other_forwarding: bool,
 }
 
 /// Interface names that may appear in a rule: what Linux accepts, minus anything nft would read
@@ -125,6 +131,18 @@ impl NatTable {
     /// The published ports, capsule id to its ports.
     pub fn published(&self) -> &BTreeMap<String, Vec<Publication>> {
         &self.published
+    }
+
+    /// Whether the `forward` hook drops traffic that involves no Bolt bridge (see
+    /// [`super::filter`]).
+    pub fn drop_other_forwarding(&self) -> bool {
+        self.drop_other_forwarding
+    }
+
+    /// Sets the `forward` hook's policy for traffic that involves no Bolt bridge: `drop` when the
+    /// agent turned `ip_forward` on itself, `accept` (the default) otherwise.
+    pub fn set_drop_other_forwarding(&mut self, drop: bool) {
+        self.drop_other_forwarding = drop;
     }
 
     /// Checks that `specs` conflict neither with each other nor with a port already published.
@@ -194,10 +212,17 @@ impl NatTable {
         let t = format!("{TABLE_FAMILY} {TABLE_NAME}");
         // Writing to a String cannot fail.
         let _ = writeln!(s, "table {t} {{}}\ndelete table {t}\ntable {t} {{");
-        for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
+        for (chain, hook, first) in [
+            (
+                "prerouting",
+                "prerouting",
+                "\t\tip daddr 127.0.0.0/8 return\n",
+            ),
+            ("output", "output", ""),
+        ] {
             let _ = writeln!(
                 s,
-                "\tchain {chain} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n\t\tfib daddr type local jump published\n\t}}"
+                "\tchain {chain} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n{first}\t\tfib daddr type local jump published\n\t}}"
             );
         }
         s.push_str("\tchain published {\n");
@@ -215,7 +240,12 @@ impl NatTable {
                 let _ = writeln!(s, "\t\t{r}");
             }
         }
-        s.push_str("\t}\n}\n");
+        s.push_str("\t}\n");
+        s.push_str(&filter::render(
+            self.networks.keys().map(String::as_str),
+            self.drop_other_forwarding,
+        ));
+        s.push_str("}\n");
         s
     }
 
@@ -236,13 +266,15 @@ impl NatTable {
     }
 
     /// The nft script that appends the NAT rules of the network on `bridge` to the
-    /// `postrouting` chain of a table made by [`NatTable::render`]. Empty for an unknown bridge.
+    /// `postrouting` chain of a table made by [`NatTable::render`], and adds the bridge to the
+    /// filter policy ([`filter::render_add_network`]). Empty for an unknown bridge.
     pub fn render_add_network(&self, bridge: &str) -> String {
         let mut s = String::new();
         if let Some(subnet) = self.networks.get(bridge) {
             for r in network_rules(bridge, *subnet) {
                 let _ = writeln!(s, "add rule {TABLE_FAMILY} {TABLE_NAME} postrouting {r}");
             }
+            s.push_str(&filter::render_add_network(bridge));
         }
         s
     }
@@ -324,15 +356,29 @@ mod tests {
             "type nat hook prerouting priority -100; policy accept;",
             "type nat hook output priority -100; policy accept;",
             "fib daddr type local jump published",
+            "priority -100; policy accept;\n\t\tip daddr 127.0.0.0/8 return\n\t\tfib daddr",
             "tcp dport 8080 dnat to 10.88.0.2:80 comment \"abc123\"",
             "ip daddr 127.0.0.1 udp dport 5353 dnat to 10.88.0.2:53 comment \"abc123\"",
             "type nat hook postrouting priority 100; policy accept;",
             "ip saddr 10.88.0.0/16 oifname != \"bolt0\" masquerade",
             "oifname \"bolt0\" ip saddr 127.0.0.0/8 masquerade",
             "oifname \"bolt0\" ip saddr 10.88.0.0/16 ct status dnat masquerade",
+            // The filter policy of super::filter, with this table's bridges.
+            "elements = { \"bolt0\" }",
+            "iifname @bridges ip daddr 127.0.0.0/8 drop",
+            "type filter hook forward priority 0; policy accept;",
+            "iifname \"bolt0\" oifname \"bolt0\" accept",
         ] {
             assert!(s.contains(line), "missing {line:?} in\n{s}");
         }
+        // The host's own connections (output) keep their DNAT to 127.0.0.1.
+        assert!(
+            s.contains("priority -100; policy accept;\n\t\tfib daddr type local jump published"),
+            "{s}"
+        );
+        assert!(s.ends_with("\t}\n}\n"), "{s}");
+        t.set_drop_other_forwarding(true);
+        assert!(t.render().contains("forward priority 0; policy drop;"));
         // Braces balance.
         assert_eq!(s.matches('{').count(), s.matches('}').count());
     }
@@ -424,7 +470,9 @@ mod tests {
             t.render_add_network("bolt0"),
             "add rule ip bolt postrouting ip saddr 10.88.0.0/16 oifname != \"bolt0\" masquerade\n\
              add rule ip bolt postrouting oifname \"bolt0\" ip saddr 127.0.0.0/8 masquerade\n\
-             add rule ip bolt postrouting oifname \"bolt0\" ip saddr 10.88.0.0/16 ct status dnat masquerade\n"
+             add rule ip bolt postrouting oifname \"bolt0\" ip saddr 10.88.0.0/16 ct status dnat masquerade\n\
+             add element ip bolt bridges { \"bolt0\" }\n\
+             insert rule ip bolt from-network iifname \"bolt0\" oifname \"bolt0\" accept\n"
         );
         assert_eq!(t.render_add_network("bolt9"), "");
         // The same rules as in the full table.
