@@ -8,9 +8,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use bolt_capsule::storage::{CreateOptions, PruneReport, Volume, VolumeError};
+use bolt_capsule::storage::{
+    CreateOptions, Detached, PruneReport, Volume, VolumeError, VolumeStore,
+};
 use bolt_events::Payload;
-use bolt_state::{decide, CapsuleStatus, Command, DecideError};
+use bolt_state::{decide, CapsuleStatus, Command, DecideError, VolumeInfo};
 
 use crate::node::NodeError;
 use crate::service::capsules::{CapsuleError, Capsules};
@@ -49,6 +51,27 @@ pub struct Volumes {
     caps: Arc<Capsules>,
 }
 
+/// A volume as the state knows it, with what the disk adds (mountpoint, owner, anonymous,
+/// subvolume). One the state holds but the disk lost is still listed, at its usual path.
+fn from_state(store: &VolumeStore, info: &VolumeInfo) -> Volume {
+    match store.get(&info.name) {
+        Ok(v) => Volume {
+            labels: info.labels.clone(),
+            ..v
+        },
+        Err(_) => Volume {
+            name: info.name.clone(),
+            driver: info.driver.clone(),
+            mountpoint: store.mountpoint(&info.name),
+            labels: info.labels.clone(),
+            created_ms: info.created.physical_ms(),
+            owner: None,
+            anonymous: false,
+            subvolume: false,
+        },
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, VolumeError> + Send + 'static,
 ) -> Result<T, VolumesError> {
@@ -66,16 +89,19 @@ impl Volumes {
     /// The volumes on disk.
     pub async fn list(&self) -> Result<Vec<Volume>, VolumesError> {
         let store = self.caps.storage().volumes();
-        blocking(move || store.list()).await
+        let known = self.caps.state(|s| s.volumes.clone()).await?;
+        blocking(move || Ok(known.values().map(|v| from_state(&store, v)).collect())).await
     }
-
     /// One volume.
     pub async fn inspect(&self, name: &str) -> Result<Volume, VolumesError> {
         let store = self.caps.storage().volumes();
-        let name = name.to_owned();
-        blocking(move || store.get(&name)).await
+        let n = name.to_owned();
+        let known = self.caps.state(move |s| s.volumes.get(&n).cloned()).await?;
+        let Some(info) = known else {
+            return Err(VolumeError::NotFound(name.to_owned()).into());
+        };
+        blocking(move || Ok(from_state(&store, &info))).await
     }
-
     /// Creates a named volume and records it (`volume.created`); the volume goes again when
     /// the record fails.
     pub async fn create(
@@ -126,23 +152,80 @@ impl Volumes {
             })
             .await??;
         let n = name.to_owned();
-        blocking(move || store.remove(&n, &used)).await?;
-        self.caps.record(payloads).await?;
-        Ok(())
+        let detached = {
+            let store = store.clone();
+            blocking(move || store.detach(&n, &used)).await?
+        };
+        self.record_then_purge(store, vec![detached], payloads)
+            .await
     }
 
+    /// Records the removal of volumes already renamed away, then deletes their data: a
+    /// failed record puts them back, so nothing is deleted that the log still holds.
+    async fn record_then_purge(
+        &self,
+        store: VolumeStore,
+        detached: Vec<Detached>,
+        payloads: Vec<Payload>,
+    ) -> Result<(), VolumesError> {
+        if let Err(e) = self.caps.record(payloads).await {
+            let _ = blocking(move || {
+                for d in detached {
+                    d.restore()?;
+                }
+                Ok(())
+            })
+            .await;
+            return Err(e.into());
+        }
+        blocking(move || {
+            for d in detached {
+                d.purge(&store)?;
+            }
+            Ok(())
+        })
+        .await
+    }
     /// Removes unused volumes (anonymous ones; named ones too with `all`), a `volume.removed`
     /// each.
     pub async fn prune(&self, all: bool) -> Result<PruneReport, VolumesError> {
         let store = self.caps.storage().volumes();
         let _ops = self.caps.lock_ops().await;
         let used = self.caps.state(in_use).await?;
-        let report = blocking(move || store.prune(&used, all)).await?;
-        let removed = report.removed.clone();
+        let (detached, bytes) = {
+            let store = store.clone();
+            blocking(move || {
+                let mut detached = Vec::new();
+                let mut bytes = 0;
+                for v in store.list()? {
+                    if used.contains(&v.name) || !(all || v.anonymous) {
+                        continue;
+                    }
+                    let size = store.usage(&v.name).unwrap_or(0);
+                    match store.detach(&v.name, &used) {
+                        Ok(d) => {
+                            bytes += size;
+                            detached.push(d);
+                        }
+                        Err(VolumeError::NotFound(_)) => {}
+                        Err(e) => {
+                            for d in detached {
+                                let _ = d.restore();
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok((detached, bytes))
+            })
+            .await?
+        };
+        let removed: Vec<String> = detached.iter().map(|d| d.name().to_owned()).collect();
+        let names = removed.clone();
         let payloads = self
             .caps
             .state(move |s| {
-                removed
+                names
                     .into_iter()
                     .filter(|n| s.volumes.contains_key(n))
                     .map(|name| {
@@ -151,7 +234,7 @@ impl Volumes {
                     .collect::<Vec<_>>()
             })
             .await?;
-        self.caps.record(payloads).await?;
-        Ok(report)
+        self.record_then_purge(store, detached, payloads).await?;
+        Ok(PruneReport { removed, bytes })
     }
 }

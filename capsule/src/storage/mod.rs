@@ -38,7 +38,7 @@ pub use fstype::{fs_kind, is_subvolume, FsKind};
 pub use layer::{CapsuleLayers, LayerError};
 pub use mounts::{MountSpecError, TmpfsSpec, VolumeSource, VolumeSpec};
 pub use snapshot::{Snapshot, SnapshotError, SnapshotStore, Target};
-pub use volume::{CreateOptions, Owner, PruneReport, Volume, VolumeError, VolumeStore};
+pub use volume::{CreateOptions, Detached, Owner, PruneReport, Volume, VolumeError, VolumeStore};
 
 use crate::runtime::Mount;
 

@@ -145,6 +145,38 @@ impl Volume {
     }
 }
 
+/// A volume renamed away by [`VolumeStore::detach`]: its data is intact until purged.
+#[derive(Debug)]
+#[must_use = "a detached volume is purged or restored"]
+pub struct Detached {
+    name: String,
+    dir: PathBuf,
+    trash: PathBuf,
+}
+
+impl Detached {
+    /// The volume's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Deletes the data and the volume's snapshots.
+    pub fn purge(self, store: &VolumeStore) -> Result<(), VolumeError> {
+        let _ = SnapshotStore::new(store.layout.clone(), store.backend.clone())
+            .remove_all(&Target::Volume(self.name.clone()));
+        store.remove_trash(&self.name, &self.trash)
+    }
+
+    /// Puts the volume back where it was (the removal was not recorded).
+    pub fn restore(self) -> Result<(), VolumeError> {
+        std::fs::rename(&self.trash, &self.dir).map_err(VolumeStore::io(
+            &self.name,
+            "restore",
+            &self.trash,
+        ))
+    }
+}
+
 /// What a prune removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PruneReport {
@@ -277,6 +309,11 @@ impl VolumeStore {
         self.get(name)
     }
 
+    /// Where a volume's data is (or would be): `ROOT/volumes/<name>/_data`.
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        self.layout.volume_data(name)
+    }
+
     /// One volume (`bolt volume inspect`).
     pub fn get(&self, name: &str) -> Result<Volume, VolumeError> {
         check_name(name)?;
@@ -336,8 +373,16 @@ impl VolumeStore {
     }
 
     /// Removes a volume and its snapshots; refuses one in `in_use` (the volumes the caller's
-    /// capsules mount).
+    /// capsules mount). [`detach`](Self::detach) then [`Detached::purge`].
     pub fn remove(&self, name: &str, in_use: &BTreeSet<String>) -> Result<(), VolumeError> {
+        self.detach(name, in_use)?.purge(self)
+    }
+
+    /// The first, reversible half of a removal: the volume's directory is renamed away (gone
+    /// from view, its data intact), so the caller can record the removal before any data is
+    /// deleted, then [`Detached::purge`] it, or [`Detached::restore`] it when recording failed.
+    /// An interrupted removal's leftover is purged by [`cleanup`](Self::cleanup).
+    pub fn detach(&self, name: &str, in_use: &BTreeSet<String>) -> Result<Detached, VolumeError> {
         check_name(name)?;
         if in_use.contains(name) {
             return Err(VolumeError::InUse(name.to_owned()));
@@ -346,12 +391,13 @@ impl VolumeStore {
         if !dir.join(META).exists() && !dir.exists() {
             return Err(VolumeError::NotFound(name.to_owned()));
         }
-        // Gone from view at once; the content is removed after.
         let trash = self.layout.volumes().join(format!(".rm-{}", random_hex(8)));
         std::fs::rename(&dir, &trash).map_err(Self::io(name, "rename away", &dir))?;
-        let _ = SnapshotStore::new(self.layout.clone(), self.backend.clone())
-            .remove_all(&Target::Volume(name.to_owned()));
-        self.remove_trash(name, &trash)
+        Ok(Detached {
+            name: name.to_owned(),
+            dir,
+            trash,
+        })
     }
 
     fn remove_trash(&self, name: &str, trash: &Path) -> Result<(), VolumeError> {
@@ -444,6 +490,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = VolumeStore::new(Layout::new(dir.path()), Backend::Plain(FsKind::Ext4));
         (dir, s)
+    }
+
+    #[test]
+    fn a_detached_volume_keeps_its_data_until_purged_and_can_be_restored() {
+        let (_d, s) = store();
+        let v = s.create("keep", &CreateOptions::default()).unwrap();
+        std::fs::write(v.mountpoint.join("f"), b"data").unwrap();
+        let d = s.detach("keep", &BTreeSet::new()).unwrap();
+        assert!(matches!(s.get("keep"), Err(VolumeError::NotFound(_))));
+        d.restore().unwrap();
+        assert_eq!(std::fs::read(v.mountpoint.join("f")).unwrap(), b"data");
+        let d = s.detach("keep", &BTreeSet::new()).unwrap();
+        d.purge(&s).unwrap();
+        assert!(matches!(s.get("keep"), Err(VolumeError::NotFound(_))));
+        let left: Vec<_> = std::fs::read_dir(s.layout.volumes())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let used: BTreeSet<String> = ["keep".to_owned()].into();
+        s.create("keep", &CreateOptions::default()).unwrap();
+        assert!(matches!(
+            s.detach("keep", &used),
+            Err(VolumeError::InUse(_))
+        ));
     }
 
     #[test]
