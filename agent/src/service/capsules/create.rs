@@ -23,8 +23,8 @@ use crate::service::networks::write_etc_files;
 use crate::shim::mounts::MountConfig;
 use crate::shim::{Report, SupervisorConfig, SUPERVISOR_LOG};
 use crate::wire::capsules::{
-    one_line, short, CapsuleView, CreateRequest, RestartPolicy, LABEL_AUTO_REMOVE, LABEL_STDIN,
-    LABEL_TTY, LABEL_WARNINGS,
+    one_line, short, CapsuleView, CreateRequest, RestartPolicy, LABEL_AUTO_REMOVE, LABEL_DEVICES,
+    LABEL_STDIN, LABEL_TTY, LABEL_WARNINGS,
 };
 use crate::wire::networks::{plan, NetworkChoice};
 use crate::wire::parse::valid_name;
@@ -170,6 +170,14 @@ impl Capsules {
             }
         }
         let (volume_specs, tmpfs_specs) = parse_mount_specs(&req.volumes, &req.tmpfs)?;
+        // `--device`: the host node is read now; the supervisor makes it in /dev and the
+        // capsule's cgroup allows it (docs/runtime.md, "Devices").
+        let devices = req
+            .devices
+            .iter()
+            .map(|d| bolt_capsule::runtime::devices::Device::from_spec(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
 
         let t0 = std::time::Instant::now();
         let image = self.ensure_image(&req.image).await?;
@@ -249,6 +257,9 @@ impl Capsules {
         if req.stdin {
             labels.insert(LABEL_STDIN.to_owned(), "true".to_owned());
         }
+        if !req.devices.is_empty() {
+            labels.insert(LABEL_DEVICES.to_owned(), req.devices.join(" "));
+        }
         let limits_ignored = rootless
             .then(|| {
                 rootless_limits_warning(
@@ -301,6 +312,7 @@ impl Capsules {
             log_keep: 3,
             netns: None,
             mounts: Vec::new(),
+            devices,
         };
         let mut cfg = cfg;
         let (mounts, recorded) = self.resolve_mounts(&volume_specs, &tmpfs_specs).await?;
