@@ -131,7 +131,7 @@ done < <(ldd "$BOLT_BIN" ${RUNTIME_TESTS:+"$RUNTIME_TESTS"} ${DEVICE_TESTS:+"$DE
 # The virtio disk (/dev/vda, for the device checks), its modules in load order (init loads
 # /modules/*.ko sorted by name).
 n=1
-for m in drivers/virtio/virtio drivers/virtio/virtio_ring drivers/virtio/virtio_pci_legacy_dev \
+for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev \
     drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci drivers/block/virtio_blk; do
     ko=$kdir/lib/modules/$kver/kernel/$m.ko
     [[ -f $ko ]] && cp "$ko" "$root/modules/$n-$(basename "$ko")"

@@ -119,6 +119,11 @@ check bolt-parent-removed "$CG/bolt with no capsule left" [ ! -e "$CG/bolt" ]
 # The VM's disk (/dev/vda) starts with BOLTDISK. An image shipping a block node for it (built
 # here as an OCI layout: the busybox image plus one layer holding /disk), a node made in the
 # capsule's /dev, and the host's /dev bound in must all fail to read it; --device grants it.
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do
+    sleep 0.1
+    i=$((i + 1))
+done
 if [ -b /dev/vda ]; then
     majmin=$(cat /sys/block/vda/dev)
     maj=${majmin%:*} min=${majmin#*:}
