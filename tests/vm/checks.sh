@@ -119,6 +119,10 @@ check bolt-parent-removed "$CG/bolt with no capsule left" [ ! -e "$CG/bolt" ]
 # The VM's disk (/dev/vda) starts with BOLTDISK. An image shipping a block node for it (built
 # here as an OCI layout: the busybox image plus one layer holding /disk), a node made in the
 # capsule's /dev, and the host's /dev bound in must all fail to read it; --device grants it.
+# $out (a capsule's output) says the disk was refused by the cgroup and not read.
+not_permitted() { echo "$out" | grep -q 'Operation not permitted' && ! echo "$out" | grep -q BOLTDISK; }
+# $out lists the image's block node and did not read the disk through it.
+node_listed_not_read() { echo "$out" | grep -q '^b' && ! echo "$out" | grep -q BOLTDISK; }
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do
     sleep 0.1
@@ -151,18 +155,15 @@ if [ -b /dev/vda ]; then
     check device-image-imported "$out" sh -c "bolt images | grep -q disk-node"
     out=$(bolt run --rm bolt-test/disk-node:latest sh -c 'ls -l /disk; head -c 8 /disk' 2>&1)
     check device-image-node-refused "an image layer's b $majmin /disk: $(echo "$out" | tr '\n' ' ')" \
-        sh -c "echo '$out' | grep -q '^b' && ! echo '$out' | grep -q BOLTDISK"
+        node_listed_not_read
     out=$(bolt run --rm "$IMAGE" sh -c "mknod /dev/d b $maj $min && head -c 8 /dev/d" 2>&1)
-    check device-mknod-refused "mknod in the capsule's /dev, then read: $out" \
-        sh -c "echo '$out' | grep -q 'Operation not permitted' && ! echo '$out' | grep -q BOLTDISK"
+    check device-mknod-refused "mknod in the capsule's /dev, then read: $out" not_permitted
     out=$(bolt run --rm -v /dev:/hostdev "$IMAGE" head -c 8 /hostdev/vda 2>&1)
-    check device-host-dev-refused "the host's /dev bound in, read vda: $out" \
-        sh -c "echo '$out' | grep -q 'Operation not permitted' && ! echo '$out' | grep -q BOLTDISK"
+    check device-host-dev-refused "the host's /dev bound in, read vda: $out" not_permitted
     out=$(bolt run --rm --device /dev/vda:/dev/xvda:r "$IMAGE" head -c 8 /dev/xvda 2>&1)
     check device-granted-reads "--device /dev/vda:/dev/xvda:r: $out" [ "$out" = BOLTDISK ]
     out=$(bolt run --rm --device /dev/vda:/dev/xvda:r "$IMAGE" sh -c 'echo x > /dev/xvda' 2>&1)
-    check device-granted-read-only "write to the read-only grant: $out" \
-        sh -c "echo '$out' | grep -q 'Operation not permitted'"
+    check device-granted-read-only "write to the read-only grant: $out" not_permitted
 else
     fail device-disk "no /dev/vda in the VM (virtio modules: $(ls /modules | tr '\n' ' '))"
 fi
