@@ -80,6 +80,7 @@ impl Fixture {
             log_keep: 1,
             netns: None,
             mounts: Vec::new(),
+            devices: Vec::new(),
         };
         cfg.store(&self.capsule_dir()).unwrap();
         Command::new(env!("CARGO_BIN_EXE_bolt"))

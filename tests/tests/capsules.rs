@@ -1020,3 +1020,47 @@ fn start_runs_an_exited_capsule_again_in_its_own_layer() {
     assert!(one_error_line(&out).contains("nosuch"), "{out:?}");
     env.ok(&["rm", "-f", "up", "again"]);
 }
+
+#[test]
+fn device_flag_grants_one_device_and_nothing_else_opens() {
+    let Some(env) = setup(
+        "device_flag_grants_one_device_and_nothing_else_opens",
+        false,
+    ) else {
+        return;
+    };
+    // Without --device a node made in the capsule's /dev (c 1:11, the host's /dev/kmsg) is
+    // refused by the cgroup. Opening for writing without writing logs nothing.
+    let script = "mknod /dev/k c 1 11 2>/dev/null; ls /dev/k >/dev/null && \
+        ((: > /dev/k) 2>&1 && echo opened || echo refused)";
+    let out = env.run(&["--rm"], &["sh", "-c", script]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("refused"), "{out:?}");
+    assert!(out.stdout.contains("Operation not permitted"), "{out:?}");
+    // Granted write-only at another path: made there, opens for writing, not for reading.
+    let out = env.run(
+        &["--name", "dev", "--device", "/dev/kmsg:/dev/k:w"],
+        &[
+            "sh",
+            "-c",
+            "(: > /dev/k) && echo w-opened; ((: < /dev/k) 2>/dev/null && echo r-opened || echo r-refused)",
+        ],
+    );
+    assert_eq!(out.stdout, "w-opened\nr-refused\n", "{out:?}");
+    assert_eq!(
+        env.inspect("dev")["spec"]["labels"]["bolt.devices"],
+        "/dev/kmsg:/dev/k:w"
+    );
+    env.ok(&["rm", "dev"]);
+    for (spec, want) in [
+        ("/dev/kmsg:/etc/k", "invalid device"),
+        ("/dev/kmsg:/dev/null", "invalid device"),
+        ("/etc/hostname:/dev/x", "not a character or block device"),
+        ("/dev/no-such-device", "stat device"),
+    ] {
+        let out = env.run(&["--rm", "--device", spec], &["true"]);
+        assert_eq!(out.code, Some(125), "{spec}: {out:?}");
+        assert!(one_error_line(&out).contains(want), "{spec}: {out:?}");
+    }
+    assert!(env.ps_all().is_empty());
+}

@@ -42,7 +42,8 @@ BUSYBOX=/bin/busybox
 mkdir -p "$CACHE"
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n 1)
 [[ -n $kpkg ]] || die "apt-cache knows no linux-image-amd64 dependency (apt-get update?)"
-kdir=$CACHE/$kpkg
+# (.blk: the cache since the VM has a virtio disk; older caches hold no virtio modules.)
+kdir=$CACHE/$kpkg.blk
 if [[ ! -d $kdir/boot ]]; then
     log "fetching $kpkg"
     rm -rf "$kdir" "$CACHE"/dl
@@ -50,11 +51,13 @@ if [[ ! -d $kdir/boot ]]; then
     (cd "$CACHE/dl" && apt-get download -q "$kpkg" >/dev/null)
     rm -rf "$kdir.tmp" "$kdir.keep"
     dpkg-deb -x "$CACHE"/dl/"$kpkg"_*.deb "$kdir.tmp"
-    # Keep what the VM uses: the kernel, overlay.ko, the list of built-in modules (~10 MB of 400).
+    # Keep what the VM uses: the kernel, overlay.ko, the virtio disk driver, the list of built-in
+    # modules (~10 MB of 400).
     mkdir -p "$kdir.keep"
     (cd "$kdir.tmp" && cp -a --parents boot/vmlinuz-* lib/modules/*/modules.builtin "$kdir.keep/" &&
-        for d in lib/modules/*/kernel/fs/overlayfs; do
-            [[ ! -d $d ]] || cp -a --parents "$d" "$kdir.keep/"
+        for d in lib/modules/*/kernel/fs/overlayfs lib/modules/*/kernel/drivers/virtio \
+            lib/modules/*/kernel/drivers/block/virtio_blk.ko; do
+            [[ ! -e $d ]] || cp -a --parents "$d" "$kdir.keep/"
         done)
     rm -rf "$kdir.tmp"
     mv "$kdir.keep" "$kdir"
@@ -74,12 +77,16 @@ if [[ -z ${BOLT_BIN:-} ]]; then
 fi
 [[ -x $BOLT_BIN ]] || die "no bolt binary at $BOLT_BIN"
 # The capsule crate's root tests run in the VM too (BOLT_VM_RUNTIME_TESTS=0: not).
-RUNTIME_TESTS=
+RUNTIME_TESTS= DEVICE_TESTS=
 if [[ ${BOLT_VM_RUNTIME_TESTS:-1} != 0 ]]; then
     RUNTIME_TESTS=$(cd "$REPO" && cargo test -q -p bolt-capsule --test runtime --no-run \
         --message-format=json 2>/dev/null |
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
     [[ -x $RUNTIME_TESTS ]] || die "cargo test -p bolt-capsule --test runtime --no-run gave no binary"
+    DEVICE_TESTS=$(cd "$REPO" && cargo test -q -p bolt-capsule --test runtime_devices --no-run \
+        --message-format=json 2>/dev/null |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+    [[ -x $DEVICE_TESTS ]] || die "cargo test -p bolt-capsule --test runtime_devices --no-run gave no binary"
 fi
 if [[ -z ${BOLT_TEST_OCI_DIR:-} ]]; then
     eval "$("$REPO/tests/fixtures/build-images.sh" env)"
@@ -108,6 +115,7 @@ mkdir -p "$root"/{bin,bolt/bin,etc,modules}
 cp "$BUSYBOX" "$root/bin/busybox"
 strip -o "$root/bolt/bin/bolt" "$BOLT_BIN" 2>/dev/null || cp "$BOLT_BIN" "$root/bolt/bin/bolt"
 [[ -n $RUNTIME_TESTS ]] && strip -o "$root/bolt/bin/runtime-tests" "$RUNTIME_TESTS"
+[[ -n $RUNTIME_TESTS ]] && strip -o "$root/bolt/bin/device-tests" "$DEVICE_TESTS"
 # runc, for the runtime tests' side-by-side check (runc_accepts_the_bundle_and_agrees).
 RUNC=
 if [[ -n $RUNTIME_TESTS ]]; then
@@ -118,8 +126,17 @@ fi
 while read -r lib; do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
-done < <(ldd "$BOLT_BIN" ${RUNTIME_TESTS:+"$RUNTIME_TESTS"} ${RUNC:+"$RUNC"} | grep -oE '^[[:space:]]+/[^ ]*|=> /[^ ]*' | grep -o '/[^ ]*' | sort -u)
+done < <(ldd "$BOLT_BIN" ${RUNTIME_TESTS:+"$RUNTIME_TESTS"} ${DEVICE_TESTS:+"$DEVICE_TESTS"} ${RUNC:+"$RUNC"} | grep -oE '^[[:space:]]+/[^ ]*|=> /[^ ]*' | grep -o '/[^ ]*' | sort -u)
 [[ -f $overlay_ko ]] && cp "$overlay_ko" "$root/modules/"
+# The virtio disk (/dev/vda, for the device checks), its modules in load order (init loads
+# /modules/*.ko sorted by name).
+n=1
+for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev \
+    drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci drivers/block/virtio_blk; do
+    ko=$kdir/lib/modules/$kver/kernel/$m.ko
+    [[ -f $ko ]] && cp "$ko" "$root/modules/$n-$(basename "$ko")"
+    n=$((n + 1))
+done
 cp -a "$BOLT_TEST_OCI_DIR/busybox" "$root/image"
 cp "$HERE/init" "$root/init"
 cp "$HERE/checks.sh" "$root/checks.sh"
@@ -158,10 +175,14 @@ if [[ ! -f $probe_key ]]; then
     if probe_kvm; then echo kvm >"$probe_key"; else echo tcg >"$probe_key"; fi
 fi
 accel=(-accel "$(cat "$probe_key")")
+# The VM's disk: 1 MiB starting with a marker a capsule must not read unless granted.
+printf 'BOLTDISK' >"$WORK/disk.img"
+truncate -s 1M "$WORK/disk.img"
 serial=$WORK/serial.log
 t0=$SECONDS
 timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 "${accel[@]}" -cpu max -m 1024 -smp 2 \
     -kernel "$vmlinuz" -initrd "$WORK/initrd.gz" \
+    -drive "file=$WORK/disk.img,format=raw,if=virtio" \
     -append "console=ttyS0 quiet panic=-1 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1" \
     -display none -serial "file:$serial" -monitor none -no-reboot -nodefaults &
 QEMU_PID=$!

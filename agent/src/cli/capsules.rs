@@ -171,6 +171,9 @@ pub struct RunArgs {
     /// Mount a tmpfs: /dst[:size=64m,mode=1777,...].
     #[arg(long, value_name = "DST[:OPTIONS]")]
     pub tmpfs: Vec<String>,
+    /// Give the capsule a host device: /dev/HOST[:/dev/CONTAINER][:rwm].
+    #[arg(long = "device", value_name = "HOST[:CONTAINER][:PERMS]")]
+    pub device: Vec<String>,
     /// Memory limit: 64m, 1g, 512k, bytes.
     #[arg(short, long)]
     pub memory: Option<String>,

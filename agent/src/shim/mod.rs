@@ -128,6 +128,9 @@ pub struct SupervisorConfig {
     /// Volumes, binds, tmpfs and the per-capsule `/etc` files.
     #[serde(default)]
     pub mounts: Vec<crate::shim::mounts::MountConfig>,
+    /// Host devices granted (`--device`), resolved by the agent.
+    #[serde(default)]
+    pub devices: Vec<bolt_capsule::runtime::devices::Device>,
 }
 
 impl SupervisorConfig {
@@ -155,6 +158,7 @@ impl SupervisorConfig {
             _ => NetworkMode::None,
         };
         spec.mounts = self.mounts.iter().filter_map(|m| m.to_mount()).collect();
+        spec.devices = self.devices.clone();
         spec.resources = Resources {
             memory_bytes: self.memory_bytes,
             cpu_millis: self.cpu_millis,
@@ -373,6 +377,15 @@ mod tests {
             log_keep: 1,
             netns: None,
             mounts: Vec::new(),
+            devices: vec![bolt_capsule::runtime::devices::Device {
+                host: "/dev/vda".into(),
+                path: "/dev/xvda".into(),
+                kind: bolt_capsule::runtime::devices::DeviceKind::Block,
+                major: 254,
+                minor: 0,
+                mode: 0o660,
+                access: 2,
+            }],
         };
         cfg.store(dir.path()).unwrap();
         assert_eq!(SupervisorConfig::load(dir.path()).unwrap(), cfg);
@@ -380,6 +393,7 @@ mod tests {
         assert_eq!(spec.network, NetworkMode::Host);
         assert_eq!(spec.user, User { uid: 7, gid: 8 });
         assert_eq!(spec.resources.memory_bytes, Some(1 << 20));
+        assert_eq!(spec.devices, cfg.devices);
         assert_eq!(spec.rootfs.upper, dir.path().join("upper"));
         assert!(spec.validate().is_ok());
         // With a layer directory (made by the agent since layers), the overlay lives there.

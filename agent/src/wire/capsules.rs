@@ -103,6 +103,9 @@ pub struct CreateRequest {
     /// `--tmpfs` specs: `/dst[:options]`.
     #[serde(default)]
     pub tmpfs: Vec<String>,
+    /// `--device` specs: `HOST[:CONTAINER][:PERMS]` (docker's syntax; CONTAINER under `/dev/`).
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 /// How a capsule's run ended.
@@ -301,6 +304,8 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
 pub const LABEL_AUTO_REMOVE: &str = "bolt.auto_remove";
 /// Label: the capsule has a pty (`-t`).
 pub const LABEL_TTY: &str = "bolt.tty";
+/// Label recording the `--device` grants (the specs, space-separated), for inspect.
+pub const LABEL_DEVICES: &str = "bolt.devices";
 /// Label: the capsule's stdin stays open for attach clients (`-i`).
 pub const LABEL_STDIN: &str = "bolt.stdin";
 /// Label: what the agent ignored of the request (one warning per line), printed by `bolt run`.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::devices::{DeviceError, DeviceRule};
 use super::spec::{Resources, CPU_PERIOD_US};
 
 /// The directory under each hierarchy that Bolt owns.
@@ -73,6 +74,9 @@ pub enum CgroupError {
         /// How long it waited.
         timeout: Duration,
     },
+    /// The v2 device program could not be attached.
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
     /// The cgroup could not be removed (processes keep it busy).
     #[error("remove cgroup {path}: {source}")]
     Remove {
@@ -249,12 +253,12 @@ impl Hierarchy {
         }
     }
 
-    /// Whether a device-access controller is used (v1 `devices`; v2 would need a BPF program,
-    /// which Bolt does not install yet).
+    /// Whether device access is confined: the v1 `devices` controller, or on v2 the eBPF
+    /// device program attached to every capsule's group ([`super::devices`]).
     pub fn confines_devices(&self) -> bool {
         match self {
             Self::V1 { mounts } => mounts.iter().any(|(c, _)| c == "devices"),
-            Self::V2 { .. } => false,
+            Self::V2 { .. } => true,
         }
     }
 
@@ -283,8 +287,15 @@ impl Hierarchy {
         CgroupV1 { dirs }
     }
 
-    /// Creates the group of capsule `id` with the limits. On failure nothing is left behind.
-    pub fn create(&self, id: &str, res: &Resources) -> Result<Box<dyn Cgroup>, CgroupError> {
+    /// Creates the group of capsule `id` with the limits, allowing only the devices of
+    /// `devices` (`devices.allow` on v1, an eBPF device program on v2). On failure nothing is
+    /// left behind.
+    pub fn create(
+        &self,
+        id: &str,
+        res: &Resources,
+        devices: &[DeviceRule],
+    ) -> Result<Box<dyn Cgroup>, CgroupError> {
         let (group, writes): (Box<dyn Cgroup>, _) = match self {
             Self::V1 { .. } => {
                 let g = self.open_v1(id);
@@ -293,7 +304,7 @@ impl Hierarchy {
                     .iter()
                     .flat_map(|(cs, d)| cs.iter().map(move |c| (c.clone(), d.clone())))
                     .collect();
-                let writes = v1_limit_writes(res, &by_controller);
+                let writes = v1_limit_writes(res, &by_controller, devices);
                 (Box::new(g), writes)
             }
             Self::V2 { root } => {
@@ -312,6 +323,14 @@ impl Hierarchy {
                 Err(e) => {
                     let _ = group.remove();
                     return Err(e);
+                }
+            }
+        }
+        if let Self::V2 { .. } = self {
+            for dir in group.paths() {
+                if let Err(e) = super::devices::attach_device_filter(&dir, devices) {
+                    let _ = group.remove();
+                    return Err(e.into());
                 }
             }
         }
@@ -465,25 +484,12 @@ fn prepare_v2_parent(root: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// runc's default device rules: nodes may be created (`m`) but only these can be opened.
-pub const V1_DEVICE_ALLOW: [&str; 10] = [
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-];
-
 /// The control-file writes for `res` on v1: `(file, value, required)`. Optional files (memsw
 /// without swap accounting) are skipped when missing.
 pub fn v1_limit_writes(
     res: &Resources,
     dirs: &[(String, PathBuf)],
+    devices: &[DeviceRule],
 ) -> Vec<(PathBuf, String, bool)> {
     let dir = |c: &str| dirs.iter().find(|(k, _)| k == c).map(|(_, d)| d.clone());
     let mut w = Vec::new();
@@ -505,8 +511,8 @@ pub fn v1_limit_writes(
     }
     if let Some(d) = dir("devices") {
         w.push((d.join("devices.deny"), "a".to_owned(), true));
-        for rule in V1_DEVICE_ALLOW {
-            w.push((d.join("devices.allow"), rule.to_owned(), true));
+        for rule in devices {
+            w.push((d.join("devices.allow"), rule.v1_line(), true));
         }
     }
     w
@@ -926,7 +932,7 @@ mod tests {
             ("cpu".to_owned(), PathBuf::from("/c")),
             ("pids".to_owned(), PathBuf::from("/p")),
         ];
-        let w = v1_limit_writes(&res, &dirs);
+        let w = v1_limit_writes(&res, &dirs, &[]);
         let get = |f: &str| {
             w.iter()
                 .find(|(p, _, _)| p.ends_with(f))

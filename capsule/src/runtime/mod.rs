@@ -10,6 +10,7 @@
 //! See docs/runtime.md for the setup order and the reasons behind it.
 
 pub mod cgroup;
+pub mod devices;
 pub mod oci;
 mod plan;
 pub mod seccomp;
@@ -646,11 +647,13 @@ fn capsule_plan(
         // namespace may write; the rootless unpacker writes them that way.
         overlay.push_str(",userxattr");
     }
+    // nodev: a device node shipped in an image layer (or made in the writable layer) cannot be
+    // opened; only the nodes of the runtime's own /dev tmpfs work.
     plan.push(Op::Mount {
         source: Some(cstring("source", "overlay")?),
         target: cpath("rootfs target", root)?,
         fstype: Some(cstring("fstype", "overlay")?),
-        flags: 0,
+        flags: plan::ms::NODEV,
         data: Some(cstring("overlay options", overlay)?),
     });
     use plan::ms::{BIND, NODEV, NOEXEC, NOSUID, RDONLY, REC, REMOUNT, STRICTATIME};
@@ -709,13 +712,35 @@ fn capsule_plan(
             data: data.map(|d| cstring("mount data", d)).transpose()?,
         });
     }
-    for (name, major, minor) in DEVICES {
-        let path = at(&format!("/dev/{name}"))?;
+    let defaults = DEVICES.iter().map(|(name, major, minor)| {
+        let host = format!("/dev/{name}");
+        (host.clone(), host, libc::S_IFCHR | 0o666, *major, *minor)
+    });
+    let granted = spec.devices.iter().map(|d| {
+        let host = d.host.to_string_lossy().into_owned();
+        let mode = d.kind.mode_bits() | d.mode;
+        (host, d.path.clone(), mode, d.major.into(), d.minor.into())
+    });
+    for (host, dest, mode, major, minor) in defaults.chain(granted) {
+        // A granted device may sit in a directory of its own (/dev/snd/controlC0).
+        let mut dir = Path::new(&dest).parent();
+        let mut dirs = Vec::new();
+        while let Some(d) = dir.filter(|d| *d != Path::new("/dev")) {
+            dirs.push(d);
+            dir = d.parent();
+        }
+        for d in dirs.iter().rev() {
+            plan.push(Op::Mkdir {
+                path: at(&d.to_string_lossy())?,
+                mode: 0o755,
+            });
+        }
+        let path = at(&dest)?;
         if fds.rootless.is_some() {
             // A user namespace cannot create device nodes: bind the host's (runc's way).
             plan.push(Op::CreateFile { path: path.clone() });
             plan.push(Op::Mount {
-                source: Some(cstring("source", format!("/dev/{name}"))?),
+                source: Some(cstring("source", host)?),
                 target: path,
                 fstype: None,
                 flags: BIND,
@@ -724,7 +749,7 @@ fn capsule_plan(
         } else {
             plan.push(Op::Mknod {
                 path,
-                mode: 0o666,
+                mode,
                 dev: crate::sys::makedev(major, minor),
             });
         }
@@ -990,7 +1015,11 @@ impl Runtime {
         let plan = capsule_plan(spec, &sec, &fds)?;
 
         let cgroup = match &self.hierarchy {
-            Some(h) => Some(h.create(&spec.id, &spec.resources)?),
+            Some(h) => Some(h.create(
+                &spec.id,
+                &spec.resources,
+                &devices::allow_rules(&spec.devices),
+            )?),
             None => None,
         };
         let remove_cgroup = |cg: &Option<Box<dyn Cgroup>>| {

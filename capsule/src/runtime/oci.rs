@@ -126,7 +126,19 @@ pub fn to_oci(spec: &CapsuleSpec) -> Result<oci_spec::runtime::Spec, OciError> {
     if let Some(p) = r.pids_limit {
         resources.insert("pids".into(), json!({"limit": p}));
     }
-    resources.insert("devices".into(), json!([{"allow": false, "access": "rwm"}]));
+    // Deny all, then the granted devices (runc adds its defaults itself).
+    let mut device_rules = vec![json!({"allow": false, "access": "rwm"})];
+    let mut devices = Vec::new();
+    for d in &spec.devices {
+        let kind = d.kind.letter().to_string();
+        device_rules.push(json!({"allow": true, "type": kind, "major": d.major,
+            "minor": d.minor, "access": super::devices::access_letters(d.access)}));
+        devices.push(
+            json!({"path": d.path, "type": kind, "major": d.major, "minor": d.minor,
+            "fileMode": d.mode, "uid": 0, "gid": 0}),
+        );
+    }
+    resources.insert("devices".into(), Value::Array(device_rules));
     let mut linux = json!({
         "resources": resources,
         "cgroupsPath": format!("/{}/{}", super::cgroup::BOLT_PARENT, spec.id),
@@ -134,6 +146,9 @@ pub fn to_oci(spec: &CapsuleSpec) -> Result<oci_spec::runtime::Spec, OciError> {
         "maskedPaths": spec.masked_paths,
         "readonlyPaths": spec.readonly_paths,
     });
+    if !devices.is_empty() {
+        linux["devices"] = Value::Array(devices);
+    }
     if spec.seccomp {
         linux["seccomp"] = seccomp_json();
     }

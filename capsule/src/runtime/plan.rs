@@ -44,7 +44,7 @@ pub(crate) enum Op {
     },
     /// `mkdir(2)`; an existing entry is fine.
     Mkdir { path: CString, mode: u32 },
-    /// A character device node; an existing entry is fine.
+    /// A device node (`mode` holds the `S_IFCHR`/`S_IFBLK` bits); an existing entry is fine.
     Mknod { path: CString, mode: u32, dev: u64 },
     /// An empty regular file (a mount point for a file bind); an existing entry is fine.
     CreateFile { path: CString },
@@ -271,9 +271,7 @@ fn run_op(sys: &dyn Syscall, op: &Op) -> Result<(), (Errno, FailureKind)> {
             )
             .map_err(setup),
         Op::Mkdir { path, mode } => ok_if_exists(sys.mkdir(path, *mode)).map_err(setup),
-        Op::Mknod { path, mode, dev } => {
-            ok_if_exists(sys.mknod(path, libc::S_IFCHR | *mode, *dev)).map_err(setup)
-        }
+        Op::Mknod { path, mode, dev } => ok_if_exists(sys.mknod(path, *mode, *dev)).map_err(setup),
         Op::CreateFile { path } => {
             ok_if_exists(sys.mknod(path, libc::S_IFREG | 0o644, 0)).map_err(setup)
         }

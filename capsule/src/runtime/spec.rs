@@ -50,6 +50,9 @@ pub enum SpecError {
     /// The soft limit exceeds the hard limit.
     #[error("rlimit {0}: soft limit above hard limit")]
     RlimitSoftAboveHard(&'static str),
+    /// A granted device's capsule path is not a normal path under `/dev/`.
+    #[error("invalid device path {0:?}: use a path under /dev/ that is not the runtime's own")]
+    BadDevice(String),
     /// An extra mount ([`Mount`]) is invalid.
     #[error("invalid mount on {target:?}: {reason}")]
     BadMount {
@@ -494,6 +497,9 @@ pub struct CapsuleSpec {
     pub seccomp: bool,
     /// Volumes, binds and tmpfs mounts (none by default).
     pub mounts: Vec<Mount>,
+    /// Host devices granted (`--device`): made in `/dev` and allowed by the cgroup, beside
+    /// [`super::devices::DEFAULT_RULES`].
+    pub devices: Vec<super::devices::Device>,
 }
 
 impl CapsuleSpec {
@@ -532,6 +538,7 @@ impl CapsuleSpec {
             no_new_privileges: true,
             seccomp: true,
             mounts: Vec::new(),
+            devices: Vec::new(),
         }
     }
 
@@ -584,6 +591,9 @@ impl CapsuleSpec {
             if r.soft > r.hard {
                 return Err(SpecError::RlimitSoftAboveHard(r.kind.name()));
             }
+        }
+        if let Some(d) = self.devices.iter().find(|d| !d.is_valid()) {
+            return Err(SpecError::BadDevice(d.path.clone()));
         }
         let mut targets = std::collections::HashSet::new();
         for m in &self.mounts {

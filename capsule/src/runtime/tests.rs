@@ -481,3 +481,56 @@ fn rootless_refuses_unmapped_users_and_joined_networks() {
         "{err}"
     );
 }
+
+#[test]
+fn rootfs_is_nodev_and_only_dev_holds_working_nodes() {
+    let sys = RecordingSyscall::new();
+    let (calls, _, _) = run(&sys, &spec());
+    // The overlay (image layers and writable layer) is mounted nodev: 0x4 is MS_NODEV.
+    let overlay = &calls[position(&calls, "mount overlay /run/c1/rootfs overlay")];
+    assert!(
+        overlay.starts_with(&format!(
+            "mount overlay /run/c1/rootfs overlay {:#x} ",
+            plan::ms::NODEV
+        )),
+        "{overlay}"
+    );
+    // The /dev tmpfs is not nodev: the runtime's own nodes there work.
+    let dev = &calls[position(&calls, "mount tmpfs /run/c1/rootfs/dev ")];
+    let flags = u64::from_str_radix(dev.split(' ').nth(4).unwrap().trim_start_matches("0x"), 16);
+    assert_eq!(flags.unwrap() & plan::ms::NODEV, 0, "{dev}");
+    // Character nodes: mode 020666 (S_IFCHR | 0666), /dev/null is 1:3.
+    assert!(calls.contains(&format!(
+        "mknod /run/c1/rootfs/dev/null 20666 {}",
+        crate::sys::makedev(1, 3)
+    )));
+}
+
+#[test]
+fn granted_devices_are_made_in_dev_after_its_tmpfs() {
+    let mut s = spec();
+    s.devices.push(devices::Device {
+        host: "/dev/vda".into(),
+        path: "/dev/disks/xvda".into(),
+        kind: devices::DeviceKind::Block,
+        major: 254,
+        minor: 0,
+        mode: 0o660,
+        access: devices::access::READ,
+    });
+    let sys = RecordingSyscall::new();
+    let (calls, _, _) = run(&sys, &s);
+    let dir = position(&calls, "mkdir /run/c1/rootfs/dev/disks 755");
+    let node = position(
+        &calls,
+        &format!(
+            "mknod /run/c1/rootfs/dev/disks/xvda 60660 {}",
+            crate::sys::makedev(254, 0)
+        ),
+    );
+    assert!(position(&calls, "mount tmpfs /run/c1/rootfs/dev ") < dir);
+    assert!(dir < node && node < position(&calls, "pivot_root"));
+    // A bad capsule path in a spec read back from disk is refused before anything runs.
+    s.devices[0].path = "/etc/../dev/x".into();
+    assert!(matches!(s.validate(), Err(SpecError::BadDevice(_))));
+}

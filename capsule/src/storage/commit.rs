@@ -14,15 +14,22 @@
 //!   sockets are skipped; a file whose name starts with `.wh.` is refused (it would read as a
 //!   whiteout);
 //! - upper directories made with `redirect_dir` or `metacopy` (their content lives partly in
-//!   the lower layers) are refused: Bolt mounts overlays without them.
+//!   the lower layers) are refused: Bolt mounts overlays without them;
+//! - directories are listed and files opened through `openat2` beneath the upper directory with
+//!   `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`: a running capsule that swaps a file or a directory
+//!   for a symlink (to a host file) during the walk makes the commit fail instead of reading what
+//!   the link points at.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use serde_json::{json, Value};
 use tar::{EntryType, Header};
@@ -53,6 +60,10 @@ pub enum CommitError {
         /// What it is.
         what: &'static str,
     },
+    /// An entry changed between the walk's look at it and its opening (a running capsule
+    /// swapped it): the commit is refused rather than reading something else.
+    #[error("{0} changed while it was committed")]
+    Changed(PathBuf),
     /// Writing the layer failed.
     #[error("write the layer: {0}")]
     Write(#[source] io::Error),
@@ -221,11 +232,43 @@ fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
     r
 }
 
+/// Opens `rel` beneath the directory `root` without following any symlink (and no magic link,
+/// no `..` escape); an empty `rel` is `root` itself.
+fn open_beneath(root: &OwnedFd, rel: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    // (openat2 refuses O_PATH with flags beyond O_DIRECTORY, O_NOFOLLOW and O_CLOEXEC.)
+    let flags = match flags.contains(OFlags::PATH) {
+        true => flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        false => flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+    };
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(root, rel, flags, Mode::empty(), resolve) {
+            // A concurrent rename anywhere on the system: the kernel asks to retry.
+            Err(rustix::io::Errno::AGAIN) if tries < 16 => tries += 1,
+            other => return other.map_err(errno),
+        }
+    }
+}
+
+/// A test hook run with an entry's name in the layer right before it is opened.
+#[cfg(test)]
+type BeforeOpen = Option<Box<dyn FnMut(&Path)>>;
+
 struct Walker<W: Write> {
     tar: tar::Builder<W>,
     opts: CommitOptions,
     links: HashMap<(u64, u64), PathBuf>,
     stats: Committed,
+    /// The upper directory: everything is opened beneath it.
+    root: OwnedFd,
+    #[cfg(test)]
+    before_open: BeforeOpen,
 }
 
 impl<W: Write> Walker<W> {
@@ -281,13 +324,26 @@ impl<W: Write> Walker<W> {
         self.tar.append_data(&mut h, name, io::empty())
     }
 
+    fn before_open(&mut self, _rel: &Path) {
+        #[cfg(test)]
+        if let Some(hook) = self.before_open.as_mut() {
+            hook(_rel);
+        }
+    }
+
     /// Writes the entries under `dir` (`rel` is its name in the layer, empty for the root).
     fn walk(&mut self, dir: &Path, rel: &Path) -> Result<(), CommitError> {
-        let mut names: Vec<std::ffi::OsString> = fs::read_dir(dir)
-            .map_err(read_err(dir))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
+        self.before_open(rel);
+        let fd = open_beneath(&self.root, rel, OFlags::RDONLY | OFlags::DIRECTORY)
             .map_err(read_err(dir))?;
+        let mut names: Vec<std::ffi::OsString> = Vec::new();
+        for e in rustix::fs::Dir::new(fd).map_err(|e| read_err(dir)(errno(e)))? {
+            let e = e.map_err(|e| read_err(dir)(errno(e)))?;
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push(OsStr::from_bytes(n).to_os_string());
+            }
+        }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         for name in names {
             let path = dir.join(&name);
@@ -346,7 +402,12 @@ impl<W: Write> Walker<W> {
             return self.walk(path, rel);
         }
         if ft.is_symlink() {
-            let target = fs::read_link(path).map_err(read_err(path))?;
+            // The link itself (O_PATH | O_NOFOLLOW), reached without following any other.
+            self.before_open(rel);
+            let link = open_beneath(&self.root, rel, OFlags::PATH).map_err(read_err(path))?;
+            let target = rustix::fs::readlinkat(&link, "", Vec::new())
+                .map_err(|e| read_err(path)(errno(e)))?;
+            let target = PathBuf::from(OsStr::from_bytes(target.as_bytes()));
             let mut h = self.header(&m, EntryType::Symlink);
             return self
                 .tar
@@ -365,7 +426,16 @@ impl<W: Write> Walker<W> {
                 }
                 self.links.insert(key, rel.to_path_buf());
             }
-            let f = File::open(path).map_err(read_err(path))?;
+            self.before_open(rel);
+            let f = File::from(
+                open_beneath(&self.root, rel, OFlags::RDONLY | OFlags::NONBLOCK)
+                    .map_err(read_err(path))?,
+            );
+            // The same file the walk saw (not one swapped in since, a FIFO to block on, ...).
+            let now = f.metadata().map_err(read_err(path))?;
+            if !now.is_file() || (now.dev(), now.ino()) != (m.dev(), m.ino()) {
+                return Err(CommitError::Changed(path.to_path_buf()));
+            }
             let mut h = self.header(&m, EntryType::Regular);
             h.set_size(m.len());
             // A file that changes size while it is read would corrupt the archive: read
@@ -410,39 +480,51 @@ pub fn commit<W: Write>(
     out: W,
     opts: &CommitOptions,
 ) -> Result<(Committed, W), CommitError> {
-    let meta = fs::metadata(upper).map_err(read_err(upper))?;
-    if !meta.is_dir() {
-        return Err(CommitError::Read {
-            path: upper.to_path_buf(),
-            source: io::Error::from(io::ErrorKind::NotADirectory),
-        });
+    Walker::new(upper, out, opts)?.run(upper)
+}
+
+impl<W: Write> Walker<HashingWriter<W>> {
+    fn new(upper: &Path, out: W, opts: &CommitOptions) -> Result<Self, CommitError> {
+        let meta = fs::metadata(upper).map_err(read_err(upper))?;
+        if !meta.is_dir() {
+            return Err(CommitError::Read {
+                path: upper.to_path_buf(),
+                source: io::Error::from(io::ErrorKind::NotADirectory),
+            });
+        }
+        let root = File::open(upper).map_err(read_err(upper))?;
+        let mut tar = tar::Builder::new(HashingWriter::new(out));
+        tar.mode(tar::HeaderMode::Complete);
+        Ok(Walker {
+            tar,
+            opts: *opts,
+            links: HashMap::new(),
+            stats: Committed {
+                diff_id: Digest::of(b""),
+                size: 0,
+                entries: 0,
+                whiteouts: 0,
+                skipped: 0,
+            },
+            root: root.into(),
+            #[cfg(test)]
+            before_open: None,
+        })
     }
-    let hashing = HashingWriter::new(out);
-    let mut tar = tar::Builder::new(hashing);
-    tar.mode(tar::HeaderMode::Complete);
-    let mut w = Walker {
-        tar,
-        opts: *opts,
-        links: HashMap::new(),
-        stats: Committed {
-            diff_id: Digest::of(b""),
-            size: 0,
-            entries: 0,
-            whiteouts: 0,
-            skipped: 0,
-        },
-    };
-    w.walk(upper, Path::new(""))?;
-    let hashing = w.tar.into_inner().map_err(CommitError::Write)?;
-    let (diff_id, size, out) = hashing.finish();
-    Ok((
-        Committed {
-            diff_id,
-            size,
-            ..w.stats
-        },
-        out,
-    ))
+
+    fn run(mut self, upper: &Path) -> Result<(Committed, W), CommitError> {
+        self.walk(upper, Path::new(""))?;
+        let hashing = self.tar.into_inner().map_err(CommitError::Write)?;
+        let (diff_id, size, out) = hashing.finish();
+        Ok((
+            Committed {
+                diff_id,
+                size,
+                ..self.stats
+            },
+            out,
+        ))
+    }
 }
 
 /// Formats seconds since the epoch as RFC 3339 (`1970-01-01T00:00:00Z`).
@@ -720,6 +802,9 @@ pub async fn commit_image(
     let _ = fs::remove_dir_all(&staging);
     result
 }
+
+#[cfg(test)]
+mod race_tests;
 
 #[cfg(test)]
 mod tests {

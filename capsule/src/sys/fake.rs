@@ -139,6 +139,17 @@ impl Syscall for RecordingSyscall {
     fn seccomp(&self, filter: &[libc::sock_filter]) -> Result<(), Errno> {
         self.record(format!("seccomp {}", filter.len()))
     }
+    fn attach_device_filter(&self, cgroup: RawFd, insns: &[super::BpfInsn]) -> Result<(), Errno> {
+        let text: Vec<String> = insns
+            .iter()
+            .map(|i| format!("{:02x}:{:02x}:{}:{:#x}", i.code, i.regs, i.off, i.imm))
+            .collect();
+        self.record(format!(
+            "attach_device_filter {cgroup} {} {}",
+            insns.len(),
+            text.join(",")
+        ))
+    }
     fn umask(&self, mode: u32) {
         let _ = self.record(format!("umask {mode:o}"));
     }

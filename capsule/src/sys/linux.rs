@@ -4,7 +4,46 @@
 use std::ffi::CStr;
 use std::os::fd::RawFd;
 
-use super::{Errno, ExecArgs, Syscall};
+use super::{BpfInsn, Errno, ExecArgs, Syscall};
+
+/// `BPF_PROG_LOAD`, `BPF_PROG_ATTACH` (linux/bpf.h `enum bpf_cmd`).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+/// `BPF_PROG_TYPE_CGROUP_DEVICE` (`enum bpf_prog_type`).
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+/// `BPF_CGROUP_DEVICE` (`enum bpf_attach_type`).
+const BPF_CGROUP_DEVICE: u32 = 6;
+/// `BPF_F_ALLOW_MULTI`: other programs (a nested runtime's) may be attached beside ours; the
+/// kernel allows an access only when every one of them allows it.
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// The `BPF_PROG_LOAD` part of `union bpf_attr` up to `expected_attach_type`; the kernel takes a
+/// shorter attr and treats the rest as zero.
+#[repr(C)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// The `BPF_PROG_ATTACH` part of `union bpf_attr`.
+#[repr(C)]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
 
 /// The syscalls of the running kernel.
 #[derive(Debug, Clone, Copy, Default)]
@@ -361,6 +400,70 @@ impl Syscall for LinuxSyscall {
                 libc::SECCOMP_SET_MODE_FILTER,
                 0,
                 &prog as *const libc::sock_fprog,
+            )
+        })
+        .map(drop)
+    }
+
+    fn attach_device_filter(&self, cgroup: RawFd, insns: &[BpfInsn]) -> Result<(), Errno> {
+        let Ok(insn_cnt) = u32::try_from(insns.len()) else {
+            return Err(Errno::E2BIG);
+        };
+        let Ok(target_fd) = u32::try_from(cgroup) else {
+            return Err(Errno::EBADF);
+        };
+        let license = c"Apache-2.0";
+        let mut prog_name = [0u8; 16];
+        for (d, s) in prog_name.iter_mut().zip(b"bolt_devices") {
+            *d = *s;
+        }
+        let load = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+            insn_cnt,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: 0,
+            log_size: 0,
+            log_buf: 0,
+            kern_version: 0,
+            prog_flags: 0,
+            prog_name,
+            prog_ifindex: 0,
+            expected_attach_type: 0,
+        };
+        // SAFETY: bpf(2) reads `size_of::<ProgLoadAttr>()` bytes of `load`, a repr(C) prefix of
+        // `union bpf_attr` alive for the call, and through it `insn_cnt` instructions of the
+        // borrowed slice (`BpfInsn` is repr(C) `struct bpf_insn`) and the NUL-terminated license.
+        // It writes nothing through them (no log buffer) and returns a new fd or -1.
+        let prog = check_long(unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &load as *const ProgLoadAttr,
+                std::mem::size_of::<ProgLoadAttr>(),
+            )
+        })?;
+        let Ok(prog) = RawFd::try_from(prog) else {
+            return Err(Errno::EBADF);
+        };
+        // SAFETY: bpf(BPF_PROG_LOAD) just returned this fd; nothing else owns it, and the
+        // OwnedFd closes it exactly once.
+        let prog = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(prog) };
+        let attach = ProgAttachAttr {
+            target_fd,
+            attach_bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&prog) as u32,
+            attach_type: BPF_CGROUP_DEVICE,
+            attach_flags: BPF_F_ALLOW_MULTI,
+            replace_bpf_fd: 0,
+        };
+        // SAFETY: bpf(2) reads `size_of::<ProgAttachAttr>()` bytes of `attach`, alive for the
+        // call, holding two fds we keep open until it returns.
+        check_long(unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_ATTACH,
+                &attach as *const ProgAttachAttr,
+                std::mem::size_of::<ProgAttachAttr>(),
             )
         })
         .map(drop)

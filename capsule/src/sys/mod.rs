@@ -77,6 +77,21 @@ impl std::fmt::Debug for ExecArgs {
     }
 }
 
+/// One eBPF instruction (`struct bpf_insn`, linux/bpf.h): opcode, destination register in the low
+/// and source register in the high nibble of `regs`, offset and immediate.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BpfInsn {
+    /// The opcode.
+    pub code: u8,
+    /// `dst | src << 4`.
+    pub regs: u8,
+    /// Jump or memory offset.
+    pub off: i16,
+    /// Immediate.
+    pub imm: i32,
+}
+
 /// Linux `dev_t` from a major and minor number (glibc's `makedev`).
 pub(crate) const fn makedev(major: u64, minor: u64) -> u64 {
     ((major & 0xffff_f000) << 32)
@@ -144,6 +159,11 @@ pub(crate) trait Syscall {
     fn clear_ambient_caps(&self) -> Result<(), Errno>;
     /// Installs a classic-BPF seccomp filter (`seccomp(SECCOMP_SET_MODE_FILTER)`).
     fn seccomp(&self, filter: &[libc::sock_filter]) -> Result<(), Errno>;
+    /// Loads `insns` as a `BPF_PROG_TYPE_CGROUP_DEVICE` program (raw `bpf(BPF_PROG_LOAD)`) and
+    /// attaches it to the cgroup directory open at `cgroup` (`BPF_PROG_ATTACH`,
+    /// `BPF_CGROUP_DEVICE`, `BPF_F_ALLOW_MULTI`). The program stays attached while the cgroup
+    /// lives; the program's fd is closed before this returns. Called in the parent.
+    fn attach_device_filter(&self, cgroup: RawFd, insns: &[BpfInsn]) -> Result<(), Errno>;
     /// `umask(2)`.
     fn umask(&self, mode: u32);
     /// `dup2(2)`; when `from == to` it clears `FD_CLOEXEC` instead.

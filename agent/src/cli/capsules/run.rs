@@ -105,6 +105,7 @@ pub fn create_request(args: &RunArgs) -> CliResult<CreateRequest> {
         ports: args.publish.clone(),
         volumes: args.volume.clone(),
         tmpfs: args.tmpfs.clone(),
+        devices: args.device.clone(),
     })
 }
 

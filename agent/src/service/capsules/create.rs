@@ -24,8 +24,8 @@ use crate::service::networks::{write_etc_files, Networks, Prepared};
 use crate::shim::mounts::MountConfig;
 use crate::shim::{Report, SupervisorConfig, SUPERVISOR_LOG};
 use crate::wire::capsules::{
-    one_line, short, CapsuleView, CreateRequest, RestartPolicy, LABEL_AUTO_REMOVE, LABEL_STDIN,
-    LABEL_TTY, LABEL_WARNINGS,
+    one_line, short, CapsuleView, CreateRequest, RestartPolicy, LABEL_AUTO_REMOVE, LABEL_DEVICES,
+    LABEL_STDIN, LABEL_TTY, LABEL_WARNINGS,
 };
 use crate::wire::networks::{plan, NetworkChoice};
 use crate::wire::parse::valid_name;
@@ -124,6 +124,7 @@ struct Checked {
     rootless: bool,
     volumes: Vec<VolumeSpec>,
     tmpfs: Vec<TmpfsSpec>,
+    devices: Vec<bolt_capsule::runtime::devices::Device>,
 }
 
 /// What the image and the request resolve to: the process to run and as whom.
@@ -197,6 +198,14 @@ fn check_request(req: &CreateRequest, default_network: &str) -> Result<Checked, 
         }
     }
     let (volumes, tmpfs) = parse_mount_specs(&req.volumes, &req.tmpfs)?;
+    // `--device`: the host node is read now; the supervisor makes it in /dev and the
+    // capsule's cgroup allows it (docs/runtime.md, "Devices").
+    let devices = req
+        .devices
+        .iter()
+        .map(|d| bolt_capsule::runtime::devices::Device::from_spec(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
     Ok(Checked {
         policy,
         network,
@@ -205,6 +214,7 @@ fn check_request(req: &CreateRequest, default_network: &str) -> Result<Checked, 
         rootless,
         volumes,
         tmpfs,
+        devices,
     })
 }
 
@@ -234,6 +244,9 @@ fn labels_of(req: &CreateRequest, rootless: bool) -> std::collections::BTreeMap<
     }
     if req.stdin {
         labels.insert(LABEL_STDIN.to_owned(), "true".to_owned());
+    }
+    if !req.devices.is_empty() {
+        labels.insert(LABEL_DEVICES.to_owned(), req.devices.join(" "));
     }
     let limits_ignored = rootless
         .then(|| {
@@ -298,6 +311,7 @@ fn specs_of(
         log_keep: 3,
         netns: None,
         mounts: Vec::new(),
+        devices: checked.devices.clone(),
     };
     (event, cfg)
 }
