@@ -386,4 +386,74 @@ mod tests {
         let ns = oci.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
         assert_eq!(ns.len(), 5);
     }
+
+    /// One rule: action, errnoRet, and the first argument's op and value.
+    type Rule = (String, Option<i64>, Option<String>, Option<u64>);
+
+    /// The rules of `name` in the profile.
+    fn rules_of(profile: &Value, name: &str) -> Vec<Rule> {
+        profile["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == name))
+            .map(|r| {
+                (
+                    r["action"].as_str().unwrap().to_owned(),
+                    r["errnoRet"].as_i64(),
+                    r["args"][0]["op"].as_str().map(str::to_owned),
+                    r["args"][0]["value"].as_u64(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_bundle_carries_dockers_allow_list() {
+        let p = seccomp_json(seccomp::default_cap_mask());
+        assert_eq!(p["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(p["defaultErrnoRet"], libc::EPERM);
+        let allow =
+            |name: &str| rules_of(&p, name) == [("SCMP_ACT_ALLOW".into(), None, None, None)];
+        assert!(allow("read") && allow("execve") && allow("chroot"));
+        assert!(rules_of(&p, "kexec_load").is_empty());
+        assert!(rules_of(&p, "mount").is_empty());
+        // Names this architecture lacks are left out.
+        assert!(rules_of(&p, "socketcall").is_empty());
+        let allow_if = |op: &str, v: u64| {
+            (
+                "SCMP_ACT_ALLOW".to_owned(),
+                None,
+                Some(op.to_owned()),
+                Some(v),
+            )
+        };
+        assert_eq!(
+            rules_of(&p, "socket"),
+            [
+                allow_if("SCMP_CMP_LT", 38),
+                allow_if("SCMP_CMP_EQ", 39),
+                allow_if("SCMP_CMP_GT", 40)
+            ]
+        );
+        assert_eq!(rules_of(&p, "personality").len(), 5);
+        assert_eq!(
+            rules_of(&p, "clone"),
+            [allow_if("SCMP_CMP_MASKED_EQ", 0x7e02_0000)]
+        );
+        assert_eq!(
+            rules_of(&p, "clone3"),
+            [(
+                "SCMP_ACT_ERRNO".to_owned(),
+                Some(i64::from(libc::ENOSYS)),
+                None,
+                None
+            )]
+        );
+        // CAP_SYS_ADMIN allows clone, clone3 and mount outright.
+        let admin = seccomp_json(1 << 21);
+        assert_eq!(rules_of(&admin, "clone").len(), 1);
+        assert_eq!(rules_of(&admin, "clone")[0].2, None);
+        assert_eq!(rules_of(&admin, "mount").len(), 1);
+    }
 }
