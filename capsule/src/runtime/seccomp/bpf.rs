@@ -25,8 +25,6 @@ pub(super) enum Insn {
     Load(u32),
     /// Jump to the label when equal, else fall through.
     JeqTo(u32, Label),
-    /// Fall through when equal, else jump to the label.
-    JneTo(u32, Label),
     /// Jump to the label when any of the bits is set, else fall through.
     JsetTo(u32, Label),
     /// Jump to the label, however far, when greater or equal (unsigned), else fall through.
@@ -102,7 +100,6 @@ impl Program {
                 Insn::Mark(_) => {}
                 Insn::Load(off) => out.push(f(LD_W_ABS, 0, 0, off)),
                 Insn::JeqTo(k, l) => out.push(f(JEQ_K, short(l, here)?, 0, k)),
-                Insn::JneTo(k, l) => out.push(f(JEQ_K, 0, short(l, here)?, k)),
                 Insn::JsetTo(k, l) => out.push(f(JSET_K, short(l, here)?, 0, k)),
                 Insn::JgeFar(k, l) => {
                     // >= k: fall onto the `ja`; < k: skip it.

@@ -193,13 +193,13 @@ pub fn denied(cap_mask: u64) -> Vec<&'static str> {
 /// The filter for a capsule whose bounding set is `cap_mask`.
 pub fn filter(cap_mask: u64) -> Result<Vec<libc::sock_filter>, SeccompError> {
     let mut p = Program::default();
-    let kill = p.label();
+    let native = p.label();
     p.push(Insn::Load(OFF_ARCH));
-    p.push(Insn::JneTo(AUDIT_ARCH, kill));
+    p.push(Insn::JeqTo(AUDIT_ARCH, native));
+    p.push(Insn::Ret(libc::SECCOMP_RET_KILL_PROCESS));
+    p.push(Insn::Mark(native));
     p.push(Insn::Load(OFF_NR));
     search(&mut p, &ranges(&actions_by_number(cap_mask)));
-    p.push(Insn::Mark(kill));
-    p.push(Insn::Ret(libc::SECCOMP_RET_KILL_PROCESS));
     p.assemble()
 }
 
