@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bolt_capsule::image::PullOptions;
@@ -78,23 +78,28 @@ fn assert_no_mount_under(dir: &Path) {
     assert!(!mountinfo.contains(&root), "a mount under {root} is left");
 }
 
-/// A busybox rootfs with the host's /usr (perl and its libraries) bound read-only on /usr.
+/// A busybox rootfs with the host's /usr (perl and its libraries) bound read-only on /usr, and
+/// /lib, /lib64 as on the host (links into /usr on merged-/usr hosts, else bound too).
 fn perl_spec(dir: &Path, name: &str, args: Vec<String>) -> CapsuleSpec {
     let lower = dir.join("lower");
     common::busybox_lower(&lower);
-    fs::create_dir_all(lower.join("usr")).unwrap();
-    for (link, target) in [("lib", "usr/lib"), ("lib64", "usr/lib64")] {
-        if Path::new("/").join(link).is_symlink() {
-            std::os::unix::fs::symlink(target, lower.join(link)).unwrap();
+    let mut mounts = Vec::new();
+    for top in ["usr", "lib", "lib64"] {
+        let host = Path::new("/").join(top);
+        if let Ok(target) = fs::read_link(&host) {
+            std::os::unix::fs::symlink(target, lower.join(top)).unwrap();
+        } else if host.is_dir() {
+            fs::create_dir_all(lower.join(top)).unwrap();
+            mounts.push(Mount::Bind {
+                source: host,
+                target: format!("/{top}"),
+                readonly: true,
+            });
         }
     }
     let rootfs = Rootfs::in_dir(vec![lower], &dir.join("capsule"));
     let mut spec = CapsuleSpec::new(id(name), rootfs, args);
-    spec.mounts = vec![Mount::Bind {
-        source: PathBuf::from("/usr"),
-        target: "/usr".into(),
-        readonly: true,
-    }];
+    spec.mounts = mounts;
     spec
 }
 
