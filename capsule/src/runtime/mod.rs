@@ -2,9 +2,9 @@
 //!
 //! [`Runtime::spawn`] starts a [`CapsuleSpec`] as pid 1 of new pid, mount, ipc, uts, net and
 //! cgroup namespaces on an overlayfs root, limited by a cgroup ([`cgroup`]), with docker's
-//! default capabilities, masked and read-only paths, `no_new_privs` and a seccomp deny-list
-//! ([`seccomp`]). [`Capsule`] waits (exit code, signal, OOM flag), kills, lists pids, reads
-//! counters and `exec`s more processes into the capsule. [`supervise`] is the per-capsule
+//! default capabilities, masked and read-only paths, `no_new_privs` and docker's seccomp
+//! allow-list ([`seccomp`]). [`Capsule`] waits (exit code, signal, OOM flag), kills, lists pids,
+//! reads counters and `exec`s more processes into the capsule. [`supervise`] is the per-capsule
 //! supervisor's core; [`oci`] turns a spec into a runc-compatible bundle.
 //!
 //! See docs/runtime.md for the setup order and the reasons behind it.
@@ -875,12 +875,12 @@ fn read_last_cap() -> u32 {
 }
 
 /// The runtime: host facts detected once (cgroup hierarchy, cgroup namespaces, the last
-/// capability) and the compiled seccomp filter.
+/// capability) and the compiled default seccomp filter.
 pub struct Runtime {
     hierarchy: Option<Hierarchy>,
     cgroup_ns: bool,
     last_cap: u32,
-    filter: Vec<libc::sock_filter>,
+    filters: seccomp::Filters,
     /// Rootless: every capsule gets its own user namespace with these maps.
     userns: Option<UserNamespace>,
 }
@@ -891,7 +891,7 @@ impl std::fmt::Debug for Runtime {
             .field("hierarchy", &self.hierarchy)
             .field("cgroup_ns", &self.cgroup_ns)
             .field("last_cap", &self.last_cap)
-            .field("seccomp_insns", &self.filter.len())
+            .field("seccomp_insns", &self.filters.default_len())
             .field("userns", &self.userns)
             .finish()
     }
@@ -910,7 +910,7 @@ impl Runtime {
             hierarchy,
             cgroup_ns: Path::new("/proc/self/ns/cgroup").exists(),
             last_cap: read_last_cap(),
-            filter: seccomp::default_filter()?,
+            filters: seccomp::Filters::new()?,
             userns: None,
         })
     }
@@ -973,7 +973,11 @@ impl Runtime {
             groups,
             setgroups,
             no_new_privs: spec.no_new_privileges,
-            seccomp: spec.seccomp.then(|| self.filter.clone()),
+            seccomp: if spec.seccomp {
+                Some(self.filters.for_caps(cap_mask)?)
+            } else {
+                None
+            },
         })
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::seccomp::{CLONE_NS_FLAGS, DENIED};
+use super::seccomp::{self, Action, ArgRule};
 use super::spec::{CapsuleSpec, Mount, NetworkMode, CPU_PERIOD_US};
 use crate::sys::{LinuxSyscall, Syscall};
 
@@ -45,34 +45,77 @@ pub enum OciError {
     Nul(PathBuf),
 }
 
-/// The OCI seccomp section equivalent to Bolt's filter (libseccomp builds its own BPF from it).
-fn seccomp_json() -> Value {
-    let names: Vec<&str> = DENIED
-        .iter()
-        .map(|(n, _)| n.trim_start_matches("SYS_"))
-        .collect();
-    let mut syscalls = vec![
-        json!({"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM}),
-        json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}),
-    ];
-    // One rule per namespace flag: libseccomp ANDs the arguments of one rule.
-    for bit in 0..32 {
-        let flag = 1u32 << bit;
-        if CLONE_NS_FLAGS & flag != 0 {
-            syscalls.push(json!({
-                "names": ["clone"],
-                "action": "SCMP_ACT_ERRNO",
-                "errnoRet": libc::EPERM,
-                "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}],
-            }));
+/// The OCI seccomp section equivalent to Bolt's filter for a capsule with `cap_mask`
+/// (libseccomp builds its own BPF from it): docker's default profile, with the names this
+/// architecture lacks left out.
+fn seccomp_json(cap_mask: u64) -> Value {
+    let mut allowed = Vec::new();
+    let mut syscalls = Vec::new();
+    for (name, action) in seccomp::actions(cap_mask) {
+        if seccomp::table::number(name).is_none() {
+            continue;
+        }
+        match action {
+            Action::Allow => allowed.push(name),
+            Action::Errno(e) => {
+                syscalls.push(json!({"names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": e}))
+            }
+            Action::Check(rule) => syscalls.extend(seccomp_rule_json(name, rule)),
         }
     }
+    syscalls.insert(0, json!({"names": allowed, "action": "SCMP_ACT_ALLOW"}));
     let arch = if cfg!(target_arch = "aarch64") {
         "SCMP_ARCH_AARCH64"
     } else {
         "SCMP_ARCH_X86_64"
     };
-    json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": [arch], "syscalls": syscalls})
+    json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": seccomp::DEFAULT_ERRNO,
+        "architectures": [arch],
+        "syscalls": syscalls,
+    })
+}
+
+/// The OCI rules allowing `name` when `rule` holds (libseccomp ORs rules, ANDs one rule's args).
+fn seccomp_rule_json(name: &str, rule: ArgRule) -> Vec<Value> {
+    let allow = |arg: u8, op: &str, value: u64, two: u64| {
+        json!({
+            "names": [name],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{"index": arg, "value": value, "valueTwo": two, "op": op}],
+        })
+    };
+    match rule {
+        ArgRule::OneOf { arg, values } => values
+            .iter()
+            .map(|v| allow(arg, "SCMP_CMP_EQ", u64::from(*v), 0))
+            .collect(),
+        ArgRule::NoneOf { arg, values } => {
+            let mut refused: Vec<u64> = values.iter().map(|v| u64::from(*v)).collect();
+            refused.sort_unstable();
+            refused.dedup();
+            // Below the first, each value between two refused ones, above the last.
+            let mut out = Vec::new();
+            let mut next = 0u64;
+            for v in &refused {
+                if next == 0 && *v > 0 {
+                    out.push(allow(arg, "SCMP_CMP_LT", *v, 0));
+                } else {
+                    out.extend((next..*v).map(|x| allow(arg, "SCMP_CMP_EQ", x, 0)));
+                }
+                next = v + 1;
+            }
+            match refused.last() {
+                Some(last) => out.push(allow(arg, "SCMP_CMP_GT", *last, 0)),
+                None => out.push(json!({"names": [name], "action": "SCMP_ACT_ALLOW"})),
+            }
+            out
+        }
+        ArgRule::NoBits { arg, mask } => {
+            vec![allow(arg, "SCMP_CMP_MASKED_EQ", u64::from(mask), 0)]
+        }
+    }
 }
 
 /// The OCI config for a capsule.
@@ -150,7 +193,7 @@ pub fn to_oci(spec: &CapsuleSpec) -> Result<oci_spec::runtime::Spec, OciError> {
         linux["devices"] = Value::Array(devices);
     }
     if spec.seccomp {
-        linux["seccomp"] = seccomp_json();
+        linux["seccomp"] = seccomp_json(spec.capability_mask()?);
     }
     let mut mounts = json!([
         {"destination": "/proc", "type": "proc", "source": "proc",
@@ -357,5 +400,75 @@ mod tests {
         let oci = to_oci(&spec).unwrap();
         let ns = oci.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
         assert_eq!(ns.len(), 5);
+    }
+
+    /// One rule: action, errnoRet, and the first argument's op and value.
+    type Rule = (String, Option<i64>, Option<String>, Option<u64>);
+
+    /// The rules of `name` in the profile.
+    fn rules_of(profile: &Value, name: &str) -> Vec<Rule> {
+        profile["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == name))
+            .map(|r| {
+                (
+                    r["action"].as_str().unwrap().to_owned(),
+                    r["errnoRet"].as_i64(),
+                    r["args"][0]["op"].as_str().map(str::to_owned),
+                    r["args"][0]["value"].as_u64(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_bundle_carries_dockers_allow_list() {
+        let p = seccomp_json(seccomp::default_cap_mask());
+        assert_eq!(p["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(p["defaultErrnoRet"], libc::EPERM);
+        let allow =
+            |name: &str| rules_of(&p, name) == [("SCMP_ACT_ALLOW".into(), None, None, None)];
+        assert!(allow("read") && allow("execve") && allow("chroot"));
+        assert!(rules_of(&p, "kexec_load").is_empty());
+        assert!(rules_of(&p, "mount").is_empty());
+        // Names this architecture lacks are left out.
+        assert!(rules_of(&p, "socketcall").is_empty());
+        let allow_if = |op: &str, v: u64| {
+            (
+                "SCMP_ACT_ALLOW".to_owned(),
+                None,
+                Some(op.to_owned()),
+                Some(v),
+            )
+        };
+        assert_eq!(
+            rules_of(&p, "socket"),
+            [
+                allow_if("SCMP_CMP_LT", 38),
+                allow_if("SCMP_CMP_EQ", 39),
+                allow_if("SCMP_CMP_GT", 40)
+            ]
+        );
+        assert_eq!(rules_of(&p, "personality").len(), 5);
+        assert_eq!(
+            rules_of(&p, "clone"),
+            [allow_if("SCMP_CMP_MASKED_EQ", 0x7e02_0000)]
+        );
+        assert_eq!(
+            rules_of(&p, "clone3"),
+            [(
+                "SCMP_ACT_ERRNO".to_owned(),
+                Some(i64::from(libc::ENOSYS)),
+                None,
+                None
+            )]
+        );
+        // CAP_SYS_ADMIN allows clone, clone3 and mount outright.
+        let admin = seccomp_json(1 << 21);
+        assert_eq!(rules_of(&admin, "clone").len(), 1);
+        assert_eq!(rules_of(&admin, "clone")[0].2, None);
+        assert_eq!(rules_of(&admin, "mount").len(), 1);
     }
 }
