@@ -279,7 +279,13 @@ impl Capsules {
             .await?;
         let known: BTreeSet<String> = mine.iter().map(|c| c.id.clone()).collect();
 
-        // Directories nobody recorded: end what runs there and remove them.
+        // Directories nobody recorded: end what runs there and remove them. Never through a
+        // symbolic link: not a `capsules` that is one (its target's directories would go), not
+        // an entry that is one (its `pid.json` would name a process to kill).
+        let meta = std::fs::symlink_metadata(&self.dir).map_err(io_err("inspect", &self.dir))?;
+        if !meta.is_dir() {
+            return Err(CapsuleError::Untrusted(self.dir.clone()));
+        }
         let entries = std::fs::read_dir(&self.dir).map_err(io_err("read", &self.dir))?;
         for ent in entries.flatten() {
             let name = ent.file_name().to_string_lossy().into_owned();
@@ -287,8 +293,11 @@ impl Capsules {
                 continue;
             }
             tracing::info!(capsule = %short(&name), "removing a capsule directory no event records");
-            if let Ok(Adopted::Running { record, .. }) = adopt(&ent.path()) {
-                kill_orphan(&name, &record);
+            let is_dir = ent.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir {
+                if let Ok(Adopted::Running { record, .. }) = adopt(&ent.path()) {
+                    kill_orphan(&name, &record);
+                }
             }
             self.remove_dir(&name).await;
         }
