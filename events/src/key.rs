@@ -34,7 +34,11 @@ pub enum KeyError {
     #[error("node key {path} has mode {mode:o}; it must be 0600 or narrower (chmod 600)")]
     Permissions { path: PathBuf, mode: u32 },
     #[error("node key {path} belongs to uid {owner}, not to this agent's user (uid {user})")]
-    Owner { path: PathBuf, owner: u32, user: u32 },
+    Owner {
+        path: PathBuf,
+        owner: u32,
+        user: u32,
+    },
     #[error("node key {path} is a symbolic link; it must be a regular file")]
     Symlink { path: PathBuf },
     #[error("node key {path} is not a regular file")]
