@@ -5,9 +5,10 @@
 //! root whose capsules outlive their key or log needs `--start-over`.
 #![allow(clippy::unwrap_used)]
 
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use bolt_agent::client::Client;
 use bolt_tests::{bolt_command, root_only, wait_for_exit, Node, PATIENCE};
@@ -18,7 +19,11 @@ const STRANGER: u32 = 4242;
 /// Start the agent of `node`, expecting it to refuse: the last line of its log.
 fn refused_start(node: &Node) -> String {
     let mut child = node.spawn_agent().unwrap();
-    let status = wait_for_exit(&mut child, PATIENCE).expect("the agent exits");
+    let Some(status) = wait_for_exit(&mut child, PATIENCE) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the agent did not refuse to start: {}", node.agent_log());
+    };
     assert!(!status.success(), "the agent started: {}", node.agent_log());
     let log = node.agent_log();
     log.lines().last().unwrap_or_default().to_string()
@@ -144,14 +149,25 @@ fn the_cli_refuses_a_socket_of_another_user() {
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     listener.set_nonblocking(true).unwrap();
     std::os::unix::fs::lchown(&socket, Some(STRANGER), Some(STRANGER)).unwrap();
-    let out = bolt_command(&bolt_tests::bolt_bin().unwrap())
+    let mut cli = bolt_command(&bolt_tests::bolt_bin().unwrap())
         .arg("--socket")
         .arg(&socket)
         .arg("info")
-        .output()
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let Some(status) = wait_for_exit(&mut cli, PATIENCE) else {
+        let _ = cli.kill();
+        let _ = cli.wait();
+        panic!("the CLI talked to the planted socket (and waits for its answer)");
+    };
+    let mut stderr = String::new();
+    cli.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success());
     assert!(
         stderr.contains(&format!("belongs to uid {STRANGER}, neither root nor you")),
         "{stderr}"
