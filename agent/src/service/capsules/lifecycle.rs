@@ -473,3 +473,38 @@ async fn wait_pid_gone(pid: i32) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use bolt_events::{Log, NodeKey};
+
+    use crate::node::{Node, NodeOptions};
+    use crate::service::capsules::CapsuleError;
+    use crate::service::Services;
+
+    #[tokio::test]
+    async fn recover_does_not_clean_up_through_a_capsules_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let log = Log::open(&root.join("events.redb"), NodeKey::from_seed([7; 32])).unwrap();
+        let node = Node::open(log, NodeOptions::for_this_host()).unwrap();
+        node.start().unwrap();
+        let services = Services::open(Arc::clone(&node), &root, &Default::default()).unwrap();
+
+        // `capsules` swapped for a link to a directory of someone else's directories.
+        let victim = dir.path().join("victim");
+        std::fs::create_dir_all(victim.join("0123456789ab")).unwrap();
+        std::fs::write(victim.join("0123456789ab/data"), "keep").unwrap();
+        std::fs::remove_dir(root.join("capsules")).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("capsules")).unwrap();
+
+        let err = services.capsules.recover().await.unwrap_err();
+        assert!(matches!(err, CapsuleError::Untrusted(_)), "{err}");
+        assert!(victim.join("0123456789ab/data").exists());
+    }
+}
