@@ -4,13 +4,15 @@
 #
 #   scripts/demo.sh
 #
-# Settings: BOLT_DEMO_ROOT (default /tmp/bolt), BOLT_DEMO_SOCKET (default /tmp/bolt.sock).
+# Settings: BOLT_DEMO_ROOT (default /var/lib/bolt-demo), BOLT_DEMO_SOCKET (default
+# /run/bolt-demo/bolt.sock): root's directories, not guessable names in /tmp that another user
+# could create first.
 # The agent runs as root (through sudo when you are not root), so the client does too.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-ROOT=${BOLT_DEMO_ROOT:-/tmp/bolt}
-SOCK=${BOLT_DEMO_SOCKET:-/tmp/bolt.sock}
+ROOT=${BOLT_DEMO_ROOT:-/var/lib/bolt-demo}
+SOCK=${BOLT_DEMO_SOCKET:-/run/bolt-demo/bolt.sock}
 BOLT=./target/release/bolt
 SUDO=()
 [[ $(id -u) == 0 ]] || SUDO=(sudo)

@@ -592,3 +592,16 @@ pub fn one_error_line(out: &Output) -> String {
     assert!(lines[0].starts_with("bolt: "), "{:?}", lines[0]);
     lines[0].to_string()
 }
+
+/// True when this process runs as root; otherwise false after a `SKIPPED` message, or a panic
+/// when `BOLT_REQUIRE_ROOT_TESTS=1` (CI). For root tests that need no registry.
+pub fn root_only(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
+        panic!("{test}: needs root, and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping");
+    }
+    eprintln!("SKIPPED {test}: needs root");
+    false
+}

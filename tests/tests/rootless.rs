@@ -226,6 +226,12 @@ fn a_non_root_user_runs_busybox_in_a_user_namespace() {
     let root_meta = std::fs::metadata(env.root()).unwrap();
     assert_eq!(root_meta.uid(), uid, "the agent root belongs to the user");
     assert!(env.socket().exists(), "{}", env.agent_log());
+    let sock = std::fs::symlink_metadata(env.socket()).unwrap();
+    assert_eq!(
+        (sock.mode() & 0o7777, sock.uid()),
+        (0o600, uid),
+        "a rootless agent's socket is its user's alone"
+    );
 
     let image = format!("{registry}/bolt-test/busybox:latest");
     let out = env.bolt(&["pull", &image]);

@@ -154,6 +154,10 @@ pub struct AgentArgs {
     pub default_network: String,
     #[command(flatten)]
     pub registry: crate::cli::images::RegistryArgs,
+    /// Start even though the root has capsules but its node key or event log is gone: a new
+    /// key or an empty log, and those capsules are ended and their directories removed.
+    #[arg(long)]
+    pub start_over: bool,
 }
 
 /// `bolt events`.

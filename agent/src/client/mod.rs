@@ -10,6 +10,7 @@ pub mod images;
 pub mod logs;
 pub mod stream;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bolt_events::Cursor;
@@ -37,6 +38,15 @@ pub enum ClientError {
     Connect {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error(
+        "refusing the bolt agent socket {path}: it belongs to uid {owner}, neither root nor \
+         you (uid {user})"
+    )]
+    Untrusted {
+        path: PathBuf,
+        owner: u32,
+        user: u32,
     },
     #[error("talk to the bolt agent at {path}: {reason}")]
     Http { path: PathBuf, reason: String },
@@ -124,13 +134,32 @@ impl Client {
         &self.socket
     }
 
+    /// Connect, trusting only an agent of root or of this user: the socket file must belong to
+    /// one of them, and so must the process that listens on it (its `SO_PEERCRED`), so a
+    /// socket another user planted at the path is never sent a request.
     async fn connect(&self) -> Result<UnixStream, ClientError> {
-        UnixStream::connect(&self.socket)
+        let connect_err = |source| ClientError::Connect {
+            path: self.socket.clone(),
+            source,
+        };
+        let user = nix::unistd::geteuid().as_raw();
+        let untrusted = |owner| ClientError::Untrusted {
+            path: self.socket.clone(),
+            owner,
+            user,
+        };
+        let owner = std::fs::metadata(&self.socket).map_err(connect_err)?.uid();
+        if owner != 0 && owner != user {
+            return Err(untrusted(owner));
+        }
+        let stream = UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| ClientError::Connect {
-                path: self.socket.clone(),
-                source,
-            })
+            .map_err(connect_err)?;
+        let server = stream.peer_cred().map_err(connect_err)?.uid();
+        if server != 0 && server != user {
+            return Err(untrusted(server));
+        }
+        Ok(stream)
     }
 
     fn http_err(&self, e: impl std::fmt::Display) -> ClientError {

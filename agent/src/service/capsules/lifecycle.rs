@@ -279,7 +279,13 @@ impl Capsules {
             .await?;
         let known: BTreeSet<String> = mine.iter().map(|c| c.id.clone()).collect();
 
-        // Directories nobody recorded: end what runs there and remove them.
+        // Directories nobody recorded: end what runs there and remove them. Never through a
+        // symbolic link: not a `capsules` that is one (its target's directories would go), not
+        // an entry that is one (its `pid.json` would name a process to kill).
+        let meta = std::fs::symlink_metadata(&self.dir).map_err(io_err("inspect", &self.dir))?;
+        if !meta.is_dir() {
+            return Err(CapsuleError::Untrusted(self.dir.clone()));
+        }
         let entries = std::fs::read_dir(&self.dir).map_err(io_err("read", &self.dir))?;
         for ent in entries.flatten() {
             let name = ent.file_name().to_string_lossy().into_owned();
@@ -287,8 +293,11 @@ impl Capsules {
                 continue;
             }
             tracing::info!(capsule = %short(&name), "removing a capsule directory no event records");
-            if let Ok(Adopted::Running { record, .. }) = adopt(&ent.path()) {
-                kill_orphan(&name, &record);
+            let is_dir = ent.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir {
+                if let Ok(Adopted::Running { record, .. }) = adopt(&ent.path()) {
+                    kill_orphan(&name, &record);
+                }
             }
             self.remove_dir(&name).await;
         }
@@ -462,5 +471,40 @@ async fn wait_pid_gone(pid: i32) {
         && bolt_capsule::runtime::supervisor::proc_stat(pid).is_some_and(|(s, _)| s != 'Z')
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use bolt_events::{Log, NodeKey};
+
+    use crate::node::{Node, NodeOptions};
+    use crate::service::capsules::CapsuleError;
+    use crate::service::Services;
+
+    #[tokio::test]
+    async fn recover_does_not_clean_up_through_a_capsules_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let log = Log::open(&root.join("events.redb"), NodeKey::from_seed([7; 32])).unwrap();
+        let node = Node::open(log, NodeOptions::for_this_host()).unwrap();
+        node.start().unwrap();
+        let services = Services::open(Arc::clone(&node), &root, &Default::default()).unwrap();
+
+        // `capsules` swapped for a link to a directory of someone else's directories.
+        let victim = dir.path().join("victim");
+        std::fs::create_dir_all(victim.join("0123456789ab")).unwrap();
+        std::fs::write(victim.join("0123456789ab/data"), "keep").unwrap();
+        std::fs::remove_dir(root.join("capsules")).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("capsules")).unwrap();
+
+        let err = services.capsules.recover().await.unwrap_err();
+        assert!(matches!(err, CapsuleError::Untrusted(_)), "{err}");
+        assert!(victim.join("0123456789ab/data").exists());
     }
 }

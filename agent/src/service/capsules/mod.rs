@@ -80,6 +80,8 @@ pub enum CapsuleError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0} is not a directory (a symbolic link?); refusing to clean up through it")]
+    Untrusted(PathBuf),
     #[error("supervisor of capsule {id}: {message}")]
     Supervisor { id: String, message: String },
     #[error(transparent)]

@@ -4,20 +4,25 @@
 //! API on the unix socket until told to stop, then records the stop, closes the streams and
 //! removes the socket.
 //!
-//! This file alone may import every layer; the next issues wire the mesh, DNS, Surge and the
+//! Before it reads anything it checks the root ([`root`]: owner, mode, no symbolic links, no
+//! capsules without their key and log) and the socket ([`socket`]: who may connect).
+//!
+//! This module alone may import every layer; the next issues wire the mesh, DNS, Surge and the
 //! placement planners here too (docs/ARCHITECTURE.md).
 
-use std::fs::{DirBuilder, OpenOptions};
+pub mod root;
+pub mod socket;
+
 use std::future::{Future, IntoFuture};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bolt_events::{KeyError, Log, LogError, NodeKey};
-use tokio::net::UnixListener;
 
+use self::root::RootError;
+use self::socket::{Access, Guarded, SocketError};
 use crate::api;
 use crate::cli::images::RegistryArgs;
 use crate::cli::AgentArgs;
@@ -40,6 +45,9 @@ pub struct Config {
     pub node: NodeOptions,
     /// Registry settings of the image store at `ROOT/images`.
     pub images: ImagesConfig,
+    /// Start even though `ROOT/capsules` has capsules and the node key or the log is gone
+    /// (`--start-over`): they are then ended and removed as capsules no event records.
+    pub start_over: bool,
 }
 
 impl Config {
@@ -62,16 +70,8 @@ impl Config {
 /// One step of the daemon that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("create agent root {path}: {source}")]
-    Root {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("open lock file {path}: {source}")]
-    LockFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Root(#[from] RootError),
     #[error("another bolt agent is already running on root {root} (it holds {lock})")]
     AlreadyRunning { root: PathBuf, lock: PathBuf },
     #[error("lock {path}: {source}")]
@@ -79,18 +79,8 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("socket {path} is served by another bolt agent")]
-    SocketInUse { path: PathBuf },
-    #[error("prepare socket {path}: {source}")]
-    Socket {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("listen on {path}: {source}")]
-    Bind {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Socket(#[from] SocketError),
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
@@ -146,6 +136,7 @@ pub fn main(args: AgentArgs, socket: PathBuf) -> Result<(), DaemonError> {
             socket,
             node,
             images: images_config(args.registry),
+            start_over: args.start_over,
         };
         let shutdown = async move {
             tokio::select! {
@@ -171,26 +162,9 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = String>,
 ) -> Result<(), DaemonError> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.root)
-        .map_err(|source| DaemonError::Root {
-            path: config.root.clone(),
-            source,
-        })?;
-
+    root::prepare(&config.root)?;
     let lock_path = config.lock_path();
-    let lock_file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(|source| DaemonError::LockFile {
-            path: lock_path.clone(),
-            source,
-        })?;
+    let lock_file = root::open_lock(&lock_path)?;
     let mut lock = fd_lock::RwLock::new(lock_file);
     let mut guard = lock.try_write().map_err(|source| {
         if source.kind() == ErrorKind::WouldBlock {
@@ -210,7 +184,15 @@ pub async fn run(
         .set_len(0)
         .and_then(|()| writeln!(&mut *guard, "{}", std::process::id()));
 
-    prepare_socket(&config.socket)?;
+    root::refuse_symlinks(&config.root)?;
+    root::refuse_lost_history(
+        &config.root,
+        &config.key_path(),
+        &config.log_path(),
+        config.start_over,
+    )?;
+    let access = Access::for_this_process()?;
+    socket::prepare(&config.socket, &access)?;
 
     let t = Instant::now();
     let key_path = config.key_path();
@@ -229,12 +211,10 @@ pub async fn run(
     }
     let services = compose(node.clone(), &config).await?;
 
-    let listener = UnixListener::bind(&config.socket).map_err(|source| DaemonError::Bind {
-        path: config.socket.clone(),
-        source,
-    })?;
+    let listener = socket::bind(&config.socket, &access)?;
     let socket_file = SocketFile(config.socket.clone());
-    let _ = std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660));
+    metrics::counter!(socket::METRIC_REFUSED).increment(0);
+    let listener = Guarded { listener, access };
     tracing::info!(
         node = %node.node_id().short(),
         root = %config.root.display(),
@@ -337,35 +317,6 @@ async fn compose(node: Arc<Node>, config: &Config) -> Result<Services, DaemonErr
         tracing::warn!("adopt capsule networks: {e}");
     }
     Ok(services)
-}
-
-/// Create the socket's directory and remove a stale socket file. Called with the root lock
-/// held; a socket that still answers belongs to an agent on another root and is left alone.
-fn prepare_socket(path: &Path) -> Result<(), DaemonError> {
-    let err = |source| DaemonError::Socket {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(err)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(_) => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(DaemonError::SocketInUse {
-                    path: path.to_path_buf(),
-                });
-            }
-            tracing::info!("removing stale socket {}", path.display());
-            std::fs::remove_file(path).map_err(err)
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(err(e)),
-    }
 }
 
 /// Keep the live state folded up to the head as commits land (from any writer).
