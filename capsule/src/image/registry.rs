@@ -480,38 +480,37 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let server = std::thread::spawn(move || {
+            // One request per connection (`/v2/` is answered with `connection: close`).
             for conn in listener.incoming() {
                 let mut conn = conn.unwrap();
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
-                loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                        break;
-                    }
-                    let mut line = String::new();
-                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
-                        line.clear();
-                    }
-                    if !request_line.contains("/manifests/") {
-                        let _ = conn.write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
-                        );
-                        break;
-                    }
-                    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\ntransfer-encoding: chunked\r\n\r\n";
-                    conn.write_all(head.as_bytes()).unwrap();
-                    let chunk = [b' '; 64 * 1024];
-                    let mut sent = 0;
-                    while sent < limit {
-                        let framed =
-                            [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
-                        if conn.write_all(&framed).is_err() {
-                            return sent;
-                        }
-                        sent += chunk.len();
-                    }
-                    return sent;
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                    continue;
                 }
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                    line.clear();
+                }
+                if !request_line.contains("/manifests/") {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                    );
+                    continue;
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\ntransfer-encoding: chunked\r\n\r\n";
+                conn.write_all(head.as_bytes()).unwrap();
+                let chunk = [b' '; 64 * 1024];
+                let mut sent = 0;
+                while sent < limit {
+                    let framed =
+                        [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+                    if conn.write_all(&framed).is_err() {
+                        break;
+                    }
+                    sent += chunk.len();
+                }
+                return sent;
             }
             0
         });
