@@ -492,9 +492,10 @@ fn main() {
     drop(late);
 
     // Snapshot cost of the final state.
-    let enc = best(3, || encode_state(&folded));
+    let key = [7u8; 32];
+    let enc = best(3, || encode_state(&folded, &key));
     let (d_enc, snap) = (enc.wall, enc.out);
-    let dec = best(3, || decode_state(&snap));
+    let dec = best(3, || decode_state(&snap, &key));
     let d_dec = dec.wall;
     assert!(dec.out.is_ok_and(|s| s == folded));
     let d_hash = best(3, || folded.hash()).wall;

@@ -650,3 +650,23 @@ fn garbage_is_a_read_error_not_a_panic() {
     let c = Case::new();
     assert_eq!(c.run(b"", &opts()).unwrap().entries, 0);
 }
+
+#[test]
+fn pax_mtimes_at_the_edges_of_i64_do_not_panic() {
+    for mtime in [
+        "-9223372036854775808.5",
+        "-9223372036854775808",
+        "9223372036854775807.999999999",
+        "99999999999999999999999.1",
+    ] {
+        let c = Case::new();
+        let tar = Tar::new()
+            .pax(&[("mtime", mtime.as_bytes())])
+            .file("a", "xyz")
+            .bytes();
+        let got = std::panic::catch_unwind(|| c.run(&tar, &opts()));
+        let got = got.unwrap_or_else(|_| panic!("pax mtime {mtime} panicked"));
+        got.unwrap_or_else(|e| panic!("pax mtime {mtime}: {e}"));
+        assert_eq!(fs::read_to_string(c.layer().join("a")).unwrap(), "xyz");
+    }
+}

@@ -162,6 +162,12 @@ impl NodeKey {
         NodeId(self.signing.verifying_key().to_bytes())
     }
 
+    /// A secret for one purpose, derived from this key (blake3's key derivation with `context`
+    /// naming the purpose): only the holder of the node key can compute it.
+    pub fn derive_secret(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.signing.to_bytes())
+    }
+
     /// Build and sign the envelope of this node's event number `seq`.
     pub fn seal(&self, seq: u64, hlc: Hlc, prev: Hash, payload: &Payload) -> Envelope {
         self.seal_bytes(seq, hlc, prev, CURRENT_SCHEMA, codec::encode(payload))

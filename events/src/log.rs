@@ -184,6 +184,8 @@ struct Inner {
     tx: Option<Sender<Request>>,
     shared: Arc<Shared>,
     node_id: NodeId,
+    /// Keys the state snapshots' checksums ([`Log::snapshot_key`]).
+    snapshot_key: [u8; 32],
     writer: Option<JoinHandle<()>>,
     writer_id: Option<ThreadId>,
 }
@@ -302,6 +304,7 @@ impl Log {
             callbacks: Mutex::new(Vec::new()),
         });
         let node_id = key.id();
+        let snapshot_key = key.derive_secret(SNAPSHOT_KEY_CONTEXT);
         let (tx, rx) = mpsc::channel();
         let writer = Writer::new(db.clone(), key, state, shared.clone());
         let handle = std::thread::Builder::new()
@@ -315,6 +318,7 @@ impl Log {
                 tx: Some(tx),
                 shared,
                 node_id,
+                snapshot_key,
                 writer: Some(handle),
                 writer_id,
             }),
@@ -324,6 +328,13 @@ impl Log {
     /// This node's id: the public half of the key local events are signed with.
     pub fn node_id(&self) -> NodeId {
         self.inner.node_id
+    }
+
+    /// The key of the state snapshots' checksums, derived from the node key: a snapshot whose
+    /// keyed checksum verifies was written by this node, not edited in the file by someone
+    /// without the key.
+    pub fn snapshot_key(&self) -> [u8; 32] {
+        self.inner.snapshot_key
     }
 
     /// Send a job to the writer and wait for its answer.
@@ -638,6 +649,9 @@ fn check_all(
         .collect::<Result<Vec<_>, _>>()
         .map_err(LogError::from)
 }
+
+/// The blake3 key-derivation context of [`Log::snapshot_key`].
+const SNAPSHOT_KEY_CONTEXT: &str = "bolt 2026 state snapshot checksum v1";
 
 /// Inputs at least this long are spread over several threads by [`parallel_map`].
 const PARALLEL_MIN: usize = 256;

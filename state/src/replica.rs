@@ -237,7 +237,7 @@ impl Replica {
         log.put_snapshot(StoredSnapshot {
             cursor: self.cursor,
             last_key: self.state.last_key,
-            bytes: encode_state(&self.state),
+            bytes: encode_state(&self.state, &log.snapshot_key()),
         })?;
         self.since_snapshot = 0;
         Ok(true)
@@ -451,7 +451,7 @@ fn base_and_tail(
         if tail_min.is_some_and(|m| m <= snap.last_key) {
             continue; // an event after the snapshot sorts before its state: cannot be used
         }
-        match decode_state(&snap.bytes) {
+        match decode_state(&snap.bytes, &log.snapshot_key()) {
             Ok(state) if state.last_key == snap.last_key => {
                 base = Some((snap.cursor, state));
                 break;

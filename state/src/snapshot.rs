@@ -1,13 +1,16 @@
-//! The stored form of a [`State`]: a format byte, a blake3 checksum of the body, then the body
-//! (the state's canonical bincode encoding). The checksum is checked before decoding, so a torn
-//! or corrupt snapshot is refused without the decoder ever reading garbage lengths.
+//! The stored form of a [`State`]: a format byte, a keyed blake3 checksum of the body, then the
+//! body (the state's canonical bincode encoding). The checksum is keyed with a secret derived
+//! from the node key ([`bolt_events::Log::snapshot_key`]), so an edited snapshot cannot be given
+//! a checksum that verifies without the key. It is checked before decoding, so a torn, corrupt
+//! or forged snapshot is refused without the decoder ever reading garbage lengths (and the state
+//! is folded from the log instead).
 
 use crate::model::State;
 
 /// The snapshot format this build writes and reads. 2: [`State::snapshots`] added; 3:
-/// `CapsuleInfo::stop_requested` added; 4: `ImageInfo::held` added. A snapshot of another format is refused and the state
-/// is folded from the log instead.
-pub const SNAPSHOT_FORMAT: u8 = 4;
+/// `CapsuleInfo::stop_requested` added; 4: `ImageInfo::held` added; 5: the checksum is keyed.
+/// A snapshot of another format is refused and the state is folded from the log instead.
+pub const SNAPSHOT_FORMAT: u8 = 5;
 
 const HEADER: usize = 1 + 32;
 
@@ -18,7 +21,7 @@ pub enum SnapshotError {
     Short(usize),
     #[error("unknown snapshot format {0} (this build reads format {SNAPSHOT_FORMAT})")]
     UnknownFormat(u8),
-    #[error("snapshot checksum does not match its content")]
+    #[error("snapshot checksum does not match its content (damaged, or not written with this node's key)")]
     Checksum,
     #[error("snapshot body does not decode: {0}")]
     Decode(String),
@@ -26,19 +29,19 @@ pub enum SnapshotError {
     Trailing(usize),
 }
 
-/// Encode a state for storage beside the log.
-pub fn encode_state(state: &State) -> Vec<u8> {
+/// Encode a state for storage beside the log, its checksum keyed with `key`.
+pub fn encode_state(state: &State, key: &[u8; 32]) -> Vec<u8> {
     let mut out = vec![0u8; HEADER];
     out[0] = SNAPSHOT_FORMAT;
     // Writing into a Vec cannot fail; a failure would leave a body the checksum refuses.
     let _ = bincode::encode_into_std_write(state, &mut out, bincode::config::standard());
-    let sum = blake3::hash(&out[HEADER..]);
+    let sum = blake3::keyed_hash(key, &out[HEADER..]);
     out[1..HEADER].copy_from_slice(sum.as_bytes());
     out
 }
 
-/// Decode a stored state, checking format and checksum first.
-pub fn decode_state(bytes: &[u8]) -> Result<State, SnapshotError> {
+/// Decode a stored state, checking format and the checksum keyed with `key` first.
+pub fn decode_state(bytes: &[u8], key: &[u8; 32]) -> Result<State, SnapshotError> {
     if bytes.len() < HEADER {
         return Err(SnapshotError::Short(bytes.len()));
     }
@@ -46,7 +49,10 @@ pub fn decode_state(bytes: &[u8]) -> Result<State, SnapshotError> {
         return Err(SnapshotError::UnknownFormat(bytes[0]));
     }
     let body = &bytes[HEADER..];
-    if blake3::hash(body).as_bytes() != &bytes[1..HEADER] {
+    let mut stored = [0u8; 32];
+    stored.copy_from_slice(&bytes[1..HEADER]);
+    // blake3::Hash compares in constant time.
+    if blake3::keyed_hash(key, body) != blake3::Hash::from_bytes(stored) {
         return Err(SnapshotError::Checksum);
     }
     let (state, used) = bincode::decode_from_slice::<State, _>(body, bincode::config::standard())
@@ -62,24 +68,46 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    const KEY: [u8; 32] = [3; 32];
+
     #[test]
     fn round_trips_and_refuses_damage() {
         let s = State {
             applied: 7,
             ..State::default()
         };
-        let bytes = encode_state(&s);
-        assert_eq!(decode_state(&bytes).unwrap(), s);
+        let bytes = encode_state(&s, &KEY);
+        assert_eq!(decode_state(&bytes, &KEY).unwrap(), s);
 
         let mut flipped = bytes.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
-        assert_eq!(decode_state(&flipped), Err(SnapshotError::Checksum));
+        assert_eq!(decode_state(&flipped, &KEY), Err(SnapshotError::Checksum));
 
         let mut format = bytes.clone();
         format[0] = 9;
-        assert_eq!(decode_state(&format), Err(SnapshotError::UnknownFormat(9)));
+        assert_eq!(
+            decode_state(&format, &KEY),
+            Err(SnapshotError::UnknownFormat(9))
+        );
 
-        assert_eq!(decode_state(&bytes[..5]), Err(SnapshotError::Short(5)));
+        assert_eq!(
+            decode_state(&bytes[..5], &KEY),
+            Err(SnapshotError::Short(5))
+        );
+    }
+
+    #[test]
+    fn another_key_or_an_unkeyed_checksum_is_refused() {
+        let s = State {
+            applied: 7,
+            ..State::default()
+        };
+        let bytes = encode_state(&s, &KEY);
+        assert_eq!(decode_state(&bytes, &[4; 32]), Err(SnapshotError::Checksum));
+        let mut unkeyed = bytes.clone();
+        let sum = blake3::hash(&unkeyed[HEADER..]);
+        unkeyed[1..HEADER].copy_from_slice(sum.as_bytes());
+        assert_eq!(decode_state(&unkeyed, &KEY), Err(SnapshotError::Checksum));
     }
 }

@@ -121,7 +121,7 @@ fn a_late_event_after_a_snapshot_sends_the_restore_to_an_older_one() {
         .put_snapshot(StoredSnapshot {
             cursor: at30.cursor(),
             last_key: at30.last_key(),
-            bytes: encode_state(at30.state()),
+            bytes: encode_state(at30.state(), &f.log.snapshot_key()),
         })
         .unwrap();
     assert!(live.maybe_snapshot(&f.log, 1).unwrap());
@@ -161,7 +161,7 @@ fn an_unreadable_snapshot_is_skipped_with_a_warning() {
     for a in f.local(lifecycle(10, 10)) {
         live.ingest(&a);
     }
-    let mut bytes = encode_state(live.state());
+    let mut bytes = encode_state(live.state(), &f.log.snapshot_key());
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     f.log
@@ -238,4 +238,45 @@ fn an_event_older_than_the_window_rebuilds_from_the_log() {
     let a = f.remote(&mut remote, hlc, exited("c11", 4));
     live.ingest(&a);
     assert_eq!(live.state(), &f.expected(f.log.head()));
+}
+
+#[test]
+fn a_forged_snapshot_with_a_recomputed_unkeyed_checksum_is_ignored() {
+    let mut f = Fixture::new();
+    let mut live = Replica::restore(&f.log).unwrap();
+    for a in f.local(lifecycle(0, 10)) {
+        live.ingest(&a);
+    }
+    assert!(live.maybe_snapshot(&f.log, 1).unwrap());
+    let stored = f.log.snapshots().unwrap().remove(0);
+    // Whoever can write the log's file edits the state and recomputes the plain blake3 of
+    // the body, as the unkeyed format allowed: the snapshot must not be believed.
+    let (mut forged, _): (State, usize) =
+        bincode::decode_from_slice(&stored.bytes[33..], bincode::config::standard()).unwrap();
+    assert!(!forged.capsules.is_empty());
+    forged.capsules = Default::default();
+    let mut bytes = stored.bytes[..33].to_vec();
+    bincode::encode_into_std_write(&forged, &mut bytes, bincode::config::standard()).unwrap();
+    let sum = blake3::hash(&bytes[33..]);
+    bytes[1..33].copy_from_slice(sum.as_bytes());
+    f.log
+        .put_snapshot(StoredSnapshot {
+            cursor: stored.cursor,
+            last_key: stored.last_key,
+            bytes,
+        })
+        .unwrap();
+
+    let restored = Replica::restore(&f.log).unwrap();
+    assert_eq!(restored.state(), &f.expected(f.log.head()));
+    assert_eq!(
+        restored.stats().restored_from,
+        None,
+        "the fold, not the forgery"
+    );
+    assert!(
+        restored.warnings().iter().any(|w| w.contains("checksum")),
+        "{:?}",
+        restored.warnings()
+    );
 }

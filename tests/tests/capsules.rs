@@ -386,6 +386,20 @@ fn detached_capsule_lists_logs_execs_tops_stops_and_is_removed() {
         .bolt_with_input(&["exec", "-i", "web", "cat"], b"through stdin\n")
         .unwrap();
     assert_eq!(out.stdout, "through stdin\n", "{out:?}");
+    // exec -u: a name from the capsule's own /etc/passwd (read beneath its layers).
+    let out = env.ok(&["exec", "-u", "nobody", "web", "sh", "-c", "id -u; id -g"]);
+    assert_eq!(out.stdout, "65534\n65534\n", "{out:?}");
+    // A passwd the capsule swapped for a link to a host file is not followed.
+    env.ok(&[
+        "exec",
+        "web",
+        "sh",
+        "-c",
+        "rm /etc/passwd; ln -s /proc/1/root/etc/hostname /etc/passwd",
+    ]);
+    let err = env.bolt(&["exec", "-u", "nobody", "web", "true"]);
+    assert_eq!(err.code, Some(125), "{err:?}");
+    assert!(one_error_line(&err).contains("nobody"), "{err:?}");
 
     // top: the capsule's processes, with host pids.
     let top = env.ok(&["top", "web"]).stdout;

@@ -376,6 +376,77 @@ pub fn openapi_schemas() -> serde_json::Map<String, serde_json::Value> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::node::{Node, NodeOptions};
+    use crate::service::Services;
+    use axum::http::{Method, Request};
+    use bolt_events::{Log, NodeKey};
+    use bolt_state::Command;
+    use tower::ServiceExt;
+
+    /// A capsule `c1` recorded as running, its process a `sleep` child of the test with a
+    /// `pid.json` as the supervisor writes it.
+    async fn running_capsule(root: &std::path::Path) -> (Arc<Node>, Services, std::process::Child) {
+        let log = Log::open(&root.join("events.redb"), NodeKey::from_seed([7; 32])).unwrap();
+        let node = Node::open(log, NodeOptions::for_this_host()).unwrap();
+        node.start().unwrap();
+        let services = Services::open(Arc::clone(&node), root, &Default::default()).unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let (id, name) = ("c1".to_owned(), "c1".to_owned());
+        node.decide_commands::<CapsuleError>(vec![Command::CreateCapsule {
+            id: id.clone(),
+            name,
+            spec: Default::default(),
+        }])
+        .await
+        .unwrap();
+        node.decide_commands::<CapsuleError>(vec![Command::StartCapsule {
+            id: id.clone(),
+            pid,
+        }])
+        .await
+        .unwrap();
+        let dir = services.capsules.dir_of(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (_, start_time) = bolt_capsule::runtime::supervisor::proc_stat(pid as i32).unwrap();
+        let record = bolt_capsule::runtime::supervisor::PidRecord {
+            pid: pid as i32,
+            start_time,
+            supervisor_pid: std::process::id() as i32,
+        };
+        std::fs::write(dir.join("pid.json"), serde_json::to_vec(&record).unwrap()).unwrap();
+        (node, services, child)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_timeout_that_overflows_is_refused_before_anything_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, services, mut child) = running_capsule(dir.path()).await;
+        let head = node.log().head();
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/capsules/c1/stop?timeout=18446744073709551615")
+            .body(Body::empty())
+            .unwrap();
+        let resp = crate::api::router(&services).oneshot(req).await;
+        let still_running = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        let resp = resp.unwrap();
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("timeout"), "{body}");
+        assert_eq!(node.log().head(), head, "nothing recorded");
+        assert!(still_running, "not signalled");
+    }
 
     #[test]
     fn every_route_has_an_openapi_entry() {

@@ -29,6 +29,15 @@ pub fn encode(kind: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The frames carrying `payload`: one, or several of at most [`MAX_PAYLOAD`] bytes each when
+/// it is longer (a client's stdin message may be; the decoder refuses a longer frame).
+pub fn encode_split(kind: u8, payload: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let first = payload.is_empty().then(|| encode(kind, &[]));
+    first
+        .into_iter()
+        .chain(payload.chunks(MAX_PAYLOAD).map(move |c| encode(kind, c)))
+}
+
 /// The payload of a [`RESIZE`] frame.
 pub fn resize(rows: u16, cols: u16) -> Vec<u8> {
     let mut p = rows.to_le_bytes().to_vec();

@@ -1,5 +1,7 @@
 //! The registry client: OCI Distribution v2 on oci-client, with bearer-token and basic auth,
 //! plain HTTP for loopback and insecure registries, HTTPS (rustls on ring) elsewhere.
+//! Manifests are fetched with a direct request (oci-client's auth, reqwest's body stream) so
+//! their size cap holds while the body streams in: oci-client reads a manifest whole first.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -37,7 +39,14 @@ pub enum RegistryError {
         source: OciDistributionError,
     },
     #[error("manifest {reference} is {size} bytes, over the limit of {MAX_MANIFEST_BYTES}")]
-    ManifestTooLarge { reference: String, size: usize },
+    ManifestTooLarge { reference: String, size: u64 },
+    #[error("manifest {reference}: more than {MAX_MANIFEST_BYTES} bytes, over the limit (stopped reading)")]
+    ManifestTooLong { reference: String },
+    #[error("fetch manifest {reference}: {source}")]
+    ManifestRequest {
+        reference: String,
+        source: reqwest::Error,
+    },
     #[error("manifest {reference}: registry returned digest {got}, expected {expected}")]
     ManifestDigest {
         reference: String,
@@ -112,11 +121,20 @@ pub struct FetchedManifest {
 /// A blob download in progress.
 pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>;
 
+/// The clients of one registry host: oci-client (auth, blobs, pushes) and a plain HTTP client
+/// with the same settings for manifests.
+#[derive(Clone)]
+struct HostClients {
+    oci: oci_client::Client,
+    http: reqwest::Client,
+    scheme: &'static str,
+}
+
 /// One client per registry host, with credentials applied.
 #[derive(Clone)]
 pub struct Registry {
     config: Arc<RegistryConfig>,
-    clients: Arc<Mutex<HashMap<String, oci_client::Client>>>,
+    clients: Arc<Mutex<HashMap<String, HostClients>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -152,15 +170,20 @@ impl Registry {
     }
 
     fn client(&self, r: &ImageRef) -> Result<oci_client::Client, RegistryError> {
+        self.clients_of(r).map(|c| c.oci)
+    }
+
+    fn clients_of(&self, r: &ImageRef) -> Result<HostClients, RegistryError> {
         let host = r.resolved_registry().to_string();
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(&host) {
             return Ok(c.clone());
         }
-        let protocol = if self.config.plain_http(r.registry()) || self.config.plain_http(&host) {
-            ClientProtocol::Http
+        let plain = self.config.plain_http(r.registry()) || self.config.plain_http(&host);
+        let (protocol, scheme) = if plain {
+            (ClientProtocol::Http, "http")
         } else {
-            ClientProtocol::Https
+            (ClientProtocol::Https, "https")
         };
         let cfg = ClientConfig {
             protocol,
@@ -170,40 +193,91 @@ impl Registry {
             user_agent: concat!("bolt/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
         };
-        let client = oci_client::Client::try_from(cfg).map_err(|source| RegistryError::Client {
+        let oci = oci_client::Client::try_from(cfg).map_err(|source| RegistryError::Client {
             registry: host.clone(),
             source,
         })?;
-        clients.insert(host, client.clone());
-        Ok(client)
+        let http = reqwest::Client::builder()
+            .connect_timeout(self.config.connect_timeout)
+            .read_timeout(self.config.read_timeout)
+            .user_agent(concat!("bolt/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| RegistryError::Client {
+                registry: host.clone(),
+                source: OciDistributionError::RequestError(e),
+            })?;
+        let c = HostClients { oci, http, scheme };
+        clients.insert(host, c.clone());
+        Ok(c)
     }
 
     fn auth(&self, r: &ImageRef) -> oci_client::secrets::RegistryAuth {
         self.config.credentials.for_registry(r.registry()).to_oci()
     }
 
-    /// Fetch a manifest or index by tag or digest. The digest of the bytes is checked against
-    /// the reference's digest (if pinned) and the registry's `Docker-Content-Digest`.
+    /// Fetch a manifest or index by tag or digest. The body is read as it streams and given up
+    /// past [`MAX_MANIFEST_BYTES`] (a declared length over it is refused before reading). The
+    /// digest of the bytes is checked against the reference's digest (if pinned) and the
+    /// registry's `Docker-Content-Digest` (if it sends a sha256 one).
     pub async fn manifest(&self, r: &ImageRef) -> Result<FetchedManifest, RegistryError> {
-        let client = self.client(r)?;
-        let (bytes, _header_digest) = client
-            .pull_manifest_raw(r.as_oci(), &self.auth(r), MANIFEST_ACCEPT)
+        let reference = r.to_string();
+        let c = self.clients_of(r)?;
+        let auth = self.auth(r);
+        let token = c
+            .oci
+            .auth(r.as_oci(), &auth, RegistryOperation::Pull)
             .await
-            .map_err(|source| RegistryError::Manifest {
-                reference: r.to_string(),
+            .map_err(|source| RegistryError::Auth {
+                registry: r.registry().to_string(),
                 source,
             })?;
-        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(RegistryError::ManifestTooLarge {
-                reference: r.to_string(),
-                size: bytes.len(),
+        let url = manifest_url(c.scheme, r.as_oci());
+        let mut req = c
+            .http
+            .get(&url)
+            .header(http::header::ACCEPT, MANIFEST_ACCEPT.join(", "));
+        req = match (token, &auth) {
+            (Some(t), _) => req.bearer_auth(t),
+            (None, oci_client::secrets::RegistryAuth::Basic(user, pass)) => {
+                req.basic_auth(user, Some(pass))
+            }
+            (None, _) => req,
+        };
+        let request_err = |source| RegistryError::ManifestRequest {
+            reference: reference.clone(),
+            source,
+        };
+        let mut res = req.send().await.map_err(request_err)?;
+        let status = res.status();
+        if status != http::StatusCode::OK {
+            let body = read_capped(&mut res, ERROR_BODY_BYTES)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            return Err(RegistryError::Manifest {
+                reference,
+                source: status_error(status, &body, url),
             });
         }
+        if let Some(size) = res.content_length().filter(|n| *n > MAX_MANIFEST_BYTES) {
+            return Err(RegistryError::ManifestTooLarge { reference, size });
+        }
+        let header_digest = res
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
+        let bytes = match read_capped(&mut res, MAX_MANIFEST_BYTES as usize).await {
+            Ok(Some(b)) => Bytes::from(b),
+            Ok(None) => return Err(RegistryError::ManifestTooLong { reference }),
+            Err(e) => return Err(request_err(e)),
+        };
         let digest = Digest::of(&bytes);
-        if let Some(want) = r.digest() {
-            if want != digest {
+        for want in [r.digest(), header_digest].into_iter().flatten() {
+            if want.algorithm() == digest.algorithm() && want != digest {
                 return Err(RegistryError::ManifestDigest {
-                    reference: r.to_string(),
+                    reference,
                     expected: want.to_string(),
                     got: digest.to_string(),
                 });
@@ -313,6 +387,60 @@ impl Registry {
     }
 }
 
+/// How much of an error response's body is kept for the message.
+const ERROR_BODY_BYTES: usize = 64 << 10;
+
+/// `/v2/<repository>/manifests/<digest or tag>` on the reference's registry, as oci-client
+/// builds it.
+fn manifest_url(scheme: &str, r: &oci_client::Reference) -> String {
+    let at = match r.digest() {
+        Some(d) => d,
+        None => r.tag().unwrap_or("latest"),
+    };
+    let ns = r
+        .namespace()
+        .map(|ns| format!("?ns={ns}"))
+        .unwrap_or_default();
+    format!(
+        "{scheme}://{}/v2/{}/manifests/{at}{ns}",
+        r.resolve_registry(),
+        r.repository()
+    )
+}
+
+/// The body, read chunk by chunk as it arrives; `None` as soon as it grows past `cap` (the rest
+/// is never read: dropping the response closes the connection).
+async fn read_capped(
+    res: &mut reqwest::Response,
+    cap: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = res.chunk().await? {
+        if out.len() + chunk.len() > cap {
+            return Ok(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Some(out))
+}
+
+/// A registry's refusal as oci-client words it: its OCI error envelope when the body is one.
+fn status_error(status: http::StatusCode, body: &[u8], url: String) -> OciDistributionError {
+    if status == http::StatusCode::UNAUTHORIZED {
+        return OciDistributionError::UnauthorizedError { url };
+    }
+    match serde_json::from_slice::<oci_client::errors::OciEnvelope>(body) {
+        Ok(envelope) if status.is_client_error() => {
+            OciDistributionError::RegistryError { envelope, url }
+        }
+        _ => OciDistributionError::ServerError {
+            code: status.as_u16(),
+            url,
+            message: String::from_utf8_lossy(body).into_owned(),
+        },
+    }
+}
+
 fn http_header(media_type: &str) -> Result<http::HeaderValue, RegistryError> {
     http::HeaderValue::from_str(media_type)
         .map_err(|_| RegistryError::MediaType(media_type.to_string()))
@@ -342,5 +470,76 @@ mod tests {
         assert!(reg.config().plain_http("registry.internal:5000"));
         assert!(!reg.config().plain_http("example.com"));
         assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
+
+    /// A registry on 127.0.0.1 that answers `/v2/` and streams an endless manifest (chunked,
+    /// stopping after `limit` bytes or when the client goes away). Returns its address and the
+    /// number of manifest bytes it managed to send.
+    fn endless_registry(limit: usize) -> (String, std::thread::JoinHandle<usize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            // One request per connection (`/v2/` is answered with `connection: close`).
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                    continue;
+                }
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                    line.clear();
+                }
+                if !request_line.contains("/manifests/") {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                    );
+                    continue;
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\ntransfer-encoding: chunked\r\n\r\n";
+                conn.write_all(head.as_bytes()).unwrap();
+                let chunk = [b' '; 64 * 1024];
+                let mut sent = 0;
+                while sent < limit {
+                    let framed =
+                        [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+                    if conn.write_all(&framed).is_err() {
+                        break;
+                    }
+                    sent += chunk.len();
+                }
+                return sent;
+            }
+            0
+        });
+        (addr, server)
+    }
+
+    #[test]
+    fn an_endless_manifest_is_cut_off_at_the_cap() {
+        let limit = 256 << 20;
+        let (addr, server) = endless_registry(limit);
+        let reg = Registry::new(RegistryConfig::default());
+        let r = ImageRef::parse(&format!("{addr}/endless/manifest:latest")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt.block_on(reg.manifest(&r)).unwrap_err();
+        assert!(
+            matches!(err, RegistryError::ManifestTooLong { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("over the limit"), "{err}");
+        drop(reg);
+        drop(rt);
+        let sent = server.join().unwrap();
+        // Read no further than the cap (plus what the socket buffers hold).
+        assert!(
+            sent < MAX_MANIFEST_BYTES as usize + (32 << 20),
+            "the registry sent {sent} bytes before the client stopped reading"
+        );
     }
 }

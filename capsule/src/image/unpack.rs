@@ -1137,7 +1137,12 @@ fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
         let n: i64 = digits.parse().ok()?;
         nsec = n * 10i64.pow(9 - digits.len() as u32);
         if sec < 0 && nsec > 0 {
-            return Some(ts(sec - 1, 1_000_000_000 - nsec));
+            // Before i64::MIN seconds: clamped to the earliest time (the kernel clamps further
+            // to what the filesystem stores).
+            return Some(match sec.checked_sub(1) {
+                Some(s) => ts(s, 1_000_000_000 - nsec),
+                None => ts(i64::MIN, 0),
+            });
         }
     }
     Some(ts(sec, nsec))

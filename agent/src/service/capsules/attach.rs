@@ -86,54 +86,7 @@ impl Attach {
             restarts,
             stream,
         } = self;
-        let (mut rd, mut wr) = stream.into_split();
-        let mut decoder = frame::Decoder::default();
-        let mut buf = vec![0u8; 32 * 1024];
-        let mut supervisor_exit: Option<i32> = None;
-        loop {
-            tokio::select! {
-                n = rd.read(&mut buf) => {
-                    let n = n.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    decoder.push(buf.get(..n).unwrap_or_default());
-                    while let Ok(Some((kind, payload))) = decoder.next_frame() {
-                        if kind == frame::EXIT {
-                            supervisor_exit = serde_json::from_slice::<
-                                bolt_capsule::runtime::supervisor::ExitRecord,
-                            >(&payload)
-                            .ok()
-                            .map(|r| r.exit_code);
-                            continue;
-                        }
-                        let mut msg = Vec::with_capacity(payload.len() + 1);
-                        msg.push(kind);
-                        msg.extend_from_slice(&payload);
-                        if !peer.send(msg).await {
-                            return None;
-                        }
-                    }
-                    if supervisor_exit.is_some() {
-                        break;
-                    }
-                }
-                msg = peer.recv() => match msg {
-                    None => return None,
-                    Some(b) => {
-                        let Some((&kind, payload)) = b.split_first() else { continue };
-                        let allowed = match kind {
-                            frame::STDIN | frame::STDIN_EOF => stdin,
-                            frame::RESIZE => true,
-                            _ => false,
-                        };
-                        if allowed && wr.write_all(&frame::encode(kind, payload)).await.is_err() {
-                            break;
-                        }
-                    }
-                },
-            }
-        }
+        let supervisor_exit = bridge(stream, peer, stdin).await?;
         let recorded = caps.wait_recorded(&id, restarts, RECORD_PATIENCE).await;
         Some(match (recorded, supervisor_exit) {
             (Some(e), _) => StreamEnd {
@@ -152,5 +105,147 @@ impl Attach {
                 error: Some("the capsule's supervisor went away".into()),
             },
         })
+    }
+}
+
+/// Copies frames between the supervisor's attach socket and `peer` until the supervisor ends
+/// the stream (`Some` of the exit code it sent, if any) or the client goes away (`None`). A
+/// client's stdin message longer than a frame may carry is split into several frames: the
+/// supervisor drops a client that sends a frame over [`frame::MAX_PAYLOAD`].
+async fn bridge(
+    stream: tokio::net::UnixStream,
+    peer: &mut impl StdioPeer,
+    stdin: bool,
+) -> Option<Option<i32>> {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut decoder = frame::Decoder::default();
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut supervisor_exit: Option<i32> = None;
+    loop {
+        tokio::select! {
+            n = rd.read(&mut buf) => {
+                let n = n.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                decoder.push(buf.get(..n).unwrap_or_default());
+                while let Ok(Some((kind, payload))) = decoder.next_frame() {
+                    if kind == frame::EXIT {
+                        supervisor_exit = serde_json::from_slice::<
+                            bolt_capsule::runtime::supervisor::ExitRecord,
+                        >(&payload)
+                        .ok()
+                        .map(|r| r.exit_code);
+                        continue;
+                    }
+                    let mut msg = Vec::with_capacity(payload.len() + 1);
+                    msg.push(kind);
+                    msg.extend_from_slice(&payload);
+                    if !peer.send(msg).await {
+                        return None;
+                    }
+                }
+                if supervisor_exit.is_some() {
+                    break;
+                }
+            }
+            msg = peer.recv() => match msg {
+                None => return None,
+                Some(b) => {
+                    let Some((&kind, payload)) = b.split_first() else { continue };
+                    let frames: Vec<Vec<u8>> = match kind {
+                        frame::STDIN if stdin => frame::encode_split(kind, payload).collect(),
+                        // Their payloads are a few bytes: anything past a frame is dropped.
+                        frame::STDIN_EOF if stdin => vec![frame::encode(kind, capped(payload))],
+                        frame::RESIZE => vec![frame::encode(kind, capped(payload))],
+                        _ => continue,
+                    };
+                    let mut failed = false;
+                    for f in frames {
+                        if wr.write_all(&f).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if failed {
+                        break;
+                    }
+                }
+            },
+        }
+    }
+    Some(supervisor_exit)
+}
+
+/// At most a frame's worth of `payload`.
+fn capped(payload: &[u8]) -> &[u8] {
+    payload.get(..frame::MAX_PAYLOAD).unwrap_or(payload)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A client that sends `to_send`, then stays (never detaches on its own).
+    struct Client {
+        to_send: VecDeque<Vec<u8>>,
+        got: Vec<Vec<u8>>,
+    }
+
+    impl StdioPeer for Client {
+        async fn send(&mut self, msg: Vec<u8>) -> bool {
+            self.got.push(msg);
+            true
+        }
+
+        async fn recv(&mut self) -> Option<Vec<u8>> {
+            match self.to_send.pop_front() {
+                Some(m) => Some(m),
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stdin_message_over_a_frame_reaches_the_supervisor_whole() {
+        let (agent_end, mut supervisor) = tokio::net::UnixStream::pair().unwrap();
+        let big: Vec<u8> = (0..3 * frame::MAX_PAYLOAD + 7).map(|i| i as u8).collect();
+        let mut msg = vec![frame::STDIN];
+        msg.extend_from_slice(&big);
+        let mut client = Client {
+            to_send: VecDeque::from([msg, vec![frame::STDIN, b'!']]),
+            got: Vec::new(),
+        };
+        let bridged = tokio::spawn(async move {
+            let end = bridge(agent_end, &mut client, true).await;
+            (end, client.got)
+        });
+        // The supervisor's side, decoding as the shim does (it drops a client whose frame is
+        // over the limit).
+        let mut decoder = frame::Decoder::default();
+        let mut stdin = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while stdin.len() < big.len() + 1 {
+            let n = supervisor.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "the bridge closed the attach");
+            decoder.push(&buf[..n]);
+            while let Some((kind, payload)) = decoder.next_frame().unwrap() {
+                assert_eq!(kind, frame::STDIN);
+                stdin.extend_from_slice(&payload);
+            }
+        }
+        assert_eq!(&stdin[..big.len()], &big[..]);
+        assert_eq!(&stdin[big.len()..], b"!");
+        // The attach is still up: output still reaches the client.
+        supervisor
+            .write_all(&frame::encode(frame::STDOUT, b"still here"))
+            .await
+            .unwrap();
+        drop(supervisor);
+        let (end, got) = bridged.await.unwrap();
+        assert_eq!(end, Some(None), "ended by the supervisor, not the client");
+        assert_eq!(got, vec![[&[frame::STDOUT][..], b"still here"].concat()]);
     }
 }

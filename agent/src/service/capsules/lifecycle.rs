@@ -25,6 +25,10 @@ use crate::wire::time::now_ms;
 /// How long `stop` waits for SIGKILL to take effect before it gives up.
 const KILL_PATIENCE: Duration = Duration::from_secs(30);
 
+/// The longest `stop` timeout accepted, in seconds (a year): a longer one is refused before
+/// anything is recorded or signalled.
+pub const MAX_STOP_TIMEOUT: u64 = 365 * 24 * 3600;
+
 /// How the watcher learns that a supervisor is done.
 pub(super) enum Watch {
     /// We spawned it: its report pipe and the child to reap.
@@ -374,6 +378,11 @@ impl Capsules {
     /// docker's stop: SIGTERM, then SIGKILL after `timeout` seconds. Stopping a capsule that
     /// does not run is not an error.
     pub async fn stop(&self, key: &str, timeout: u64) -> Result<CapsuleView, CapsuleError> {
+        if timeout > MAX_STOP_TIMEOUT {
+            return Err(CapsuleError::BadRequest(format!(
+                "stop timeout {timeout} is over the limit of {MAX_STOP_TIMEOUT} seconds"
+            )));
+        }
         let (id, restarts, running) = self.generation(key).await?;
         // Also for an exited capsule: a restart its policy has scheduled is called off.
         self.mark_stopped(&id).await?;

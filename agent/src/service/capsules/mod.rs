@@ -390,7 +390,8 @@ impl Capsules {
         patience: Duration,
     ) -> Option<ExitInfo> {
         let mut head = self.node.watch_head();
-        let deadline = tokio::time::Instant::now() + patience;
+        // A patience too long to add to now waits without a deadline.
+        let deadline = tokio::time::Instant::now().checked_add(patience);
         loop {
             let idc = id.to_owned();
             let done = self
@@ -412,9 +413,12 @@ impl Capsules {
             if let Some(exit) = done {
                 return exit;
             }
-            match tokio::time::timeout_at(deadline, head.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return None,
+            let changed = match deadline {
+                Some(d) => tokio::time::timeout_at(d, head.changed()).await.ok(),
+                None => Some(head.changed().await),
+            };
+            if !matches!(changed, Some(Ok(()))) {
+                return None;
             }
         }
     }

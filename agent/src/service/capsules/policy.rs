@@ -124,31 +124,81 @@ pub fn merge_env(image: &[String], given: &[String]) -> Vec<String> {
     out
 }
 
-/// Reads `etc/<file>` from the first of `layers` (top first) that has it as a regular file
-/// under a real `etc` directory (symlinks are not followed: a layer's link must not read the
-/// host's files).
-fn read_etc(layers: &[PathBuf], file: &str) -> Option<String> {
+/// The largest `/etc/passwd` or `/etc/group` read for a user lookup: a running capsule may grow
+/// its own files without bound.
+pub const MAX_ETC_BYTES: u64 = 4 << 20;
+
+/// Reads `etc/<file>` from the first of `layers` (top first) that has it, as a regular file
+/// under a real `etc` directory, or `None`. The path is resolved in one `openat2` beneath the
+/// layer with no symlinks at all (a layer's link, or one a running capsule swaps in while this
+/// reads, must not read the host's files) and opened `O_PATH` first (a device or fifo there is
+/// never opened). A symlink, a whiteout or anything but a regular file hides the lower layers'
+/// file, as before. Over [`MAX_ETC_BYTES`] is an error, found without reading the file whole.
+fn read_etc(layers: &[PathBuf], file: &str) -> Result<Option<String>, String> {
+    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+    use rustix::io::Errno;
+    use std::io::Read;
+    let what = |e: Errno| format!("read the capsule's /etc/{file}: {e}");
     for l in layers {
-        let etc = l.join("etc");
-        let Ok(md) = std::fs::symlink_metadata(&etc) else {
-            continue;
+        let dir = match rustix::fs::open(
+            l,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(d) => d,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(what(e)),
         };
-        if !md.is_dir() {
-            return None;
+        let found = rustix::fs::openat2(
+            &dir,
+            format!("etc/{file}"),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        );
+        let fd = match found {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => continue,
+            // `etc` is a symlink or not a directory: nothing below it is read.
+            Err(Errno::LOOP | Errno::NOTDIR | Errno::XDEV) => return Ok(None),
+            Err(e) => return Err(what(e)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(what)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Ok(None);
         }
-        let p = etc.join(file);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_file() => return std::fs::read_to_string(&p).ok(),
-            Ok(_) => return None,
-            Err(_) => continue,
+        if u64::try_from(st.st_size).unwrap_or(u64::MAX) > MAX_ETC_BYTES {
+            return Err(format!(
+                "the capsule's /etc/{file} is {} bytes, over the limit of {MAX_ETC_BYTES}",
+                st.st_size
+            ));
         }
+        // Reopened for reading through the O_PATH descriptor: the same inode, never a path.
+        let readable = rustix::fs::open(
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(what)?;
+        let mut bytes = Vec::new();
+        std::fs::File::from(readable)
+            .take(MAX_ETC_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("read the capsule's /etc/{file}: {e}"))?;
+        if bytes.len() as u64 > MAX_ETC_BYTES {
+            return Err(format!(
+                "the capsule's /etc/{file} is over the limit of {MAX_ETC_BYTES} bytes"
+            ));
+        }
+        return Ok(Some(String::from_utf8_lossy(&bytes).into_owned()));
     }
-    None
+    Ok(None)
 }
 
 /// Resolves a docker `--user` (`uid`, `name`, `uid:gid`, `name:group`) against the image's
-/// `/etc/passwd` and `/etc/group` (layers top first). A numeric uid not in passwd gets gid 0,
-/// as in docker.
+/// `/etc/passwd` and `/etc/group` (layers top first, read by [`read_etc`]). A numeric uid not in
+/// passwd gets gid 0, as in docker; a passwd entry whose gid is not a number is refused (it is
+/// not read as 0, root's group).
 pub fn resolve_user(spec: &str, layers: &[PathBuf]) -> Result<(User, Vec<u32>), String> {
     let spec = spec.trim();
     if spec.is_empty() {
@@ -158,8 +208,8 @@ pub fn resolve_user(spec: &str, layers: &[PathBuf]) -> Result<(User, Vec<u32>), 
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = read_etc(layers, "passwd").unwrap_or_default();
-    let groups = read_etc(layers, "group").unwrap_or_default();
+    let passwd = read_etc(layers, "passwd")?.unwrap_or_default();
+    let groups = read_etc(layers, "group")?.unwrap_or_default();
     let entry = passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         let (name, uid, gid) = (f.first()?, f.get(2)?.parse::<u32>().ok()?, f.get(3)?);
@@ -167,10 +217,23 @@ pub fn resolve_user(spec: &str, layers: &[PathBuf]) -> Result<(User, Vec<u32>), 
             Ok(u) => u == uid,
             Err(_) => *name == user,
         };
-        matches.then(|| ((*name).to_owned(), uid, gid.parse::<u32>().unwrap_or(0)))
+        matches.then(|| {
+            (
+                (*name).to_owned(),
+                uid,
+                gid.parse::<u32>().map_err(|_| *gid),
+            )
+        })
     });
     let (name, uid, mut gid) = match (entry, user.parse::<u32>()) {
-        (Some(e), _) => e,
+        (Some((name, uid, Ok(gid))), _) => (name, uid, gid),
+        // An explicit group replaces the entry's gid below.
+        (Some((name, uid, Err(_))), _) if group.is_some() => (name, uid, 0),
+        (Some((name, _, Err(bad))), _) => {
+            return Err(format!(
+                "invalid gid {bad:?} for user {name} in the capsule's /etc/passwd"
+            ))
+        }
         (None, Ok(uid)) => (String::new(), uid, 0),
         (None, Err(_)) => {
             return Err(format!(
@@ -409,6 +472,89 @@ mod tests {
         // A top layer that replaces /etc/passwd wins; a symlink is never followed.
         std::os::unix::fs::symlink("/etc/passwd", top.join("etc/passwd")).unwrap();
         assert!(resolve_user("app", &layers).is_err());
+    }
+
+    /// A one-layer rootfs whose `etc/passwd` is `passwd`, and a "host" file outside it.
+    fn rootfs_and_host(passwd: &str) -> (tempfile::TempDir, Vec<PathBuf>, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("rootfs");
+        std::fs::create_dir_all(layer.join("etc")).unwrap();
+        std::fs::write(layer.join("etc/passwd"), passwd).unwrap();
+        let host = dir.path().join("host-passwd");
+        std::fs::write(&host, "hostonly:x:4242:4242::/:/bin/sh\n").unwrap();
+        (dir, vec![layer], host)
+    }
+
+    #[test]
+    fn a_passwd_entry_with_a_bad_gid_is_refused_not_root() {
+        let (_dir, layers, _) =
+            rootfs_and_host("bad:x:1001:notanumber::/:/bin/sh\nbig:x:1002:4294967296::/:/bin/sh\n");
+        for user in ["bad", "1001", "big"] {
+            let err = resolve_user(user, &layers).unwrap_err();
+            assert!(err.contains("gid"), "{user}: {err}");
+        }
+        // An explicit group still works.
+        let (u, _) = resolve_user("bad:7", &layers).unwrap();
+        assert_eq!((u.uid, u.gid), (1001, 7));
+    }
+
+    #[test]
+    fn a_huge_passwd_is_refused_without_being_read_whole() {
+        let (_dir, layers, _) = rootfs_and_host("");
+        let f = std::fs::File::create(layers[0].join("etc/passwd")).unwrap();
+        f.set_len(64 << 30).unwrap(); // sparse: 64 GiB of nothing
+        let err = resolve_user("app", &layers).unwrap_err();
+        assert!(err.contains("over the limit"), "{err}");
+    }
+
+    #[test]
+    fn passwd_and_etc_symlinked_to_the_host_are_not_followed() {
+        let (dir, layers, host) = rootfs_and_host("");
+        let etc = layers[0].join("etc");
+        std::fs::remove_file(etc.join("passwd")).unwrap();
+        std::os::unix::fs::symlink(&host, etc.join("passwd")).unwrap();
+        assert!(resolve_user("hostonly", &layers).is_err());
+        // `etc` itself a link to a host directory.
+        let host_etc = dir.path().join("host-etc");
+        std::fs::create_dir_all(&host_etc).unwrap();
+        std::fs::copy(&host, host_etc.join("passwd")).unwrap();
+        std::fs::remove_dir_all(&etc).unwrap();
+        std::os::unix::fs::symlink(&host_etc, &etc).unwrap();
+        assert!(resolve_user("hostonly", &layers).is_err());
+    }
+
+    #[test]
+    fn a_passwd_swapped_for_a_host_link_while_read_is_never_followed() {
+        // A running capsule owns its upper layer: it can swap /etc/passwd between a file and a
+        // link to a host file as fast as it likes while the agent resolves `exec -u`.
+        let (_dir, layers, host) = rootfs_and_host("app:x:1000:1000::/:/bin/sh\n");
+        let etc = layers[0].join("etc");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flipper = {
+            let (etc, stop) = (etc.clone(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::fs::remove_file(etc.join("link"));
+                    std::os::unix::fs::symlink(&host, etc.join("link")).unwrap();
+                    std::fs::rename(etc.join("link"), etc.join("passwd")).unwrap();
+                    std::fs::write(etc.join("file"), "app:x:1000:1000::/:/bin/sh\n").unwrap();
+                    std::fs::rename(etc.join("file"), etc.join("passwd")).unwrap();
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let mut followed = 0;
+        while started.elapsed() < Duration::from_secs(2) {
+            if resolve_user("hostonly", &layers).is_ok() {
+                followed += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flipper.join().unwrap();
+        assert_eq!(
+            followed, 0,
+            "read the host's file through the link {followed} times"
+        );
     }
 
     #[test]
