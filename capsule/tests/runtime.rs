@@ -24,17 +24,6 @@ use bolt_capsule::runtime::{
 };
 use nix::sys::signal::Signal;
 
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("{test}: needs root and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping");
-    }
-    eprintln!("SKIPPED {test}: needs root (set BOLT_REQUIRE_ROOT_TESTS=1 to make this fail)");
-    false
-}
-
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A busybox lower layer and a capsule directory in one temporary directory.
@@ -168,7 +157,7 @@ fn run(rt: &Runtime, spec: &CapsuleSpec) -> Result<Output, RuntimeError> {
 
 #[test]
 fn pid_one_inside() {
-    if !root_or_skip("pid_one_inside") {
+    if !bolt_skip::root("pid_one_inside") {
         return;
     }
     let fx = Fixture::new("pid1");
@@ -180,7 +169,7 @@ fn pid_one_inside() {
 
 #[test]
 fn ignored_signals_and_the_mask_are_not_inherited() {
-    if !root_or_skip("ignored_signals_and_the_mask_are_not_inherited") {
+    if !bolt_skip::root("ignored_signals_and_the_mask_are_not_inherited") {
         return;
     }
     // The test harness (Rust) ignores SIGPIPE; the capsule must start with every signal at its
@@ -211,7 +200,7 @@ fn ignored_signals_and_the_mask_are_not_inherited() {
 
 #[test]
 fn hostname_is_isolated() {
-    if !root_or_skip("hostname_is_isolated") {
+    if !bolt_skip::root("hostname_is_isolated") {
         return;
     }
     let fx = Fixture::new("uts");
@@ -232,7 +221,7 @@ fn hostname_is_isolated() {
 
 #[test]
 fn network_none_has_only_loopback_up() {
-    if !root_or_skip("network_none_has_only_loopback_up") {
+    if !bolt_skip::root("network_none_has_only_loopback_up") {
         return;
     }
     let fx = Fixture::new("net");
@@ -254,7 +243,7 @@ fn network_none_has_only_loopback_up() {
 
 #[test]
 fn proc_shows_only_the_capsules_processes() {
-    if !root_or_skip("proc_shows_only_the_capsules_processes") {
+    if !bolt_skip::root("proc_shows_only_the_capsules_processes") {
         return;
     }
     let fx = Fixture::new("proc");
@@ -267,7 +256,7 @@ fn proc_shows_only_the_capsules_processes() {
 
 #[test]
 fn host_filesystem_is_unreachable() {
-    if !root_or_skip("host_filesystem_is_unreachable") {
+    if !bolt_skip::root("host_filesystem_is_unreachable") {
         return;
     }
     let fx = Fixture::new("fs");
@@ -289,7 +278,7 @@ fn host_filesystem_is_unreachable() {
 
 #[test]
 fn writes_go_to_the_upper_layer() {
-    if !root_or_skip("writes_go_to_the_upper_layer") {
+    if !bolt_skip::root("writes_go_to_the_upper_layer") {
         return;
     }
     let fx = Fixture::new("upper");
@@ -302,7 +291,7 @@ fn writes_go_to_the_upper_layer() {
 
 #[test]
 fn security_settings_are_applied() {
-    if !root_or_skip("security_settings_are_applied") {
+    if !bolt_skip::root("security_settings_are_applied") {
         return;
     }
     let fx = Fixture::new("sec");
@@ -347,7 +336,7 @@ fn security_settings_are_applied() {
 
 #[test]
 fn memory_limit_kills_with_137_and_the_oom_flag() {
-    if !root_or_skip("memory_limit_kills_with_137_and_the_oom_flag") {
+    if !bolt_skip::root("memory_limit_kills_with_137_and_the_oom_flag") {
         return;
     }
     let fx = Fixture::new("oom");
@@ -369,7 +358,7 @@ fn memory_limit_kills_with_137_and_the_oom_flag() {
 
 #[test]
 fn exiting_normally_has_no_oom_flag() {
-    if !root_or_skip("exiting_normally_has_no_oom_flag") {
+    if !bolt_skip::root("exiting_normally_has_no_oom_flag") {
         return;
     }
     let fx = Fixture::new("nooom");
@@ -383,7 +372,7 @@ fn exiting_normally_has_no_oom_flag() {
 
 #[test]
 fn pids_limit_makes_fork_fail() {
-    if !root_or_skip("pids_limit_makes_fork_fail") {
+    if !bolt_skip::root("pids_limit_makes_fork_fail") {
         return;
     }
     let fx = Fixture::new("pids");
@@ -401,7 +390,7 @@ fn pids_limit_makes_fork_fail() {
 
 #[test]
 fn cpu_quota_throttles() {
-    if !root_or_skip("cpu_quota_throttles") {
+    if !bolt_skip::root("cpu_quota_throttles") {
         return;
     }
     let fx = Fixture::new("cpu");
@@ -420,7 +409,7 @@ fn cpu_quota_throttles() {
 
 #[test]
 fn exit_codes_and_signals_propagate() {
-    if !root_or_skip("exit_codes_and_signals_propagate") {
+    if !bolt_skip::root("exit_codes_and_signals_propagate") {
         return;
     }
     let fx = Fixture::new("exit");
@@ -442,7 +431,7 @@ fn exit_codes_and_signals_propagate() {
 
 #[test]
 fn missing_or_unexecutable_command_is_an_error_with_127_or_126() {
-    if !root_or_skip("missing_or_unexecutable_command_is_an_error_with_127_or_126") {
+    if !bolt_skip::root("missing_or_unexecutable_command_is_an_error_with_127_or_126") {
         return;
     }
     let fx = Fixture::new("e127");
@@ -467,7 +456,7 @@ fn missing_or_unexecutable_command_is_an_error_with_127_or_126() {
 
 #[test]
 fn bad_input_is_refused_and_leaves_nothing() {
-    if !root_or_skip("bad_input_is_refused_and_leaves_nothing") {
+    if !bolt_skip::root("bad_input_is_refused_and_leaves_nothing") {
         return;
     }
     let fx = Fixture::new("bad");
@@ -496,7 +485,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
 
 #[test]
 fn exec_joins_a_running_capsule() {
-    if !root_or_skip("exec_joins_a_running_capsule") {
+    if !bolt_skip::root("exec_joins_a_running_capsule") {
         return;
     }
     let fx = Fixture::new("exec");
@@ -554,7 +543,7 @@ fn exec_joins_a_running_capsule() {
 
 #[test]
 fn host_network_sees_the_host_interfaces() {
-    if !root_or_skip("host_network_sees_the_host_interfaces") {
+    if !bolt_skip::root("host_network_sees_the_host_interfaces") {
         return;
     }
     let fx = Fixture::new("hostnet");
@@ -584,7 +573,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn supervisor_records_pid_logs_and_exit() {
-    if !root_or_skip("supervisor_records_pid_logs_and_exit") {
+    if !bolt_skip::root("supervisor_records_pid_logs_and_exit") {
         return;
     }
     let fx = Fixture::new("sup");
@@ -609,7 +598,7 @@ fn supervisor_records_pid_logs_and_exit() {
 
 #[test]
 fn supervised_capsule_is_adopted_while_running_and_after_exit() {
-    if !root_or_skip("supervised_capsule_is_adopted_while_running_and_after_exit") {
+    if !bolt_skip::root("supervised_capsule_is_adopted_while_running_and_after_exit") {
         return;
     }
     let fx = Fixture::new("adopt");
@@ -642,7 +631,7 @@ fn supervised_capsule_is_adopted_while_running_and_after_exit() {
 
 #[test]
 fn supervisor_records_a_start_failure() {
-    if !root_or_skip("supervisor_records_a_start_failure") {
+    if !bolt_skip::root("supervisor_records_a_start_failure") {
         return;
     }
     let fx = Fixture::new("supfail");
@@ -660,15 +649,14 @@ fn supervisor_records_a_start_failure() {
 /// runc takes the same bundle and prints the same view of the capsule.
 #[test]
 fn runc_accepts_the_bundle_and_agrees() {
-    if !root_or_skip("runc_accepts_the_bundle_and_agrees") {
+    if !bolt_skip::root("runc_accepts_the_bundle_and_agrees") {
         return;
     }
-    if Command::new("runc").arg("--version").output().is_err() {
-        assert!(
-            std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
-            "runc is not installed"
-        );
-        eprintln!("SKIPPED runc_accepts_the_bundle_and_agrees: runc not installed");
+    if !bolt_skip::unless(
+        "runc_accepts_the_bundle_and_agrees",
+        Command::new("runc").arg("--version").output().is_ok(),
+        "needs runc, which is not installed",
+    ) {
         return;
     }
     let fx = Fixture::new("runc");
@@ -797,7 +785,7 @@ impl Drop for Thaw<'_> {
 
 #[test]
 fn a_frozen_capsule_makes_no_progress_until_thawed() {
-    if !root_or_skip("a_frozen_capsule_makes_no_progress_until_thawed") {
+    if !bolt_skip::root("a_frozen_capsule_makes_no_progress_until_thawed") {
         return;
     }
     let fx = Fixture::new("freeze");
