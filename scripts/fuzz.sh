@@ -29,6 +29,10 @@ fuzz_one() {
     art=$ARTIFACTS/$crate/$target
     log=$TARGET_DIR/logs/$crate-$target.log
     mkdir -p "$corpus" "$art" "$(dirname "$log")"
+    if [[ ! -d $REPO/$crate/fuzz/seeds/$target ]]; then
+        echo "fuzz: $crate/$target has no seeds: add a few inputs under $crate/fuzz/seeds/$target/"
+        return 1
+    fi
     # The working corpus comes first (libFuzzer adds new inputs there); the seeds stay as they are.
     # -timeout: one input running this long is a hang; -rss_limit_mb: memory blow-ups are crashes.
     set +e
