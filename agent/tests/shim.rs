@@ -20,17 +20,6 @@ use bolt_capsule::runtime::{cgroup, Hierarchy};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn root_or_skip(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("{test}: needs root and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping");
-    }
-    eprintln!("SKIPPED {test}: needs root (set BOLT_REQUIRE_ROOT_TESTS=1 to make this fail)");
-    false
-}
-
 /// A busybox image layer and a capsule directory beside it, under /var/tmp.
 struct Fixture {
     dir: tempfile::TempDir,
@@ -146,7 +135,7 @@ fn wait_for(what: &str, f: impl Fn() -> bool) {
 
 #[test]
 fn supervisor_records_pid_logs_and_exit() {
-    if !root_or_skip("supervisor_records_pid_logs_and_exit") {
+    if !bolt_skip::root("supervisor_records_pid_logs_and_exit") {
         return;
     }
     let fx = Fixture::new("sup");
@@ -176,7 +165,7 @@ fn supervisor_records_pid_logs_and_exit() {
 
 #[test]
 fn supervised_capsule_is_adopted_while_running_and_after_exit() {
-    if !root_or_skip("supervised_capsule_is_adopted_while_running_and_after_exit") {
+    if !bolt_skip::root("supervised_capsule_is_adopted_while_running_and_after_exit") {
         return;
     }
     let fx = Fixture::new("adopt");
@@ -211,7 +200,7 @@ fn supervised_capsule_is_adopted_while_running_and_after_exit() {
 
 #[test]
 fn supervisor_records_a_start_failure() {
-    if !root_or_skip("supervisor_records_a_start_failure") {
+    if !bolt_skip::root("supervisor_records_a_start_failure") {
         return;
     }
     let fx = Fixture::new("supfail");

@@ -364,11 +364,11 @@ fn push_then_pull_round_trip() {
 
 #[test]
 fn import_of_the_fixture_layouts() {
-    let Ok(dir) = std::env::var("BOLT_TEST_OCI_DIR") else {
-        if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-            panic!("BOLT_TEST_OCI_DIR is not set (eval \"$(tests/fixtures/build-images.sh env)\")");
-        }
-        eprintln!("SKIP import_of_the_fixture_layouts: BOLT_TEST_OCI_DIR is not set");
+    let Some(dir) = bolt_skip::env(
+        "import_of_the_fixture_layouts",
+        "BOLT_TEST_OCI_DIR",
+        "eval \"$(tests/fixtures/build-images.sh env)\"",
+    ) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

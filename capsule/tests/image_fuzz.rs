@@ -1,5 +1,6 @@
 //! The fuzz entry points fed random and mutated bytes under proptest: no panic, and the layer
-//! unpacker never writes outside its directory (the same oracle as capsule/fuzz).
+//! unpacker never writes beside its directory (capsule/fuzz's `unpack_layer` checks a whole
+//! sentinel tree around it, with production's settings).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;

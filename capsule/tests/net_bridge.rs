@@ -28,17 +28,6 @@ use bolt_capsule::net::{bridge_name, nft, sysctl, veth_name, BridgeNetwork, Netn
 /// Hang guard for sockets (not a timing assertion).
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("{test}: needs root and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping");
-    }
-    eprintln!("SKIPPED {test}: needs root (set BOLT_REQUIRE_ROOT_TESTS=1 to make this fail)");
-    false
-}
-
 /// A unique network name per test and process (its bridge is `bridge_name(name)`).
 fn net_name(test: &str) -> String {
     format!("nettest-{}-{test}", std::process::id())
@@ -297,7 +286,9 @@ fn ip(s: &str) -> Ipv4Addr {
 
 #[test]
 fn capsules_talk_over_tcp_and_published_ports_answer_on_localhost_and_hairpin() {
-    if !require_root("capsules_talk_over_tcp_and_published_ports_answer_on_localhost_and_hairpin") {
+    if !bolt_skip::root(
+        "capsules_talk_over_tcp_and_published_ports_answer_on_localhost_and_hairpin",
+    ) {
         return;
     }
     let mut lab = Lab::new();
@@ -427,7 +418,7 @@ fn mounted(path: &Path) -> bool {
 
 #[test]
 fn outbound_nat_and_ports_published_to_other_machines() {
-    if !require_root("outbound_nat_and_ports_published_to_other_machines") {
+    if !bolt_skip::root("outbound_nat_and_ports_published_to_other_machines") {
         return;
     }
     // Named namespaces, so the fixture can join them with `ip -n`: "host" and "outside" (another
@@ -505,7 +496,7 @@ fn outbound_nat_and_ports_published_to_other_machines() {
 
 #[test]
 fn overlapping_subnets_are_refused_and_nothing_changes() {
-    if !require_root("overlapping_subnets_are_refused_and_nothing_changes") {
+    if !bolt_skip::root("overlapping_subnets_are_refused_and_nothing_changes") {
         return;
     }
     let mut lab = Lab::new();
@@ -569,7 +560,7 @@ fn overlapping_subnets_are_refused_and_nothing_changes() {
 
 #[test]
 fn taken_host_ports_are_refused_with_nothing_half_set() {
-    if !require_root("taken_host_ports_are_refused_with_nothing_half_set") {
+    if !bolt_skip::root("taken_host_ports_are_refused_with_nothing_half_set") {
         return;
     }
     let mut lab = Lab::new();
@@ -657,7 +648,7 @@ fn taken_host_ports_are_refused_with_nothing_half_set() {
 
 #[test]
 fn restart_adopts_known_capsules_and_cleans_up_leftovers() {
-    if !require_root("restart_adopts_known_capsules_and_cleans_up_leftovers") {
+    if !bolt_skip::root("restart_adopts_known_capsules_and_cleans_up_leftovers") {
         return;
     }
     let mut lab = Lab::new();
@@ -743,7 +734,7 @@ fn restart_adopts_known_capsules_and_cleans_up_leftovers() {
 
 #[test]
 fn named_namespaces_are_joinable_by_path_and_leave_nothing() {
-    if !require_root("named_namespaces_are_joinable_by_path_and_leave_nothing") {
+    if !bolt_skip::root("named_namespaces_are_joinable_by_path_and_leave_nothing") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -780,7 +771,7 @@ fn named_namespaces_are_joinable_by_path_and_leave_nothing() {
 
 #[test]
 fn fifty_attach_detach_cycles_keep_addresses_unique() {
-    if !require_root("fifty_attach_detach_cycles_keep_addresses_unique") {
+    if !bolt_skip::root("fifty_attach_detach_cycles_keep_addresses_unique") {
         return;
     }
     let mut lab = Lab::new();

@@ -18,17 +18,6 @@ use std::time::Duration;
 use bolt_capsule::net::{link, nft, BridgeNetwork, Host, Netns};
 use bolt_capsule::runtime::{CapsuleSpec, NetworkMode, Rootfs, Runtime, Stdio, StdioSlot};
 
-fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("{test}: needs root and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping");
-    }
-    eprintln!("SKIPPED {test}: needs root (set BOLT_REQUIRE_ROOT_TESTS=1 to make this fail)");
-    false
-}
-
 /// A busybox lower layer in `dir`.
 fn busybox_lower(dir: &Path) -> PathBuf {
     let lower = dir.join("lower");
@@ -89,7 +78,7 @@ impl Drop for Cleanup {
 
 #[test]
 fn runtime_capsules_join_prepared_namespaces_and_reach_the_host() {
-    if !require_root("runtime_capsules_join_prepared_namespaces_and_reach_the_host") {
+    if !bolt_skip::root("runtime_capsules_join_prepared_namespaces_and_reach_the_host") {
         return;
     }
     let dir = tempfile::Builder::new()

@@ -273,9 +273,7 @@ fn assert_blocked(ns: &Netns, to: (Ipv4Addr, u16), msg: &str) {
 
 #[test]
 fn capsules_cannot_reach_the_hosts_loopback_and_published_ports_still_work() {
-    if !common::require_root(
-        "capsules_cannot_reach_the_hosts_loopback_and_published_ports_still_work",
-    ) {
+    if !bolt_skip::root("capsules_cannot_reach_the_hosts_loopback_and_published_ports_still_work") {
         return;
     }
     let mut lab = Lab::new();
@@ -339,7 +337,7 @@ fn capsules_cannot_reach_the_hosts_loopback_and_published_ports_still_work() {
 
 #[test]
 fn networks_are_isolated_and_unpublished_ports_are_not_forwarded() {
-    if !common::require_root("networks_are_isolated_and_unpublished_ports_are_not_forwarded") {
+    if !bolt_skip::root("networks_are_isolated_and_unpublished_ports_are_not_forwarded") {
         return;
     }
     let mut lab = Lab::new();

@@ -23,17 +23,6 @@ use bolt_capsule::runtime::{
 };
 use nix::sys::signal::Signal;
 
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("{test}: needs root and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping");
-    }
-    eprintln!("SKIPPED {test}: needs root (set BOLT_REQUIRE_ROOT_TESTS=1 to make this fail)");
-    false
-}
-
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A busybox lower layer and a capsule directory in one temporary directory.
@@ -167,7 +156,7 @@ fn run(rt: &Runtime, spec: &CapsuleSpec) -> Result<Output, RuntimeError> {
 
 #[test]
 fn pid_one_inside() {
-    if !root_or_skip("pid_one_inside") {
+    if !bolt_skip::root("pid_one_inside") {
         return;
     }
     let fx = Fixture::new("pid1");
@@ -179,7 +168,7 @@ fn pid_one_inside() {
 
 #[test]
 fn ignored_signals_and_the_mask_are_not_inherited() {
-    if !root_or_skip("ignored_signals_and_the_mask_are_not_inherited") {
+    if !bolt_skip::root("ignored_signals_and_the_mask_are_not_inherited") {
         return;
     }
     // The test harness (Rust) ignores SIGPIPE; the capsule must start with every signal at its
@@ -210,7 +199,7 @@ fn ignored_signals_and_the_mask_are_not_inherited() {
 
 #[test]
 fn hostname_is_isolated() {
-    if !root_or_skip("hostname_is_isolated") {
+    if !bolt_skip::root("hostname_is_isolated") {
         return;
     }
     let fx = Fixture::new("uts");
@@ -231,7 +220,7 @@ fn hostname_is_isolated() {
 
 #[test]
 fn network_none_has_only_loopback_up() {
-    if !root_or_skip("network_none_has_only_loopback_up") {
+    if !bolt_skip::root("network_none_has_only_loopback_up") {
         return;
     }
     let fx = Fixture::new("net");
@@ -253,7 +242,7 @@ fn network_none_has_only_loopback_up() {
 
 #[test]
 fn proc_shows_only_the_capsules_processes() {
-    if !root_or_skip("proc_shows_only_the_capsules_processes") {
+    if !bolt_skip::root("proc_shows_only_the_capsules_processes") {
         return;
     }
     let fx = Fixture::new("proc");
@@ -266,7 +255,7 @@ fn proc_shows_only_the_capsules_processes() {
 
 #[test]
 fn host_filesystem_is_unreachable() {
-    if !root_or_skip("host_filesystem_is_unreachable") {
+    if !bolt_skip::root("host_filesystem_is_unreachable") {
         return;
     }
     let fx = Fixture::new("fs");
@@ -288,7 +277,7 @@ fn host_filesystem_is_unreachable() {
 
 #[test]
 fn writes_go_to_the_upper_layer() {
-    if !root_or_skip("writes_go_to_the_upper_layer") {
+    if !bolt_skip::root("writes_go_to_the_upper_layer") {
         return;
     }
     let fx = Fixture::new("upper");
@@ -301,7 +290,7 @@ fn writes_go_to_the_upper_layer() {
 
 #[test]
 fn security_settings_are_applied() {
-    if !root_or_skip("security_settings_are_applied") {
+    if !bolt_skip::root("security_settings_are_applied") {
         return;
     }
     let fx = Fixture::new("sec");
@@ -346,7 +335,7 @@ fn security_settings_are_applied() {
 
 #[test]
 fn memory_limit_kills_with_137_and_the_oom_flag() {
-    if !root_or_skip("memory_limit_kills_with_137_and_the_oom_flag") {
+    if !bolt_skip::root("memory_limit_kills_with_137_and_the_oom_flag") {
         return;
     }
     let fx = Fixture::new("oom");
@@ -368,7 +357,7 @@ fn memory_limit_kills_with_137_and_the_oom_flag() {
 
 #[test]
 fn exiting_normally_has_no_oom_flag() {
-    if !root_or_skip("exiting_normally_has_no_oom_flag") {
+    if !bolt_skip::root("exiting_normally_has_no_oom_flag") {
         return;
     }
     let fx = Fixture::new("nooom");
@@ -382,7 +371,7 @@ fn exiting_normally_has_no_oom_flag() {
 
 #[test]
 fn pids_limit_makes_fork_fail() {
-    if !root_or_skip("pids_limit_makes_fork_fail") {
+    if !bolt_skip::root("pids_limit_makes_fork_fail") {
         return;
     }
     let fx = Fixture::new("pids");
@@ -400,7 +389,7 @@ fn pids_limit_makes_fork_fail() {
 
 #[test]
 fn cpu_quota_throttles() {
-    if !root_or_skip("cpu_quota_throttles") {
+    if !bolt_skip::root("cpu_quota_throttles") {
         return;
     }
     let fx = Fixture::new("cpu");
@@ -419,7 +408,7 @@ fn cpu_quota_throttles() {
 
 #[test]
 fn exit_codes_and_signals_propagate() {
-    if !root_or_skip("exit_codes_and_signals_propagate") {
+    if !bolt_skip::root("exit_codes_and_signals_propagate") {
         return;
     }
     let fx = Fixture::new("exit");
@@ -441,7 +430,7 @@ fn exit_codes_and_signals_propagate() {
 
 #[test]
 fn missing_or_unexecutable_command_is_an_error_with_127_or_126() {
-    if !root_or_skip("missing_or_unexecutable_command_is_an_error_with_127_or_126") {
+    if !bolt_skip::root("missing_or_unexecutable_command_is_an_error_with_127_or_126") {
         return;
     }
     let fx = Fixture::new("e127");
@@ -466,7 +455,7 @@ fn missing_or_unexecutable_command_is_an_error_with_127_or_126() {
 
 #[test]
 fn bad_input_is_refused_and_leaves_nothing() {
-    if !root_or_skip("bad_input_is_refused_and_leaves_nothing") {
+    if !bolt_skip::root("bad_input_is_refused_and_leaves_nothing") {
         return;
     }
     let fx = Fixture::new("bad");
@@ -495,7 +484,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
 
 #[test]
 fn exec_joins_a_running_capsule() {
-    if !root_or_skip("exec_joins_a_running_capsule") {
+    if !bolt_skip::root("exec_joins_a_running_capsule") {
         return;
     }
     let fx = Fixture::new("exec");
@@ -553,7 +542,7 @@ fn exec_joins_a_running_capsule() {
 
 #[test]
 fn host_network_sees_the_host_interfaces() {
-    if !root_or_skip("host_network_sees_the_host_interfaces") {
+    if !bolt_skip::root("host_network_sees_the_host_interfaces") {
         return;
     }
     let fx = Fixture::new("hostnet");
@@ -584,15 +573,14 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 /// runc takes the same bundle and prints the same view of the capsule.
 #[test]
 fn runc_accepts_the_bundle_and_agrees() {
-    if !root_or_skip("runc_accepts_the_bundle_and_agrees") {
+    if !bolt_skip::root("runc_accepts_the_bundle_and_agrees") {
         return;
     }
-    if Command::new("runc").arg("--version").output().is_err() {
-        assert!(
-            std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
-            "runc is not installed"
-        );
-        eprintln!("SKIPPED runc_accepts_the_bundle_and_agrees: runc not installed");
+    if !bolt_skip::unless(
+        "runc_accepts_the_bundle_and_agrees",
+        Command::new("runc").arg("--version").output().is_ok(),
+        "needs runc, which is not installed",
+    ) {
         return;
     }
     let fx = Fixture::new("runc");
@@ -712,7 +700,7 @@ impl Drop for Thaw<'_> {
 
 #[test]
 fn a_frozen_capsule_makes_no_progress_until_thawed() {
-    if !root_or_skip("a_frozen_capsule_makes_no_progress_until_thawed") {
+    if !bolt_skip::root("a_frozen_capsule_makes_no_progress_until_thawed") {
         return;
     }
     let fx = Fixture::new("freeze");

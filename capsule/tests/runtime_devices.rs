@@ -93,7 +93,7 @@ fn mknod(path: &Path, kind: libc::mode_t, major: u32, minor: u32) {
 
 #[test]
 fn image_layer_device_nodes_cannot_be_opened() {
-    if !common::require_root("image_layer_device_nodes_cannot_be_opened") {
+    if !bolt_skip::root("image_layer_device_nodes_cannot_be_opened") {
         return;
     }
     let fx = Fixture::new("nodev");
@@ -115,7 +115,7 @@ fn image_layer_device_nodes_cannot_be_opened() {
 
 #[test]
 fn only_granted_devices_open() {
-    if !common::require_root("only_granted_devices_open") {
+    if !bolt_skip::root("only_granted_devices_open") {
         return;
     }
     let fx = Fixture::new("grant");
@@ -161,7 +161,7 @@ impl Drop for Group {
 
 #[test]
 fn the_v2_device_program_denies_what_it_does_not_allow() {
-    if !common::require_root("the_v2_device_program_denies_what_it_does_not_allow") {
+    if !bolt_skip::root("the_v2_device_program_denies_what_it_does_not_allow") {
         return;
     }
     let Some(mount) = cgroup2_mount() else {

@@ -161,7 +161,7 @@ fn allowed() -> Vec<String> {
 
 #[test]
 fn syscalls_outside_dockers_profile_get_eperm() {
-    if !common::require_root("syscalls_outside_dockers_profile_get_eperm") {
+    if !bolt_skip::root("syscalls_outside_dockers_profile_get_eperm") {
         return;
     }
     let dir = tempdir();
@@ -232,7 +232,7 @@ fn syscalls_outside_dockers_profile_get_eperm() {
 
 #[test]
 fn a_capsule_without_seccomp_makes_those_calls() {
-    if !common::require_root("a_capsule_without_seccomp_makes_those_calls") {
+    if !bolt_skip::root("a_capsule_without_seccomp_makes_those_calls") {
         return;
     }
     let dir = tempdir();
@@ -271,7 +271,7 @@ fn a_capsule_without_seccomp_makes_those_calls() {
 #[test]
 fn nginx_and_redis_serve_under_the_filter() {
     let test = "nginx_and_redis_serve_under_the_filter";
-    if !common::require_root(test) {
+    if !bolt_skip::root(test) {
         return;
     }
     let Some(reg) = common::registry(test) else {

@@ -18,10 +18,10 @@ use bolt_capsule::storage::{
 use storage_support::*;
 
 fn ready(test: &str) -> bool {
-    root_or_skip(test)
-        && tool_or_skip(test, "mkfs.btrfs")
-        && tool_or_skip(test, "btrfs")
-        && tool_or_skip(test, "losetup")
+    bolt_skip::root(test)
+        && bolt_skip::tool(test, "mkfs.btrfs")
+        && bolt_skip::tool(test, "btrfs")
+        && bolt_skip::tool(test, "losetup")
 }
 
 /// A btrfs agent root with a busybox image layer on it.
@@ -252,14 +252,17 @@ fn a_capsule_layer_snapshot_restore_brings_back_the_earlier_files() {
 
 #[test]
 fn snapshots_elsewhere_say_they_need_btrfs() {
-    if !root_or_skip("snapshots_elsewhere_say_they_need_btrfs") {
+    if !bolt_skip::root("snapshots_elsewhere_say_they_need_btrfs") {
         return;
     }
     let dir = tempdir("bolt-nobtrfs-");
     let storage = Storage::open(dir.path()).unwrap();
     let fs = storage.backend().fs();
-    if fs == FsKind::Btrfs {
-        eprintln!("SKIPPED snapshots_elsewhere_say_they_need_btrfs: /var/tmp is on btrfs");
+    if !bolt_skip::unless(
+        "snapshots_elsewhere_say_they_need_btrfs",
+        fs != FsKind::Btrfs,
+        "needs a temporary directory off btrfs, and /var/tmp is on btrfs",
+    ) {
         return;
     }
     assert!(matches!(storage.backend(), Backend::Plain(_)));

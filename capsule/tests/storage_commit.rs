@@ -133,7 +133,7 @@ fn make_upper(upper: &Path) {
 
 #[test]
 fn an_upper_dir_becomes_a_deterministic_oci_layer() {
-    if !root_or_skip("an_upper_dir_becomes_a_deterministic_oci_layer") {
+    if !bolt_skip::root("an_upper_dir_becomes_a_deterministic_oci_layer") {
         return;
     }
     let dir = tempdir("bolt-commit-");
@@ -247,7 +247,7 @@ fn an_upper_dir_becomes_a_deterministic_oci_layer() {
 
 #[test]
 fn redirects_and_metacopy_are_refused() {
-    if !root_or_skip("redirects_and_metacopy_are_refused") {
+    if !bolt_skip::root("redirects_and_metacopy_are_refused") {
         return;
     }
     let dir = tempdir("bolt-commit-");
@@ -330,7 +330,7 @@ fn import_base(
 
 #[test]
 fn a_capsules_changes_become_a_new_image_that_runs() {
-    if !root_or_skip("a_capsules_changes_become_a_new_image_that_runs") {
+    if !bolt_skip::root("a_capsules_changes_become_a_new_image_that_runs") {
         return;
     }
     let dir = tempdir("bolt-commit-img-");

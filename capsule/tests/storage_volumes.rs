@@ -80,7 +80,7 @@ fn ok(out: &Output) -> &str {
 
 #[test]
 fn a_volume_written_by_one_capsule_is_read_by_the_next() {
-    if !root_or_skip("a_volume_written_by_one_capsule_is_read_by_the_next") {
+    if !bolt_skip::root("a_volume_written_by_one_capsule_is_read_by_the_next") {
         return;
     }
     let fx = Fx::new();
@@ -135,7 +135,7 @@ fn a_volume_written_by_one_capsule_is_read_by_the_next() {
 
 #[test]
 fn read_only_volumes_and_binds_refuse_writes_and_rw_binds_write_through() {
-    if !root_or_skip("read_only_volumes_and_binds_refuse_writes_and_rw_binds_write_through") {
+    if !bolt_skip::root("read_only_volumes_and_binds_refuse_writes_and_rw_binds_write_through") {
         return;
     }
     let fx = Fx::new();
@@ -177,7 +177,7 @@ fn read_only_volumes_and_binds_refuse_writes_and_rw_binds_write_through() {
 
 #[test]
 fn tmpfs_is_a_tmpfs_with_its_options() {
-    if !root_or_skip("tmpfs_is_a_tmpfs_with_its_options") {
+    if !bolt_skip::root("tmpfs_is_a_tmpfs_with_its_options") {
         return;
     }
     let fx = Fx::new();
@@ -216,7 +216,7 @@ fn tmpfs_is_a_tmpfs_with_its_options() {
 
 #[test]
 fn a_symlink_in_the_image_cannot_send_a_mount_to_the_host() {
-    if !root_or_skip("a_symlink_in_the_image_cannot_send_a_mount_to_the_host") {
+    if !bolt_skip::root("a_symlink_in_the_image_cannot_send_a_mount_to_the_host") {
         return;
     }
     let fx = Fx::new();
@@ -259,7 +259,7 @@ fn a_symlink_in_the_image_cannot_send_a_mount_to_the_host() {
 
 #[test]
 fn mounts_inside_a_bind_do_not_propagate_to_the_host() {
-    if !root_or_skip("mounts_inside_a_bind_do_not_propagate_to_the_host") {
+    if !bolt_skip::root("mounts_inside_a_bind_do_not_propagate_to_the_host") {
         return;
     }
     let fx = Fx::new();
@@ -310,7 +310,7 @@ fn mounts_inside_a_bind_do_not_propagate_to_the_host() {
 
 #[test]
 fn bad_specs_and_missing_sources_leave_nothing() {
-    if !root_or_skip("bad_specs_and_missing_sources_leave_nothing") {
+    if !bolt_skip::root("bad_specs_and_missing_sources_leave_nothing") {
         return;
     }
     let fx = Fx::new();
@@ -363,7 +363,7 @@ fn bad_specs_and_missing_sources_leave_nothing() {
 
 #[test]
 fn a_rootless_owner_gets_the_volume() {
-    if !root_or_skip("a_rootless_owner_gets_the_volume") {
+    if !bolt_skip::root("a_rootless_owner_gets_the_volume") {
         return;
     }
     let fx = Fx::new();

@@ -685,3 +685,20 @@ pub(crate) fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + 
         out
     })
 }
+
+/// Entry points for the fuzz targets (`events/fuzz`) into the private codecs of the log's table
+/// rows. Not an API: nothing else may use it.
+#[doc(hidden)]
+pub mod fuzz_api {
+    use crate::envelope::OrderKey;
+
+    /// A `snapshots` row split into its order key and the opaque bytes.
+    pub fn decode_snapshot_row(row: &[u8]) -> Option<(OrderKey, Vec<u8>)> {
+        super::tables::decode_snapshot(row)
+    }
+
+    /// The `snapshots` row of an order key and bytes.
+    pub fn encode_snapshot_row(key: &OrderKey, bytes: &[u8]) -> Vec<u8> {
+        super::tables::encode_snapshot(key, bytes)
+    }
+}

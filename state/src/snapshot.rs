@@ -14,6 +14,11 @@ pub const SNAPSHOT_FORMAT: u8 = 5;
 
 const HEADER: usize = 1 + 32;
 
+/// The most memory the collections of a snapshot body may claim while it decodes (their lengths
+/// times their element sizes): a damaged or forged length is a decode error, not an allocation
+/// that aborts the agent.
+const MAX_DECODED: usize = 256 << 20;
+
 /// Why snapshot bytes could not be read back as a state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
@@ -55,7 +60,8 @@ pub fn decode_state(bytes: &[u8], key: &[u8; 32]) -> Result<State, SnapshotError
     if blake3::keyed_hash(key, body) != blake3::Hash::from_bytes(stored) {
         return Err(SnapshotError::Checksum);
     }
-    let (state, used) = bincode::decode_from_slice::<State, _>(body, bincode::config::standard())
+    let config = bincode::config::standard().with_limit::<MAX_DECODED>();
+    let (state, used) = bincode::decode_from_slice::<State, _>(body, config)
         .map_err(|e| SnapshotError::Decode(e.to_string()))?;
     if used != body.len() {
         return Err(SnapshotError::Trailing(body.len() - used));
@@ -109,5 +115,23 @@ mod tests {
         let sum = blake3::hash(&unkeyed[HEADER..]);
         unkeyed[1..HEADER].copy_from_slice(sum.as_bytes());
         assert_eq!(decode_state(&unkeyed, &KEY), Err(SnapshotError::Checksum));
+    }
+
+    /// Found by the `snapshot_decode` fuzz target: a body (under a valid header) whose map
+    /// length asks for 190 GB aborted the process on the failed allocation.
+    #[test]
+    fn a_forged_length_is_an_error_not_an_abort() {
+        let body: [u8; 59] = [
+            0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 0, 0, 0,
+            0, 0, 0, 113, 0, 0, 0, 0, 0, 252, 255, 0, 0, 46, 58, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 32, 0,
+        ];
+        let mut forged = vec![SNAPSHOT_FORMAT];
+        forged.extend_from_slice(blake3::keyed_hash(&KEY, &body).as_bytes());
+        forged.extend_from_slice(&body);
+        assert!(matches!(
+            decode_state(&forged, &KEY),
+            Err(SnapshotError::Decode(_))
+        ));
     }
 }

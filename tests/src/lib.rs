@@ -556,26 +556,12 @@ pub fn wait_for_exit(child: &mut Child, patience: Duration) -> Option<ExitStatus
 
 /// The test registry (`BOLT_TEST_REGISTRY`, `127.0.0.1:PORT` with the fixtures of
 /// `tests/fixtures/build-images.sh` pushed) when this process runs as root; otherwise `None`
-/// after a `SKIPPED` message, or a panic when `BOLT_REQUIRE_ROOT_TESTS=1` (CI).
+/// after a `SKIPPED` line, or a panic under `BOLT_REQUIRE_ROOT_TESTS=1` (CI): [`bolt_skip`].
 pub fn root_and_registry(test: &str) -> Option<String> {
-    let required = std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1");
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("needs root".to_string())
-    } else {
-        match std::env::var("BOLT_TEST_REGISTRY") {
-            Ok(r) if !r.is_empty() => return Some(r),
-            _ => Some(
-                "BOLT_TEST_REGISTRY is not set (scripts/registry.sh start; eval \"$(scripts/registry.sh env)\"; tests/fixtures/build-images.sh all)"
-                    .to_string(),
-            ),
-        }
-    };
-    let why = why.unwrap_or_default();
-    if required {
-        panic!("{test}: {why}, and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping");
+    if !bolt_skip::root(test) {
+        return None;
     }
-    eprintln!("SKIPPED {test}: {why}");
-    None
+    bolt_skip::registry(test)
 }
 
 /// The busybox fixture image in the test registry `registry` (see docs/fixtures.md).
@@ -591,17 +577,4 @@ pub fn one_error_line(out: &Output) -> String {
     assert_eq!(lines.len(), 1, "one line on stderr: {:?}", out.stderr);
     assert!(lines[0].starts_with("bolt: "), "{:?}", lines[0]);
     lines[0].to_string()
-}
-
-/// True when this process runs as root; otherwise false after a `SKIPPED` message, or a panic
-/// when `BOLT_REQUIRE_ROOT_TESTS=1` (CI). For root tests that need no registry.
-pub fn root_only(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("{test}: needs root, and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping");
-    }
-    eprintln!("SKIPPED {test}: needs root");
-    false
 }

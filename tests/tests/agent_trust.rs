@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use bolt_agent::client::Client;
-use bolt_tests::{bolt_command, root_only, wait_for_exit, Node, PATIENCE};
+use bolt_tests::{bolt_command, wait_for_exit, Node, PATIENCE};
 
 /// A uid no account on the test machine has.
 const STRANGER: u32 = 4242;
@@ -74,7 +74,7 @@ fn refused_connections(node: &Node) -> String {
 #[test]
 fn the_socket_is_root_bolt_0660_and_admits_only_root_and_the_group() {
     let test = "the_socket_is_root_bolt_0660_and_admits_only_root_and_the_group";
-    if !root_only(test) {
+    if !bolt_skip::root(test) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -141,7 +141,7 @@ fn the_agent_refuses_a_symlinked_socket_or_one_in_a_directory_others_may_write()
 #[test]
 fn the_cli_refuses_a_socket_of_another_user() {
     let test = "the_cli_refuses_a_socket_of_another_user";
-    if !root_only(test) {
+    if !bolt_skip::root(test) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -181,7 +181,7 @@ fn the_cli_refuses_a_socket_of_another_user() {
 #[test]
 fn a_root_of_another_user_or_that_others_may_write_is_refused() {
     let test = "a_root_of_another_user_or_that_others_may_write_is_refused";
-    if !root_only(test) {
+    if !bolt_skip::root(test) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -238,7 +238,7 @@ fn links_planted_in_the_root_are_refused_not_followed() {
 #[test]
 fn a_node_key_of_another_user_is_refused() {
     let test = "a_node_key_of_another_user_is_refused";
-    if !root_only(test) {
+    if !bolt_skip::root(test) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -13,18 +13,7 @@ use serde_json::Value;
 
 /// The registry (`127.0.0.1:PORT`), or None (and a message) when the test must skip.
 fn registry(test: &str) -> Option<String> {
-    match std::env::var("BOLT_TEST_REGISTRY") {
-        Ok(r) if !r.is_empty() => Some(r),
-        _ => {
-            let how = "start it and push the fixtures: scripts/registry.sh start; \
-                       eval \"$(scripts/registry.sh env)\"; tests/fixtures/build-images.sh all";
-            if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-                panic!("{test}: BOLT_TEST_REGISTRY is not set and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping ({how})");
-            }
-            eprintln!("SKIPPED {test}: BOLT_TEST_REGISTRY is not set ({how})");
-            None
-        }
-    }
+    bolt_skip::registry(test)
 }
 
 /// Manifest digests of the pushed fixtures: `REGISTRY/name:tag` → `sha256:...`.

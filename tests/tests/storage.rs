@@ -21,20 +21,6 @@ use bolt_tests::{
 };
 use serde_json::Value;
 
-/// A host tool the btrfs tests need: skip (or fail under `BOLT_REQUIRE_ROOT_TESTS=1`) without.
-fn tool_or_skip(test: &str, tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-    if found {
-        return true;
-    }
-    if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("{test}: needs {tool} and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping");
-    }
-    eprintln!("SKIPPED {test}: {tool} is not installed");
-    false
-}
-
 /// A btrfs in a sparse file on a loop device, mounted in a temporary directory under /var/tmp.
 /// Dropping it unmounts, detaches the loop device and removes the file and the directory.
 struct LoopBtrfs {
@@ -141,7 +127,7 @@ impl Env {
     fn on_btrfs(test: &str) -> Option<Env> {
         let registry = root_and_registry(test)?;
         for tool in ["mkfs.btrfs", "btrfs", "losetup"] {
-            if !tool_or_skip(test, tool) {
+            if !bolt_skip::tool(test, tool) {
                 return None;
             }
         }
@@ -428,8 +414,11 @@ fn snapshots_off_btrfs_say_they_need_btrfs_and_change_nothing() {
         .output()
         .unwrap();
     let fs = String::from_utf8_lossy(&fs.stdout).trim().to_owned();
-    if fs == "btrfs" {
-        eprintln!("SKIPPED snapshots_off_btrfs...: the temporary directory is on btrfs");
+    if !bolt_skip::unless(
+        "snapshots_off_btrfs_say_they_need_btrfs_and_change_nothing",
+        fs != "btrfs",
+        "needs a temporary directory off btrfs, and it is on btrfs",
+    ) {
         return;
     }
     env.ok(&[

@@ -88,7 +88,10 @@ impl IdMap {
 
     /// The host id of `id` (inside), if this line maps it.
     pub fn to_host(&self, id: u32) -> Option<u32> {
-        self.maps(id).then(|| self.outside + (id - self.inside))
+        if !self.maps(id) {
+            return None;
+        }
+        self.outside.checked_add(id - self.inside)
     }
 }
 
@@ -113,7 +116,8 @@ pub struct UserNamespace {
 }
 
 /// The first range `start:count` of `/etc/subuid`-format `text` for the user `name` or the
-/// numeric `id`; malformed lines and empty ranges are skipped.
+/// numeric `id`; malformed lines, empty ranges and ranges running past the last id
+/// (`4294967294`; `-1` is no id) are skipped.
 pub fn subordinate_range(text: &str, name: &str, id: u32) -> Option<(u32, u32)> {
     text.lines().find_map(|line| {
         let line = line.trim();
@@ -125,7 +129,8 @@ pub fn subordinate_range(text: &str, name: &str, id: u32) -> Option<(u32, u32)> 
         let start: u32 = parts.next()?.trim().parse().ok()?;
         let count: u32 = parts.next()?.trim().parse().ok()?;
         let owned = owner == name || owner.parse::<u32>().is_ok_and(|o| o == id);
-        (owned && count > 0).then_some((start, count))
+        let fits = u64::from(start) + u64::from(count) <= u64::from(u32::MAX);
+        (owned && count > 0 && fits).then_some((start, count))
     })
 }
 
@@ -325,6 +330,34 @@ mod tests {
         assert_eq!(subordinate_range(SUBUID, "carol", 1002), None);
         // An empty range is no range.
         assert_eq!(subordinate_range(SUBUID, "zero", 7), None);
+    }
+
+    #[test]
+    fn a_range_past_the_last_id_is_no_range() {
+        // Found by the `subuid` fuzz target: host ids of such a range overflowed (a panic in a
+        // debug build, a wrapped, wrong host id in release).
+        let past = "alice:4294967290:10
+";
+        assert_eq!(subordinate_range(past, "alice", 1000), None);
+        let ns = UserNamespace::for_user("alice", 1000, 1000, past, past, true);
+        assert_eq!(ns.writer, MapWriter::SelfMap);
+        assert_eq!(ns.host_uid(9), None);
+        let last = "alice:4294967285:10
+";
+        assert_eq!(
+            subordinate_range(last, "alice", 1000),
+            Some((4294967285, 10))
+        );
+        let ns = UserNamespace::for_user("alice", 1000, 1000, last, last, true);
+        assert_eq!(ns.host_uid(10), Some(4294967294));
+        // A map line built by hand that runs past the end maps nothing there.
+        let m = IdMap {
+            inside: 1,
+            outside: u32::MAX - 1,
+            count: 10,
+        };
+        assert_eq!(m.to_host(2), Some(u32::MAX));
+        assert_eq!(m.to_host(3), None);
     }
 
     #[test]

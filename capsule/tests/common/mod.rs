@@ -11,38 +11,14 @@ use std::process::Command;
 use bolt_capsule::image::{ImageStore, StoreConfig};
 
 /// The test registry (`BOLT_TEST_REGISTRY=127.0.0.1:PORT`, from `scripts/registry.sh env`, with
-/// the images of `tests/fixtures/build-images.sh` pushed). Unset: the test is skipped with a
-/// message, unless `BOLT_REQUIRE_ROOT_TESTS=1`, where it fails.
+/// the images of `tests/fixtures/build-images.sh` pushed), or a skip through [`bolt_skip`].
 pub fn registry(test: &str) -> Option<String> {
-    match std::env::var("BOLT_TEST_REGISTRY") {
-        Ok(r) if !r.is_empty() => Some(r),
-        _ => {
-            if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-                panic!("{test}: BOLT_TEST_REGISTRY is not set but BOLT_REQUIRE_ROOT_TESTS=1 (run scripts/registry.sh start and tests/fixtures/build-images.sh)");
-            }
-            eprintln!(
-                "SKIP {test}: BOLT_TEST_REGISTRY is not set (eval \"$(scripts/registry.sh env)\" and run tests/fixtures/build-images.sh)"
-            );
-            None
-        }
-    }
+    bolt_skip::registry(test)
 }
 
 /// Whether we run as root (device nodes, chown, trusted xattrs, overlay mounts).
 pub fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Root-only test guard: skip with a message, or fail under `BOLT_REQUIRE_ROOT_TESTS=1`.
-pub fn require_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("{test}: needs root but BOLT_REQUIRE_ROOT_TESTS=1");
-    }
-    eprintln!("SKIP {test}: needs root");
-    false
+    bolt_skip::is_root()
 }
 
 /// A store in a fresh temp dir.

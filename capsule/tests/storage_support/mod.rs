@@ -13,32 +13,6 @@ use bolt_capsule::runtime::{
     CapsuleSpec, ExitStatus, Rootfs, Runtime, RuntimeError, Stdio, StdioSlot,
 };
 
-/// Root-only: skip with a message, or fail under `BOLT_REQUIRE_ROOT_TESTS=1`.
-pub fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("{test}: needs root and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping");
-    }
-    eprintln!("SKIPPED {test}: needs root (set BOLT_REQUIRE_ROOT_TESTS=1 to make this fail)");
-    false
-}
-
-/// A skip (or, under `BOLT_REQUIRE_ROOT_TESTS=1`, a failure) for a missing host tool.
-pub fn tool_or_skip(test: &str, tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-    if found {
-        return true;
-    }
-    if std::env::var("BOLT_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("{test}: needs {tool} and BOLT_REQUIRE_ROOT_TESTS=1 forbids skipping");
-    }
-    eprintln!("SKIPPED {test}: {tool} is not installed");
-    false
-}
-
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A capsule id unique to this process.
