@@ -678,10 +678,31 @@ pub fn write_etc_files(
     let mut out = Vec::new();
     for (file, text, target) in files {
         let p = dir.join(file);
-        std::fs::write(&p, text)?;
+        replace_new(&p, text.as_bytes())?;
         out.push((p, target));
     }
     Ok(out)
+}
+
+/// Writes `path` whole or not at all: a new temporary file beside it (`O_EXCL|O_NOFOLLOW`, so a
+/// link planted at the temporary name is refused, not followed), then a rename over `path`
+/// (which replaces a link there instead of writing through it).
+fn replace_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 /// The capsule's `resolv.conf` from the host's: loopback nameservers dropped (a capsule
@@ -735,6 +756,33 @@ mod tests {
         let host = "search lan\nnameserver 127.0.0.53\nnameserver 192.168.1.1\nnameserver ::1\noptions edns0\n";
         let got = resolv_conf(host);
         assert_eq!(got, "search lan\nnameserver 192.168.1.1\noptions edns0\n");
+    }
+
+    #[test]
+    fn etc_files_replace_a_planted_link_instead_of_writing_through_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "host file\n").unwrap_or_else(|e| panic!("{e}"));
+        let capsule = dir.path().join("capsule");
+        std::fs::create_dir(&capsule).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(&victim, capsule.join("hosts"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(&victim, capsule.join("hostname.tmp"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        write_etc_files(&capsule, "box", "web", None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            std::fs::read_to_string(&victim).ok().as_deref(),
+            Some("host file\n")
+        );
+        let md = std::fs::symlink_metadata(capsule.join("hosts")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(md.file_type().is_file());
+        assert_eq!(
+            std::fs::read_to_string(capsule.join("hostname"))
+                .ok()
+                .as_deref(),
+            Some("box\n")
+        );
+        assert!(!capsule.join("hostname.tmp").exists());
     }
 
     #[test]
