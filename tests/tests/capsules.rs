@@ -840,6 +840,19 @@ fn volume_commands_create_list_inspect_refuse_in_use_removal_and_prune() {
     assert_eq!(env.ok(&["volume", "rm", "used"]).stdout, "used\n");
     assert!(!env.node.root().join("volumes/used").exists());
     assert!(env.ok(&["volume", "ls", "-q"]).stdout.is_empty());
+    // Volumes are what the log says: a directory that looks like a volume but was never
+    // recorded is not listed, nor inspected.
+    let ghost = env.node.root().join("volumes/ghost");
+    std::fs::create_dir_all(ghost.join("_data")).unwrap();
+    std::fs::write(
+        ghost.join("volume.json"),
+        r#"{"name":"ghost","driver":"local","created_ms":1}"#,
+    )
+    .unwrap();
+    assert!(env.ok(&["volume", "ls", "-q"]).stdout.is_empty());
+    let out = env.bolt(&["volume", "inspect", "ghost"]);
+    assert!(one_error_line(&out).contains("ghost"), "{out:?}");
+    std::fs::remove_dir_all(&ghost).unwrap();
     let kinds: Vec<String> = env
         .volume_events()
         .iter()
