@@ -152,11 +152,18 @@ impl Volumes {
             })
             .await??;
         let n = name.to_owned();
+        let payloads_empty = payloads.is_empty();
         let detached = {
             let store = store.clone();
-            blocking(move || store.detach(&n, &used)).await?
+            blocking(move || match store.detach(&n, &used) {
+                Ok(d) => Ok(Some(d)),
+                // Recorded but gone from disk: the removal is still recorded.
+                Err(VolumeError::NotFound(_)) if !payloads_empty => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await?
         };
-        self.record_then_purge(store, vec![detached], payloads)
+        self.record_then_purge(store, detached.into_iter().collect(), payloads)
             .await
     }
 
