@@ -249,6 +249,7 @@ pub fn run(socket: PathBuf, command: Command) -> Result<ExitCode, CliError> {
                 .build()
                 .map_err(CliError::Runtime)?;
             rt.block_on(run_client(Client::new(socket), command))
+                .map_err(with_status)
         }
     }
 }
@@ -257,6 +258,28 @@ pub fn run(socket: PathBuf, command: Command) -> Result<ExitCode, CliError> {
 /// name), refused before the agent starts rather than at every run.
 fn parse_default_network(s: &str) -> Result<String, String> {
     plan(s, &[]).map(|_| s.to_owned())
+}
+
+/// The agent's refusal as `info`, `state`, `events` and the image commands print it: with the
+/// HTTP status (`bolt: the bolt agent answered 404: no image ...`); the capsule, network,
+/// volume and snapshot commands print the message alone, as docker does.
+fn with_status(e: CliError) -> CliError {
+    match e {
+        CliError::Client(ClientError::Api {
+            status,
+            message,
+            exit_code,
+        }) => CliError::Client(ClientError::Api {
+            status,
+            message: if message.starts_with("the bolt agent answered") {
+                message
+            } else {
+                format!("the bolt agent answered {status}: {message}")
+            },
+            exit_code,
+        }),
+        e => e,
+    }
 }
 
 async fn run_client(client: Client, command: Command) -> Result<ExitCode, CliError> {
