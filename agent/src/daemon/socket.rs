@@ -88,16 +88,23 @@ pub struct Access {
 
 impl Access {
     /// This agent's rule: as root, root and the `bolt` group (created when missing); as
-    /// another user, that user alone.
+    /// another user, that user alone. A root agent on a host where the group can be neither
+    /// found nor made (no `groupadd`, a read-only `/etc`) admits root alone, with a warning:
+    /// narrower, never wider.
     pub fn for_this_process() -> Result<Access, SocketError> {
         let uid = rustix::process::geteuid().as_raw();
         if uid != 0 {
             return Ok(Access { uid, group: None });
         }
-        Ok(Access {
-            uid,
-            group: Some(bolt_group()?),
-        })
+        let group = match bolt_group() {
+            Ok(g) => Some(g),
+            Err(e @ SocketError::GroupCreate(_)) => {
+                tracing::warn!("{e}; the API socket admits root alone (mode 0600)");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Access { uid, group })
     }
 
     /// The socket file's mode under this rule.
