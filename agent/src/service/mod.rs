@@ -6,6 +6,7 @@
 //! speaks Rust types, and the API maps them to HTTP.
 
 pub mod capsules;
+pub mod etc_files;
 pub mod images;
 pub mod networks;
 pub mod snapshots;
