@@ -13,7 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::path::{Path, PathBuf};
 
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 /// The group whose members may call a root agent's API.
@@ -348,9 +348,27 @@ async fn refuse(mut stream: UnixStream) {
          connection: close\r\n\r\n{body}",
         body.len()
     );
+    // Read the request's head before answering and drain what follows after: a socket closed
+    // with unread input is reset, and the client would see a write error instead of the 403.
+    // Bounded in time and bytes, so a refused peer holds nothing for long.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let mut buf = [0u8; 4096];
+        let mut head = Vec::new();
+        while head.len() < 16 << 10 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
+            }
+        }
         let _ = stream.write_all(answer.as_bytes()).await;
         let _ = stream.shutdown().await;
+        let mut drained = 0usize;
+        while drained < 1 << 20 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
     })
     .await;
 }
