@@ -492,12 +492,17 @@ fn exec_joins_a_running_capsule() {
     let mut spec = fx.spec(&["sleep", "60"]);
     spec.hostname = Some("exec-host".into());
     let capsule = rt.spawn(&spec, Stdio::null()).unwrap();
-    let (stdio, out, err) = captured();
+    let (mut stdio, out, err) = captured();
+    // The exec'd shell waits on stdin until its cgroup membership is checked (it could end
+    // before the check otherwise).
+    let (hold_r, hold_w) = pipe();
+    stdio.stdin = StdioSlot::Fd(hold_r);
     let exec = ExecSpec {
         args: vec![
             "sh".into(),
             "-c".into(),
-            "echo $$; hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $FOO; pwd".into(),
+            "read _; echo $$; hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $FOO; pwd"
+                .into(),
         ],
         env: vec!["FOO=bar".into()],
         workdir: Some("/tmp".into()),
@@ -509,6 +514,7 @@ fn exec_joins_a_running_capsule() {
         pids.contains(&process.pid()),
         "exec'd process is in the cgroup: {pids:?}"
     );
+    drop(hold_w);
     let status = process.wait().unwrap();
     let stdout = out.join().unwrap();
     let stderr = err.join().unwrap();
