@@ -3,3 +3,5 @@
 //!
 //! It may depend on `bolt-events` only. It must never depend on `bolt-state`, `bolt-capsule`,
 //! `bolt-dns` or the agent: the agent wires the mesh to the log.
+
+pub mod identity;
