@@ -5,3 +5,4 @@
 //! `bolt-dns` or the agent: the agent wires the mesh to the log.
 
 pub mod identity;
+pub mod quic;
