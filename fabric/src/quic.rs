@@ -34,7 +34,7 @@ pub enum QuicError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("dial {addr}: {0}", addr = .addr)]
+    #[error("dial {addr}: {source}")]
     Connect {
         addr: SocketAddr,
         #[source]
