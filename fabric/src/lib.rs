@@ -4,5 +4,8 @@
 //! It may depend on `bolt-events` only. It must never depend on `bolt-state`, `bolt-capsule`,
 //! `bolt-dns` or the agent: the agent wires the mesh to the log.
 
+pub mod frame;
 pub mod identity;
 pub mod quic;
+pub mod replicate;
+pub mod sim;
