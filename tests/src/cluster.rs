@@ -7,9 +7,9 @@
 //! inside those namespaces (`ip -n SW link add P type veth peer name N netns NODE`), so the
 //! machine's own namespace never sees any of them, and removing the namespaces removes every
 //! link, address and rule with them. Node `i` has the address `10.X.Y.(i+1)/24` on its veth;
-//! `X.Y` is derived from this process and a per-process counter, so two clusters (or the test
-//! namespaces of another test) do not share a subnet, although they could not see each other
-//! anyway. Loopback is up in every namespace.
+//! `X.Y` is derived from this process and a per-process counter, so two clusters are unlikely
+//! to share a subnet (they could not see each other anyway: nothing of a cluster is in the
+//! machine's namespace). Loopback is up in every namespace.
 //!
 //! **Names.** Each cluster has a tag, 8 hex digits (`PID` in 6, a per-process counter in 2).
 //! Namespaces are `bolt-test-PID-kSEQ-sw` (the switch) and `bolt-test-PID-kSEQ-nI` (node `I`),
@@ -38,7 +38,7 @@
 //! `tests/check-leftovers.sh` reports them.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -103,6 +103,8 @@ pub struct Cluster {
     switch: Option<String>,
     bridge: String,
     subnet: [u8; 2],
+    /// `--registry-auth` of every agent: a file that is not there (no credentials).
+    auth: PathBuf,
     nodes: Vec<ClusterNode>,
     /// Every namespace made so far, the switch first: what drop deletes (in reverse).
     netns: Vec<String>,
@@ -130,6 +132,7 @@ impl Cluster {
             tag,
             switch: None,
             subnet,
+            auth: dir.join("no-auth.json"),
             nodes: Vec::with_capacity(n),
             netns: Vec::new(),
         };
@@ -147,7 +150,6 @@ impl Cluster {
             "bridge",
         ])?;
         ip(&["-n", &switch, "link", "set", &cluster.bridge, "up"])?;
-        let auth = dir.join("no-auth.json");
         for i in 0..n {
             let ns = format!("{prefix}-n{i}");
             cluster.add_netns(&ns)?;
@@ -174,7 +176,12 @@ impl Cluster {
             let mut node = Node::new(dir, &format!("n{i}"))?;
             let nsenter = format!("--net=/run/netns/{ns}");
             node.set_wrapper(&["nsenter", &nsenter]);
-            node.set_agent_args(&["--registry-auth", &auth.to_string_lossy()]);
+            node.set_agent_args(&[
+                "--default-network",
+                "none",
+                "--registry-auth",
+                &cluster.auth.to_string_lossy(),
+            ]);
             cluster.nodes.push(ClusterNode {
                 node,
                 netns: ns,
@@ -193,43 +200,36 @@ impl Cluster {
     }
 
     /// Starts every node's agent (in order, each answering `bolt info` before the next starts)
-    /// with `--default-network none` and `extra_args(i, node)` (such as
-    /// `--listen ADDR:PORT --join ...`); the arguments stay the node's for [`Cluster::restart`].
+    /// with `extra_args(i, node)` (such as `--listen ADDR:PORT --join ...`):
+    /// [`Cluster::start_node`] for each.
     pub fn start_all(
         &mut self,
         extra_args: impl Fn(usize, &ClusterNode) -> Vec<String>,
     ) -> Result<(), HarnessError> {
-        let auth = self.auth_arg();
         for i in 0..self.nodes.len() {
             let extra = extra_args(i, &self.nodes[i]);
-            let mut args: Vec<String> = Vec::new();
-            if !extra.iter().any(|a| a.starts_with("--default-network")) {
-                args.extend(["--default-network".into(), "none".into()]);
-            }
-            if !extra.iter().any(|a| a.starts_with("--registry-auth")) {
-                args.extend(["--registry-auth".into(), auth.clone()]);
-            }
-            args.extend(extra);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let node = &mut self.nodes[i].node;
-            node.set_agent_args(&args);
-            node.start()?;
+            self.start_node(i, extra)?;
         }
         Ok(())
     }
 
-    fn auth_arg(&self) -> String {
-        self.nodes
-            .first()
-            .and_then(|n| {
-                n.node
-                    .root()
-                    .parent()?
-                    .parent()
-                    .map(|d| d.join("no-auth.json"))
-            })
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default()
+    /// Starts node `i`'s agent with `--default-network none --registry-auth DIR/no-auth.json`
+    /// (each unless `extra` has it) and `extra`, and waits until it answers `bolt info`. The
+    /// arguments stay the node's for [`Cluster::restart`].
+    pub fn start_node(&mut self, i: usize, extra: Vec<String>) -> Result<(), HarnessError> {
+        let mut args: Vec<String> = Vec::new();
+        if !extra.iter().any(|a| a.starts_with("--default-network")) {
+            args.extend(["--default-network".into(), "none".into()]);
+        }
+        if !extra.iter().any(|a| a.starts_with("--registry-auth")) {
+            args.push("--registry-auth".into());
+            args.push(self.auth.to_string_lossy().into_owned());
+        }
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let node = &mut self.nodes[i].node;
+        node.set_agent_args(&args);
+        node.start()
     }
 
     /// The cluster's tag (8 hex digits): in every link name (`bcTAG...`).
