@@ -36,6 +36,27 @@
 //! [`Node::cleanup`]) and deletes every namespace it made, node namespaces first, so the veths,
 //! the bridge and the nft tables go with them. A test process killed outright leaves them;
 //! `tests/check-leftovers.sh` reports them.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), bolt_tests::HarnessError> {
+//! let dir = tempfile::tempdir().map_err(|e| bolt_tests::HarnessError::Cluster(e.to_string()))?;
+//! let mut c = bolt_tests::Cluster::new(dir.path(), 3)?;
+//! let seed = c.node(0).listen_addr(7946);
+//! c.start_all(|i, n| {
+//!     let mut args = vec!["--listen".to_string(), n.listen_addr(7946).to_string()];
+//!     if i > 0 {
+//!         args.extend(["--join".to_string(), seed.to_string()]);
+//!     }
+//!     args
+//! })?;
+//! c.partition(&[0], &[1, 2])?; // node 0 cannot reach 1 or 2, and they cannot reach it
+//! assert!(!c.reaches(0, 1)? && c.reaches(1, 2)?);
+//! c.heal()?;
+//! c.kill9(2)?;
+//! c.restart(2)?; // same root, socket and arguments
+//! # Ok(())
+//! # }
+//! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -180,7 +180,26 @@ fn kill9_and_restart_an_agent_answers_again_on_the_same_root() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut c = started(dir.path(), 2);
+    let mut c = Cluster::new(dir.path(), 2).unwrap();
+    // Extra arguments reach each agent, and stay for its restart.
+    c.start_all(|i, _| vec!["--snapshot-every".into(), format!("{}", i + 7)])
+        .unwrap();
+    let cmdline = |c: &Cluster, i: usize| {
+        let pid = c.node(i).node.pid().unwrap();
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        String::from_utf8_lossy(&raw).replace('\0', " ")
+    };
+    assert!(
+        cmdline(&c, 0).contains("--snapshot-every 7"),
+        "{}",
+        cmdline(&c, 0)
+    );
+    assert!(
+        cmdline(&c, 1).contains("--snapshot-every 8"),
+        "{}",
+        cmdline(&c, 1)
+    );
+    assert!(cmdline(&c, 1).contains("--default-network none"));
     let before = c.node(1).node.pid().unwrap();
     let status = c.kill9(1).unwrap();
     assert_eq!(
@@ -196,6 +215,11 @@ fn kill9_and_restart_an_agent_answers_again_on_the_same_root() {
     let after = c.node(1).node.pid().unwrap();
     assert_ne!(before, after);
     c.node(1).node.ok(&["info"]);
+    assert!(
+        cmdline(&c, 1).contains("--snapshot-every 8"),
+        "{}",
+        cmdline(&c, 1)
+    );
     assert!(c.reaches(0, 1).unwrap(), "its namespace kept its address");
 }
 
