@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Fails when Bolt (or its tests) left anything on this machine: run after the tests
 # (`.ci/run` does), as root. Looks in the machine's own namespaces only:
-#   - links named like Bolt's bridges (bolt0, bolt-<hex>) and capsule veths (bv<hex>);
-#   - `table ip bolt` in nftables;
-#   - named network namespaces of the tests (/run/netns/bolt-test-*);
+#   - links named like Bolt's bridges (bolt0, bolt-<hex>) and capsule veths (bv<hex>), and
+#     like the cluster harness's bridges and veths (bc<8 hex>br, bc<8 hex>p<n>, bc<8 hex>n<n>,
+#     tests/src/cluster.rs; they live in its namespaces and must never reach this one);
+#   - `table ip bolt` in nftables, and the cluster harness's `table inet boltpart`;
+#   - named network namespaces of the tests (/run/netns/bolt-test-*, the cluster harness's
+#     bolt-test-<pid>-k<n>-sw and bolt-test-<pid>-k<n>-n<i> among them);
 #   - mounts below temporary roots (/tmp, /var/tmp) or a Bolt root's capsules/ or volumes/;
 #   - loop devices backed by files below those roots;
 #   - cgroups Bolt owns (<hierarchy>/bolt);
@@ -20,10 +23,13 @@ leftover() {
 while read -r name; do
     leftover "link $name"
 done < <(ip -o link 2>/dev/null | awk -F': ' '{split($2, n, "@"); print n[1]}' |
-    grep -E '^(bolt0$|bolt-[0-9a-f]+$|bv[0-9a-f]+$)')
+    grep -E '^(bolt0$|bolt-[0-9a-f]+$|bv[0-9a-f]+$|bc[0-9a-f]{8}(br|[np][0-9]+)$)')
 
 if nft list table ip bolt >/dev/null 2>&1; then
     leftover "nft table ip bolt"
+fi
+if nft list table inet boltpart >/dev/null 2>&1; then
+    leftover "nft table inet boltpart"
 fi
 
 while read -r ns _; do

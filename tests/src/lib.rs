@@ -1,13 +1,18 @@
 //! `bolt-tests`: end-to-end and multi-node harness. Nothing may depend on this crate.
 //!
 //! The tests run the built `bolt` binary as a real process: an agent per [`Node`] (its own temp
-//! root and socket) and the CLI against it.
+//! root and socket) and the CLI against it. [`cluster`] puts N of them in network namespaces of
+//! their own on one bridge, with partitions, a line topology and `kill -9` for fault tests.
 //!
 //! **Which binary.** Cargo only tells a package's own tests where its binaries are
 //! (`CARGO_BIN_EXE_*`), and `bolt` belongs to `bolt-agent`, so [`bolt_bin`] finds it beside
 //! this test executable (`target/<profile>/bolt`), or at `$BOLT_BIN`. `cargo test` at the
 //! workspace root builds it (bolt-agent has integration tests, so Cargo builds its binary);
 //! with `-p bolt-tests` alone, run `cargo build -p bolt-agent` first.
+
+pub mod cluster;
+
+pub use cluster::{Cluster, ClusterNode};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -48,6 +53,8 @@ pub enum HarnessError {
     NotRunning,
     #[error("signal the agent: {0}")]
     Signal(nix::Error),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// The `bolt` binary the tests run.
@@ -151,6 +158,12 @@ impl Node {
     pub fn with_agent_args(mut self, args: &[&str]) -> Node {
         self.extra_args = args.iter().map(|a| a.to_string()).collect();
         self
+    }
+
+    /// Replace the extra `bolt agent` arguments (as [`Node::with_agent_args`]); they apply from
+    /// the agent's next start.
+    pub fn set_agent_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|a| a.to_string()).collect();
     }
 
     /// Run the agent under a wrapper command (such as `nsenter --net=/run/netns/X`), so
