@@ -21,10 +21,19 @@ use time::{Duration, OffsetDateTime};
 /// The mesh's ALPN protocol id.
 pub const ALPN: &[u8] = b"bolt/1";
 
-/// The DNS name a node's certificate carries: `<node id>.node.bolt`. A client dialing a node
-/// checks the server's certificate against it.
+/// The DNS name a node's certificate carries: `<node id>.node.bolt`, the id cut in labels of
+/// at most 32 digits (a DNS label holds 63 characters; a full node id has 64). A client dialing
+/// a node checks the server's certificate against it.
 pub fn node_dns_name(node_id: &str) -> String {
-    format!("{node_id}.node.bolt")
+    let mut name = String::with_capacity(node_id.len() + 12);
+    for (i, chunk) in node_id.as_bytes().chunks(32).enumerate() {
+        if i > 0 {
+            name.push('.');
+        }
+        name.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+    }
+    name.push_str(".node.bolt");
+    name
 }
 
 /// One step of making or using the cluster identity that failed.
@@ -267,17 +276,53 @@ impl NodeIdentity {
     /// The listening side: TLS 1.3, ALPN `bolt/1`, a client certificate from the cluster CA
     /// required.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, IdentityError> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        self.server_config_with(false)
+    }
+
+    /// The listening side of a member that also takes joins: as [`Self::server_config`], but a
+    /// client may come without a certificate, and ALPN `bolt-join/1` is offered too. The mesh
+    /// serves such a client the join exchange alone ([`crate::quic::Mesh::accept`]); a client
+    /// that presents a certificate must still present one from the cluster CA.
+    pub fn server_config_accepting_joins(&self) -> Result<rustls::ServerConfig, IdentityError> {
+        self.server_config_with(true)
+    }
+
+    fn server_config_with(&self, joins: bool) -> Result<rustls::ServerConfig, IdentityError> {
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(self.roots()?),
             provider(),
-        )
-        .build()?;
+        );
+        let verifier = if joins {
+            builder.allow_unauthenticated().build()?
+        } else {
+            builder.build()?
+        };
+        // The CA goes with the chain so a joining node can check it against its token's pin.
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![self.cert.clone()], self.key()?)?;
+            .with_single_cert(vec![self.cert.clone(), self.ca.clone()], self.key()?)?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
+        if joins {
+            cfg.alpn_protocols.push(crate::join::JOIN_ALPN.to_vec());
+        }
         Ok(cfg)
+    }
+
+    /// The cluster CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        pem_cert(&self.ca)
+    }
+
+    /// The CA's fingerprint (SHA-256 of its DER, hex).
+    pub fn ca_fingerprint(&self) -> String {
+        hex::encode(Sha256::digest(self.ca.as_ref()))
+    }
+
+    /// When this node's certificate stops being valid, in seconds since the epoch.
+    pub fn not_after(&self) -> Option<i64> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(self.cert.as_ref()).ok()?;
+        Some(parsed.validity().not_after.timestamp())
     }
 
     /// The dialing side: TLS 1.3, ALPN `bolt/1`, the server checked against the cluster CA
@@ -293,6 +338,18 @@ impl NodeIdentity {
     }
 }
 
+fn pem_cert(der: &CertificateDer<'_>) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
 /// The name a client checks the server's certificate against when it dials `node_id`.
 pub fn server_name(node_id: &str) -> Result<ServerName<'static>, IdentityError> {
     check_node_id(node_id)?;
@@ -306,8 +363,8 @@ pub fn peer_node_id(cert: &CertificateDer<'_>) -> Option<String> {
     san.value.general_names.iter().find_map(|n| match n {
         x509_parser::extensions::GeneralName::DNSName(d) => d
             .strip_suffix(".node.bolt")
-            .filter(|id| check_node_id(id).is_ok())
-            .map(str::to_owned),
+            .map(|labels| labels.replace('.', ""))
+            .filter(|id| check_node_id(id).is_ok() && node_dns_name(id) == **d),
         _ => None,
     })
 }

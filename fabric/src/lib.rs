@@ -6,6 +6,7 @@
 
 pub mod frame;
 pub mod identity;
+pub mod join;
 pub mod quic;
 pub mod replicate;
 pub mod sim;

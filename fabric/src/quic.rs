@@ -14,6 +14,10 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 
 use crate::identity::{node_dns_name, peer_node_id, IdentityError, NodeIdentity};
+use crate::join::{
+    self, join_client_config, JoinError, JoinRequest, JoinResponse, Token, JOIN_ALPN,
+    MAX_JOIN_FRAME,
+};
 
 /// The largest message a peer may send; a longer stream is refused and reset.
 pub const MAX_MESSAGE: usize = 4 << 20;
@@ -54,6 +58,8 @@ pub enum QuicError {
     Closed(#[from] quinn::ClosedStream),
     #[error("receive: {0}")]
     Read(#[from] quinn::ReadToEndError),
+    #[error("join: {0}")]
+    Join(JoinError),
 }
 
 /// A node's QUIC endpoint: listens on one UDP socket and dials from it.
@@ -74,11 +80,22 @@ fn transport() -> Arc<quinn::TransportConfig> {
 
 impl Mesh {
     /// Binds `addr` (port 0: any) with this node's identity. Needs a tokio runtime.
-    pub fn bind(addr: SocketAddr, identity: &NodeIdentity) -> Result<Self, QuicError> {
+    ///
+    /// With `accept_joins`, a client without a certificate may make the join exchange (and
+    /// nothing else): [`Mesh::accept`] hands it over as [`Incoming::Join`].
+    pub fn bind(
+        addr: SocketAddr,
+        identity: &NodeIdentity,
+        accept_joins: bool,
+    ) -> Result<Self, QuicError> {
         let crypto = |e: &dyn std::fmt::Display| QuicError::Crypto(e.to_string());
+        let server = if accept_joins {
+            identity.server_config_accepting_joins()?
+        } else {
+            identity.server_config()?
+        };
         let server_tls =
-            quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
-                .map_err(|e| crypto(&e))?;
+            quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| crypto(&e))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
         server.transport_config(transport());
         let client_tls =
@@ -115,16 +132,115 @@ impl Mesh {
         Ok(peer)
     }
 
-    /// The next peer that completed a handshake (its certificate is the cluster CA's); `None`
-    /// once the endpoint is closed. A failed handshake is an `Err` and the loop goes on.
-    pub async fn accept(&self) -> Option<Result<Peer, QuicError>> {
+    /// The next connection that completed a handshake: a member (its certificate is the
+    /// cluster CA's) or a node asking to join (ALPN `bolt-join/1`, no certificate); `None`
+    /// once the endpoint is closed. A failed handshake, or a client without a certificate
+    /// that asks for anything but a join, is an `Err` and the loop goes on.
+    pub async fn accept(&self) -> Option<Result<Incoming, QuicError>> {
         let incoming = self.endpoint.accept().await?;
-        Some(async { Peer::new(incoming.await?) }.await)
+        Some(
+            async {
+                let conn = incoming.await?;
+                let alpn = conn
+                    .handshake_data()
+                    .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                    .and_then(|d| d.protocol);
+                if alpn.as_deref() == Some(JOIN_ALPN) && conn.peer_identity().is_none() {
+                    return Ok(Incoming::Join(JoinConn { conn }));
+                }
+                match Peer::new(conn.clone()) {
+                    Ok(peer) => Ok(Incoming::Member(peer)),
+                    Err(e) => {
+                        conn.close(1u32.into(), b"certificate required");
+                        Err(e)
+                    }
+                }
+            }
+            .await,
+        )
+    }
+
+    /// Dials a member at `addr` as a node without a certificate and makes the join exchange:
+    /// the member is checked against the token's pinned CA; the answer is its certificate or
+    /// a refusal.
+    pub async fn request_join(
+        addr: SocketAddr,
+        token: &Token,
+        request: &JoinRequest,
+    ) -> Result<JoinResponse, QuicError> {
+        let crypto = |e: &dyn std::fmt::Display| QuicError::Crypto(e.to_string());
+        let tls = join_client_config(token).map_err(|e| crypto(&e))?;
+        let tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| crypto(&e))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(tls));
+        client.transport_config(transport());
+        let local = if addr.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let mut endpoint = quinn::Endpoint::client(local).map_err(|source| QuicError::Bind {
+            addr: local,
+            source,
+        })?;
+        endpoint.set_default_client_config(client);
+        // The name is not checked (the pin is); any valid one will do.
+        let conn = endpoint
+            .connect(addr, "join.bolt")
+            .map_err(|source| QuicError::Connect { addr, source })?
+            .await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&join::encode(request)).await?;
+        send.finish()?;
+        let bytes = recv.read_to_end(MAX_JOIN_FRAME).await?;
+        conn.close(0u32.into(), b"joined");
+        endpoint.wait_idle().await;
+        join::decode(&bytes).map_err(QuicError::Join)
     }
 
     /// Closes every connection and stops listening.
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"bye");
+    }
+}
+
+/// A connection that completed its handshake.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A member of the cluster.
+    Member(Peer),
+    /// A node without a certificate asking to join.
+    Join(JoinConn),
+}
+
+/// A node asking to join: one request, one answer.
+#[derive(Debug)]
+pub struct JoinConn {
+    conn: quinn::Connection,
+}
+
+impl JoinConn {
+    /// Where it dials from.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    /// Reads its request (at most [`MAX_JOIN_FRAME`] bytes), then calls `answer` and sends
+    /// what it returns.
+    pub async fn serve(
+        self,
+        answer: impl FnOnce(Result<JoinRequest, JoinError>) -> JoinResponse,
+    ) -> Result<(), QuicError> {
+        let (mut send, mut recv) = self.conn.accept_bi().await?;
+        let request = match recv.read_to_end(MAX_JOIN_FRAME).await {
+            Ok(bytes) => join::decode::<JoinRequest>(&bytes),
+            Err(e) => Err(JoinError::Frame(e.to_string())),
+        };
+        let response = answer(request);
+        send.write_all(&join::encode(&response)).await?;
+        send.finish()?;
+        // Let the answer reach the node before the connection goes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.conn.closed()).await;
+        Ok(())
     }
 }
 

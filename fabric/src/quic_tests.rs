@@ -31,13 +31,15 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
 #[tokio::test]
 async fn two_members_exchange_messages_and_know_each_other_by_certificate() {
     let ca = ca();
-    let a = Mesh::bind(loopback(), &identity(&ca, "a1")).unwrap();
-    let b = Mesh::bind(loopback(), &identity(&ca, "b2")).unwrap();
+    let a = Mesh::bind(loopback(), &identity(&ca, "a1"), false).unwrap();
+    let b = Mesh::bind(loopback(), &identity(&ca, "b2"), false).unwrap();
     let b_addr = b.local_addr().unwrap();
     let (dialed, accepted) =
         within(async { tokio::join!(a.connect(b_addr, "b2"), b.accept()) }).await;
     let dialed = dialed.unwrap();
-    let accepted = accepted.unwrap().unwrap();
+    let Incoming::Member(accepted) = accepted.unwrap().unwrap() else {
+        panic!("not a member")
+    };
     assert_eq!(dialed.node_id(), "b2");
     assert_eq!(accepted.node_id(), "a1");
 
@@ -54,8 +56,8 @@ async fn two_members_exchange_messages_and_know_each_other_by_certificate() {
 
 #[tokio::test]
 async fn a_node_of_another_cluster_cannot_connect() {
-    let member = Mesh::bind(loopback(), &identity(&ca(), "b2")).unwrap();
-    let stranger = Mesh::bind(loopback(), &identity(&ca(), "a1")).unwrap();
+    let member = Mesh::bind(loopback(), &identity(&ca(), "b2"), false).unwrap();
+    let stranger = Mesh::bind(loopback(), &identity(&ca(), "a1"), false).unwrap();
     let addr = member.local_addr().unwrap();
     let (dialed, accepted) =
         within(async { tokio::join!(stranger.connect(addr, "b2"), member.accept()) }).await;
@@ -69,8 +71,8 @@ async fn a_node_of_another_cluster_cannot_connect() {
 #[tokio::test]
 async fn dialing_a_node_that_answers_with_another_id_fails() {
     let ca = ca();
-    let a = Mesh::bind(loopback(), &identity(&ca, "a1")).unwrap();
-    let b = Mesh::bind(loopback(), &identity(&ca, "b2")).unwrap();
+    let a = Mesh::bind(loopback(), &identity(&ca, "a1"), false).unwrap();
+    let b = Mesh::bind(loopback(), &identity(&ca, "b2"), false).unwrap();
     let addr = b.local_addr().unwrap();
     let (dialed, _) = within(async { tokio::join!(a.connect(addr, "c3"), b.accept()) }).await;
     assert!(dialed.is_err());
@@ -79,12 +81,15 @@ async fn dialing_a_node_that_answers_with_another_id_fails() {
 #[tokio::test]
 async fn a_message_over_the_limit_is_refused_by_both_ends() {
     let ca = ca();
-    let a = Mesh::bind(loopback(), &identity(&ca, "a1")).unwrap();
-    let b = Mesh::bind(loopback(), &identity(&ca, "b2")).unwrap();
+    let a = Mesh::bind(loopback(), &identity(&ca, "a1"), false).unwrap();
+    let b = Mesh::bind(loopback(), &identity(&ca, "b2"), false).unwrap();
     let addr = b.local_addr().unwrap();
     let (dialed, accepted) =
         within(async { tokio::join!(a.connect(addr, "b2"), b.accept()) }).await;
-    let (dialed, accepted) = (dialed.unwrap(), accepted.unwrap().unwrap());
+    let dialed = dialed.unwrap();
+    let Incoming::Member(accepted) = accepted.unwrap().unwrap() else {
+        panic!("not a member")
+    };
     let over = vec![1u8; MAX_MESSAGE + 1];
     assert!(matches!(
         dialed.send(&over).await,
