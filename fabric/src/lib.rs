@@ -5,4 +5,6 @@
 //! `bolt-dns` or the agent: the agent wires the mesh to the log.
 
 pub mod identity;
+pub mod membership;
+mod membership_wire;
 pub mod quic;
