@@ -561,10 +561,9 @@ impl Membership {
         let mut runtime = Collect::default();
         let result = self.foca.leave_cluster(&mut runtime);
         self.left = true;
-        let mut out = self.finish(runtime, now);
+        let out = self.finish(runtime, now);
         self.timers.clear();
         self.retry_at = None;
-        out.changes.clear();
         self.keep_on_error(out, result, MembershipError::Leave)
     }
 
@@ -595,7 +594,7 @@ impl Membership {
     }
 
     /// Every other member this node knows of (itself excluded), dead and left ones until
-    /// `forget_dead_after`, by node id.
+    /// `forget_dead_after`, by node id. After [`Membership::leave`] it stays as it was then.
     pub fn members(&self) -> Vec<MemberView> {
         self.seen
             .values()
