@@ -378,6 +378,9 @@ impl std::fmt::Debug for Membership {
 
 impl Membership {
     /// A node alone, knowing nobody yet: [`Membership::join`] introduces it to a member.
+    /// `seed` drives the random choices (probe order, gossip targets): give each node its own
+    /// (from the OS in production); the same seed and inputs give the same outputs. No timer
+    /// runs until the node knows a member, so `now` only fixes the API's shape.
     pub fn new(
         me: Member,
         config: MembershipConfig,

@@ -478,7 +478,7 @@ fn five_nodes_converge_despite_loss_and_runs_repeat_exactly() {
 }
 
 #[test]
-fn a_hundred_nodes_converge() {
+fn a_hundred_nodes_converge_and_all_see_one_die() {
     let mut net = Net::new(MembershipConfig::for_tests());
     for i in 0..100 {
         net.add(i, 0);
@@ -491,6 +491,16 @@ fn a_hundred_nodes_converge() {
     for m in net.nodes.values() {
         assert_eq!(m.members().len(), 99);
     }
+    // One stops: all 99 others see it dead within the bound.
+    net.stopped.push(node_id(50));
+    let bound = net.config.detection_bound(100);
+    let mut took = Duration::ZERO;
+    while took < bound && (0..100).any(|i| i != 50 && net.state(i, 50) != Some(MemberState::Dead)) {
+        net.run(Duration::from_millis(100));
+        took += Duration::from_millis(100);
+    }
+    eprintln!("100 nodes: dead everywhere after {took:?} (bound {bound:?})");
+    assert!((0..100).all(|i| i == 50 || net.state(i, 50) == Some(MemberState::Dead)));
 }
 
 #[test]
