@@ -150,6 +150,8 @@ pub struct Output {
 /// Counters of packets accepted and refused, by reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MembershipStats {
+    /// Passed every check and handled by the protocol (which may still ignore it: addressed to
+    /// an older identity of ours, or from a member it holds dead).
     pub accepted: u64,
     pub too_large: u64,
     pub malformed: u64,
