@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds every cargo-fuzz target of the repository (agent, capsule, events and state fuzz crates)
-# and runs each for a bounded time from its checked-in seeds (<crate>/fuzz/seeds/<target>/).
+# Builds every cargo-fuzz target of the repository (agent, capsule, events, fabric and state fuzz
+# crates) and runs each for a bounded time from its checked-in seeds (<crate>/fuzz/seeds/<target>/).
 # Fails when a target crashes (a panic, an abort, a timeout, running out of memory): the input
 # is kept under target/fuzz/artifacts/<crate>/<target>/ and the line to replay it is printed.
 #
@@ -16,7 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$PWD
 SECS=${BOLT_FUZZ_SECONDS:-20}
 JOBS=${BOLT_FUZZ_JOBS:-2}
-CRATES=(events state capsule agent)
+CRATES=(events state fabric capsule agent)
 TARGET_DIR=$REPO/target/fuzz
 ARTIFACTS=$TARGET_DIR/artifacts
 BUILD=(--dev --sanitizer none --target-dir "$TARGET_DIR")

@@ -7,6 +7,8 @@
 pub mod frame;
 pub mod identity;
 pub mod join;
+pub mod membership;
+mod membership_wire;
 pub mod quic;
 pub mod replicate;
 pub mod sim;
