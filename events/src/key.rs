@@ -168,6 +168,12 @@ impl NodeKey {
         blake3::derive_key(context, &self.signing.to_bytes())
     }
 
+    /// Signs a 32-byte digest made for one purpose outside the log (a join proof): callers
+    /// derive it with a context of their own, so it can never be mistaken for an event's.
+    pub fn sign_digest(&self, digest: &[u8; 32]) -> [u8; 64] {
+        self.signing.sign(digest).to_bytes()
+    }
+
     /// Build and sign the envelope of this node's event number `seq`.
     pub fn seal(&self, seq: u64, hlc: Hlc, prev: Hash, payload: &Payload) -> Envelope {
         self.seal_bytes(seq, hlc, prev, CURRENT_SCHEMA, codec::encode(payload))

@@ -165,6 +165,8 @@ pub struct JoinRequest {
     /// Hex of the node's ed25519 event key.
     pub node_id: String,
     pub name: String,
+    /// The mesh address the node will listen at (peers dial it).
+    pub addr: String,
     pub csr_pem: String,
     /// ed25519 signature by the event key over [`proof_digest`].
     pub proof: Vec<u8>,
@@ -182,8 +184,15 @@ impl std::fmt::Debug for JoinRequest {
 /// What the member answers.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum JoinResponse {
-    Accepted { ca_pem: String, cert_pem: String },
-    Refused { reason: String },
+    Accepted {
+        ca_pem: String,
+        cert_pem: String,
+        /// The admitting member's node id: the new node's first peer.
+        member_id: String,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// The digest the joining node signs with its event key: the token's secret and its request.

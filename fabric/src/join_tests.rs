@@ -26,6 +26,7 @@ fn request(token: &Token, seed: u8) -> (JoinRequest, String) {
             secret: token.secret,
             node_id: id,
             name: "n".into(),
+            addr: "127.0.0.1:1".into(),
             csr_pem: req.csr_pem,
             proof: proof.to_bytes().to_vec(),
         },
@@ -123,6 +124,7 @@ async fn serve(mesh: &Mesh, ca: &ClusterCa, book: &std::sync::Mutex<TokenBook>) 
             });
             match outcome {
                 Ok(req) => JoinResponse::Accepted {
+                    member_id: key(9).1,
                     ca_pem: ca.cert_pem().to_owned(),
                     cert_pem: ca
                         .issue(
@@ -156,7 +158,10 @@ async fn a_node_with_a_token_joins_and_its_certificate_works_on_the_mesh() {
         Mesh::request_join(addr, &token, &req),
         serve(&mesh, &ca, &book)
     );
-    let JoinResponse::Accepted { ca_pem, cert_pem } = answer.unwrap() else {
+    let JoinResponse::Accepted {
+        ca_pem, cert_pem, ..
+    } = answer.unwrap()
+    else {
         panic!("refused");
     };
     let identity = NodeIdentity::from_pem(&ca_pem, &cert_pem, &key_pem).unwrap();

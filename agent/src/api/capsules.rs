@@ -75,7 +75,10 @@ async fn list(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Res<Json<Vec<CapsuleView>>> {
     let Query(q) = q?;
-    Ok(Json(caps.list(q.all.unwrap_or(false)).await?))
+    Ok(Json(
+        caps.list(q.all.unwrap_or(false), q.all_nodes.unwrap_or(false))
+            .await?,
+    ))
 }
 
 async fn create(

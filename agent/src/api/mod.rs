@@ -8,6 +8,7 @@
 //! other side of the socket).
 
 pub mod capsules;
+pub mod cluster;
 pub mod images;
 pub mod networks;
 pub mod snapshots;

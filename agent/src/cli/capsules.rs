@@ -38,6 +38,9 @@ pub enum CapsuleCommand {
         /// Show every capsule, not only running ones.
         #[arg(short, long)]
         all: bool,
+        /// Every node's capsules, not only this node's.
+        #[arg(long)]
+        all_nodes: bool,
         /// Only print ids.
         #[arg(short, long)]
         quiet: bool,
@@ -274,9 +277,18 @@ async fn run_async(client: &Client, cmd: CapsuleCommand) -> CliResult<ExitCode> 
             let end = client.stream_session(&path, None, stdin, tty).await?;
             return Ok(run::end_code(&end));
         }
-        CapsuleCommand::Ps { all, quiet, format } => {
+        CapsuleCommand::Ps {
+            all,
+            all_nodes,
+            quiet,
+            format,
+        } => {
             let list: Vec<CapsuleView> = client
-                .call(Method::GET, &format!("{PATH_CAPSULES}?all={all}"), None)
+                .call(
+                    Method::GET,
+                    &format!("{PATH_CAPSULES}?all={all}&all_nodes={all_nodes}"),
+                    None,
+                )
                 .await?;
             write_list(
                 &mut out,

@@ -8,6 +8,7 @@
 //! supervisor (`bolt agent` and `bolt supervise` are started by the binary, not from here).
 
 pub mod capsules;
+pub mod cluster;
 mod events;
 pub mod images;
 pub mod networks;
@@ -131,6 +132,12 @@ pub enum Command {
     Snapshot(crate::cli::snapshots::SnapshotCommand),
     /// Make a new image from a capsule's changes.
     Commit(crate::cli::snapshots::CommitArgs),
+    /// The cluster: init, token, show.
+    #[command(subcommand)]
+    Cluster(crate::cli::cluster::ClusterCommand),
+    /// The cluster's nodes: ls.
+    #[command(subcommand)]
+    Node(crate::cli::cluster::NodeCommand),
 }
 
 /// `bolt agent`: where the agent keeps its files and how it runs. Run by the daemon
@@ -158,6 +165,19 @@ pub struct AgentArgs {
     /// key or an empty log, and those capsules are ended and their directories removed.
     #[arg(long)]
     pub start_over: bool,
+    /// The mesh address to listen on (UDP, QUIC with mutual TLS), e.g. 10.0.0.1:7946. Without
+    /// it the agent is a single node.
+    #[arg(long, env = "BOLT_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The address peers dial (default: --listen).
+    #[arg(long, env = "BOLT_ADVERTISE")]
+    pub advertise: Option<std::net::SocketAddr>,
+    /// Join the cluster of the member at this address (with --token) at the first start.
+    #[arg(long, requires = "token", requires = "listen")]
+    pub join: Option<std::net::SocketAddr>,
+    /// A join token from `bolt cluster token` on a member.
+    #[arg(long, env = "BOLT_JOIN_TOKEN", requires = "join")]
+    pub token: Option<String>,
 }
 
 /// `bolt events`.
@@ -243,6 +263,8 @@ pub fn run(socket: PathBuf, command: Command) -> Result<ExitCode, CliError> {
         Command::Volume(c) => crate::cli::volumes::run(socket, c),
         Command::Snapshot(c) => crate::cli::snapshots::run(socket, c),
         Command::Commit(a) => crate::cli::snapshots::commit(socket, a),
+        Command::Cluster(c) => crate::cli::cluster::run(socket, c),
+        Command::Node(c) => crate::cli::cluster::run_node(socket, c),
         command => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -332,7 +354,9 @@ async fn run_client(client: Client, command: Command) -> Result<ExitCode, CliErr
         | Command::Network(_)
         | Command::Volume(_)
         | Command::Snapshot(_)
-        | Command::Commit(_) => {}
+        | Command::Commit(_)
+        | Command::Cluster(_)
+        | Command::Node(_) => {}
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

@@ -26,6 +26,7 @@ use self::socket::{Access, Guarded, SocketError};
 use crate::api;
 use crate::cli::images::RegistryArgs;
 use crate::cli::AgentArgs;
+use crate::node::cluster::{Cluster, ClusterError};
 use crate::node::{Node, NodeError, NodeOptions};
 use crate::service::capsules::CapsuleError;
 use crate::service::images::{ImagesConfig, ImagesError};
@@ -48,6 +49,10 @@ pub struct Config {
     /// Start even though `ROOT/capsules` has capsules and the node key or the log is gone
     /// (`--start-over`): they are then ended and removed as capsules no event records.
     pub start_over: bool,
+    /// The mesh address to listen on (`--listen`); none: a single node.
+    pub listen: Option<std::net::SocketAddr>,
+    /// A member to join at the first start, and the token (`--join`, `--token`).
+    pub join: Option<(std::net::SocketAddr, String)>,
 }
 
 impl Config {
@@ -103,6 +108,8 @@ pub enum DaemonError {
     Capsules(#[from] CapsuleError),
     #[error(transparent)]
     Services(#[from] ServicesError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// `bolt agent`: the async runtime, logging to stderr (`BOLT_LOG`), the Prometheus recorder,
@@ -131,12 +138,15 @@ pub fn main(args: AgentArgs, socket: PathBuf) -> Result<(), DaemonError> {
         node.snapshot_every = args.snapshot_every;
         node.default_network = args.default_network;
         node.metrics = Some(handle);
+        node.addr = args.advertise.or(args.listen).map(|a| a.to_string());
         let config = Config {
             root: args.root,
             socket,
             node,
             images: images_config(args.registry),
             start_over: args.start_over,
+            listen: args.listen,
+            join: args.join.zip(args.token),
         };
         let shutdown = async move {
             tokio::select! {
@@ -197,6 +207,21 @@ pub async fn run(
     let t = Instant::now();
     let key_path = config.key_path();
     let key = blocking(move || NodeKey::load_or_create(&key_path)).await??;
+    if let Some((addr, token)) = &config.join {
+        let advertise = config.node.addr.clone().unwrap_or_default();
+        if crate::node::cluster::join_at_start(
+            &config.root,
+            &key,
+            &config.node.name,
+            &advertise,
+            *addr,
+            token,
+        )
+        .await?
+        {
+            tracing::info!("joined the cluster of {addr}");
+        }
+    }
     let log_path = config.log_path();
     let log = blocking(move || Log::open(&log_path, key)).await??;
     let opened = t.elapsed();
@@ -210,6 +235,11 @@ pub async fn run(
         blocking(move || node.start()).await??;
     }
     let services = compose(node.clone(), &config).await?;
+    let cluster = {
+        let (node, root, listen) = (Arc::clone(&node), config.root.clone(), config.listen);
+        blocking(move || Cluster::open(node, &root, listen)).await??
+    };
+    cluster.start()?;
 
     let listener = socket::bind(&config.socket, &access)?;
     let socket_file = SocketFile(config.socket.clone());
@@ -238,7 +268,7 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(&services);
+    let app = api::router(&services).merge(api::cluster::routes(Arc::clone(&cluster)));
     let mut server = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -269,6 +299,7 @@ pub async fn run(
     };
 
     node.begin_shutdown();
+    cluster.close();
     let _ = stop_tx.send(());
     if !server_done
         && tokio::time::timeout(DRAIN_TIMEOUT, &mut server)

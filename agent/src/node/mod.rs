@@ -9,6 +9,9 @@
 //! This layer imports only `wire`; it never names a service (`service`, `api`, `client`, `cli`
 //! or `shim`): a node knows events and state, not images or capsules.
 
+pub mod cluster;
+pub mod mesh;
+
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -64,6 +67,8 @@ pub struct NodeOptions {
     pub snapshot_every: u64,
     /// The Prometheus handle `/metrics` renders (None: the recorder is not installed).
     pub metrics: Option<PrometheusHandle>,
+    /// The mesh address announced in `node.started` (peers dial it), when the node has one.
+    pub addr: Option<String>,
     /// The network of a capsule created without one: `bridge` (docker's default) for a root
     /// agent, `none` for a rootless one (bridges need root).
     pub default_network: String,
@@ -78,6 +83,7 @@ impl NodeOptions {
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             metrics: None,
             default_network: default_network().to_owned(),
+            addr: None,
         }
     }
 }
@@ -258,9 +264,17 @@ impl Node {
 
     /// Announce this node: `decide(StartNode)` on the live state, appended. Blocking.
     pub fn start(&self) -> Result<Vec<Appended>, NodeError> {
-        let cmd = Command::StartNode {
-            name: self.opts.name.clone(),
-            version: self.opts.version.clone(),
+        let cmd = match &self.opts.addr {
+            None => Command::StartNode {
+                name: self.opts.name.clone(),
+                version: self.opts.version.clone(),
+            },
+            Some(addr) => Command::StartNodeAt {
+                name: self.opts.name.clone(),
+                version: self.opts.version.clone(),
+                addr: Some(addr.clone()),
+                labels: Default::default(),
+            },
         };
         self.decide_append(|s| decide(s, cmd).map_err(NodeError::Decide))
     }

@@ -243,6 +243,8 @@ pub struct StreamEnd {
 pub struct ListQuery {
     /// Also the capsules that do not run.
     pub all: Option<bool>,
+    /// Every node's capsules, not only this node's (`bolt ps --all-nodes`).
+    pub all_nodes: Option<bool>,
 }
 
 /// `?timeout=` (seconds).

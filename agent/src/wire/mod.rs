@@ -7,6 +7,7 @@
 //! older client still shows events of kinds it does not know.
 
 pub mod capsules;
+pub mod cluster;
 pub mod frame;
 pub mod images;
 pub mod networks;

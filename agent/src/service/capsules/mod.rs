@@ -353,12 +353,15 @@ impl Capsules {
             .await?
     }
 
-    /// Every capsule of the state (`all`) or the running ones, newest first.
-    pub async fn list(&self, all: bool) -> Result<Vec<CapsuleView>, CapsuleError> {
+    /// This node's capsules (every node's with `all_nodes`): all of them (`all`) or the
+    /// running ones, newest first.
+    pub async fn list(&self, all: bool, all_nodes: bool) -> Result<Vec<CapsuleView>, CapsuleError> {
+        let me = self.node.node_id();
         self.state(move |s| {
             let mut v: Vec<CapsuleView> = s
                 .capsules
                 .values()
+                .filter(|c| all_nodes || c.node == me)
                 .filter(|c| c.status != CapsuleStatus::Removed)
                 .filter(|c| all || c.status == CapsuleStatus::Running)
                 .map(|c| CapsuleView::of(c).with_addresses(s))

@@ -1,0 +1,440 @@
+//! This node's cluster membership: the identity files under `ROOT/cluster` (the CA on the node
+//! that made the cluster, the node's certificate and TLS key, keys 0600), `bolt cluster init`,
+//! join tokens, serving joins, joining at start (`bolt agent --join`), and the mesh it runs.
+//!
+//! This layer imports only `wire` and `node`; it never names a service.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bolt_events::{NodeId, NodeKey};
+use bolt_fabric::identity::{node_request, ClusterCa, IdentityError, NodeIdentity};
+use bolt_fabric::join::{proof_digest, JoinRequest, JoinResponse, Token, TokenBook};
+use bolt_fabric::quic::{JoinConn, Mesh, QuicError};
+use time::OffsetDateTime;
+
+use super::mesh::MeshDriver;
+use super::{lock, Node};
+use crate::wire::cluster::{ClusterView, NodeView};
+
+/// How long node certificates are valid.
+const CERT_TTL: time::Duration = time::Duration::days(365);
+/// How long the cluster CA is valid.
+const CA_TTL: time::Duration = time::Duration::days(3650);
+/// Longest join token lifetime.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Counter of join requests, by outcome.
+pub const METRIC_JOINS: &str = "bolt_cluster_joins_total";
+
+/// One step of cluster membership that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("this node is already a cluster member")]
+    AlreadyMember,
+    #[error(
+        "this node is not a cluster member (run bolt cluster init, or start the agent with --join)"
+    )]
+    NotMember,
+    #[error("this node does not hold the cluster CA: ask the node that ran bolt cluster init")]
+    NoCa,
+    #[error("the agent has no mesh address: start it with --listen IP:PORT")]
+    NoListen,
+    #[error("token lifetime must be between 1 s and 7 days")]
+    BadTtl,
+    #[error("cluster identity: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mesh: {0}")]
+    Quic(#[from] QuicError),
+    #[error("join refused by {addr}: {reason}")]
+    Refused { addr: SocketAddr, reason: String },
+    #[error("bad join token: {0}")]
+    Token(bolt_fabric::join::JoinError),
+}
+
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn read(&self, name: &str) -> Result<Option<String>, ClusterError> {
+        let path = self.path(name);
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ClusterError::Io {
+                what: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Writes a file whole: a new temporary file (0600, no links followed), then a rename.
+    fn write(&self, name: &str, contents: &str) -> Result<(), ClusterError> {
+        let io = |what, path: &Path| {
+            let path = path.to_owned();
+            move |source| ClusterError::Io { what, path, source }
+        };
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&self.dir)
+            .map_err(io("create", &self.dir))?;
+        let path = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        f.write_all(contents.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io("rename", &path))
+    }
+}
+
+/// Peers known before the state names them: the member a node joined through, the nodes a
+/// member admitted. `cluster/seeds`, one `ID ADDR` per line.
+pub type Seeds = Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>;
+
+fn parse_seeds(text: &str) -> BTreeMap<NodeId, SocketAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let (id, addr) = l.split_once(' ')?;
+            Some((id.parse().ok()?, addr.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+struct Inner {
+    ca: Option<ClusterCa>,
+    identity: Option<NodeIdentity>,
+    tokens: TokenBook,
+    mesh: Option<Arc<MeshDriver>>,
+}
+
+/// This node's membership and mesh.
+pub struct Cluster {
+    node: Arc<Node>,
+    files: Files,
+    listen: Option<SocketAddr>,
+    seeds: Seeds,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+fn node_hex(id: NodeId) -> String {
+    id.to_string()
+}
+
+/// Joins the cluster of the member at `addr` before the agent starts, unless `root` already
+/// holds a certificate: a fresh TLS key and request, proved by the node's event key.
+pub async fn join_at_start(
+    root: &Path,
+    key: &NodeKey,
+    name: &str,
+    advertise: &str,
+    addr: SocketAddr,
+    token: &str,
+) -> Result<bool, ClusterError> {
+    let files = Files {
+        dir: root.join("cluster"),
+    };
+    if files.read("node.pem")?.is_some() {
+        return Ok(false);
+    }
+    let token: Token = token.parse().map_err(ClusterError::Token)?;
+    let node_id = node_hex(key.id());
+    let req = node_request(&node_id)?;
+    let proof = key.sign_digest(&proof_digest(&token.secret, &node_id, &req.csr_pem));
+    let request = JoinRequest {
+        secret: token.secret,
+        node_id,
+        name: name.to_owned(),
+        addr: advertise.to_owned(),
+        csr_pem: req.csr_pem,
+        proof: proof.to_vec(),
+    };
+    match Mesh::request_join(addr, &token, &request).await? {
+        JoinResponse::Accepted {
+            ca_pem,
+            cert_pem,
+            member_id,
+        } => {
+            NodeIdentity::from_pem(&ca_pem, &cert_pem, &req.key_pem)?;
+            files.write("ca.pem", &ca_pem)?;
+            files.write("node.key", &req.key_pem)?;
+            files.write("seeds", &format!("{member_id} {addr}\n"))?;
+            files.write("node.pem", &cert_pem)?;
+            Ok(true)
+        }
+        JoinResponse::Refused { reason } => Err(ClusterError::Refused { addr, reason }),
+    }
+}
+
+impl Cluster {
+    /// Reads the identity files under `root/cluster` (none yet: not a member). Blocking.
+    pub fn open(
+        node: Arc<Node>,
+        root: &Path,
+        listen: Option<SocketAddr>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let files = Files {
+            dir: root.join("cluster"),
+        };
+        let ca = match (files.read("ca.pem")?, files.read("ca.key")?) {
+            (Some(cert), Some(key)) => Some(ClusterCa::from_pem(&cert, &key)?),
+            _ => None,
+        };
+        let identity = match (
+            files.read("ca.pem")?,
+            files.read("node.pem")?,
+            files.read("node.key")?,
+        ) {
+            (Some(ca), Some(cert), Some(key)) => Some(NodeIdentity::from_pem(&ca, &cert, &key)?),
+            _ => None,
+        };
+        let seeds = Arc::new(Mutex::new(parse_seeds(
+            &files.read("seeds")?.unwrap_or_default(),
+        )));
+        Ok(Arc::new(Cluster {
+            node,
+            files,
+            listen,
+            seeds,
+            inner: Mutex::new(Inner {
+                ca,
+                identity,
+                tokens: TokenBook::default(),
+                mesh: None,
+            }),
+        }))
+    }
+
+    /// Starts the mesh if this node is a member and has a listen address. Needs a tokio
+    /// runtime.
+    pub fn start(self: &Arc<Self>) -> Result<(), ClusterError> {
+        let Some(listen) = self.listen else {
+            return Ok(());
+        };
+        let mut inner = lock(&self.inner);
+        let Some(identity) = inner.identity.clone() else {
+            return Ok(());
+        };
+        if inner.mesh.is_some() {
+            return Ok(());
+        }
+        let mesh = Mesh::bind(listen, &identity, inner.ca.is_some())?;
+        let me = Arc::downgrade(self);
+        let on_join = Arc::new(move |conn: JoinConn| {
+            if let Some(c) = me.upgrade() {
+                tokio::spawn(async move { c.serve_join(conn).await });
+            }
+        });
+        inner.mesh = Some(MeshDriver::start(
+            Arc::clone(&self.node),
+            mesh,
+            Arc::clone(&self.seeds),
+            on_join,
+        ));
+        tracing::info!("mesh listening on {listen}");
+        Ok(())
+    }
+
+    /// `bolt cluster init`: a new cluster CA, this node's certificate, and the mesh.
+    pub fn init(self: &Arc<Self>, name: &str) -> Result<ClusterView, ClusterError> {
+        if self.listen.is_none() {
+            return Err(ClusterError::NoListen);
+        }
+        {
+            let mut inner = lock(&self.inner);
+            if inner.identity.is_some() {
+                return Err(ClusterError::AlreadyMember);
+            }
+            let now = OffsetDateTime::now_utc();
+            let ca = ClusterCa::generate(name, now, CA_TTL)?;
+            let node_id = node_hex(self.node.node_id());
+            let req = node_request(&node_id)?;
+            let cert = ca.issue(&req.csr_pem, &node_id, now, CERT_TTL)?;
+            let identity = NodeIdentity::from_pem(ca.cert_pem(), &cert, &req.key_pem)?;
+            self.files.write("ca.key", &ca.key_pem())?;
+            self.files.write("ca.pem", ca.cert_pem())?;
+            self.files.write("node.key", &req.key_pem)?;
+            self.files.write("node.pem", &cert)?;
+            inner.ca = Some(ca);
+            inner.identity = Some(identity);
+        }
+        self.start()?;
+        Ok(self.view())
+    }
+
+    /// `bolt cluster token`: a one-time join token valid for `ttl`.
+    pub fn token(&self, ttl: Duration) -> Result<String, ClusterError> {
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(ClusterError::BadTtl);
+        }
+        let mut inner = lock(&self.inner);
+        let fingerprint = inner.ca.as_ref().ok_or(ClusterError::NoCa)?.fingerprint();
+        if inner.mesh.is_none() {
+            return Err(ClusterError::NoListen);
+        }
+        Ok(inner
+            .tokens
+            .issue(&fingerprint, SystemTime::now(), ttl)
+            .to_string())
+    }
+
+    async fn serve_join(self: Arc<Self>, conn: JoinConn) {
+        let from = conn.remote_addr();
+        let this = Arc::clone(&self);
+        let served = conn
+            .serve(move |req| {
+                let outcome = req.and_then(|req| {
+                    lock(&this.inner)
+                        .tokens
+                        .redeem(&req.secret, SystemTime::now())?;
+                    req.check_proof()?;
+                    Ok(req)
+                });
+                let req = match outcome {
+                    Ok(req) => req,
+                    Err(e) => {
+                        metrics::counter!(METRIC_JOINS, "outcome" => e.reason()).increment(1);
+                        tracing::warn!("join from {from} refused: {e}");
+                        return JoinResponse::Refused {
+                            reason: e.to_string(),
+                        };
+                    }
+                };
+                let inner = lock(&this.inner);
+                let Some(ca) = inner.ca.as_ref() else {
+                    return JoinResponse::Refused {
+                        reason: "this node does not hold the CA".into(),
+                    };
+                };
+                let now = OffsetDateTime::now_utc();
+                match ca.issue(&req.csr_pem, &req.node_id, now, CERT_TTL) {
+                    Ok(cert_pem) => {
+                        if let (Ok(id), Ok(addr)) = (req.node_id.parse(), req.addr.parse()) {
+                            let mut seeds = lock(&this.seeds);
+                            seeds.insert(id, addr);
+                            let text: String =
+                                seeds.iter().map(|(i, a)| format!("{i} {a}\n")).collect();
+                            if let Err(e) = this.files.write("seeds", &text) {
+                                tracing::warn!("record the new node's address: {e}");
+                            }
+                        }
+                        metrics::counter!(METRIC_JOINS, "outcome" => "accepted").increment(1);
+                        tracing::info!("node {} ({}) joined from {from}", req.name, req.node_id);
+                        JoinResponse::Accepted {
+                            ca_pem: ca.cert_pem().to_owned(),
+                            cert_pem,
+                            member_id: node_hex(this.node.node_id()),
+                        }
+                    }
+                    Err(e) => JoinResponse::Refused {
+                        reason: e.to_string(),
+                    },
+                }
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::debug!("join from {from}: {e}");
+        }
+    }
+
+    /// This node's membership.
+    pub fn view(&self) -> ClusterView {
+        let inner = lock(&self.inner);
+        ClusterView {
+            member: inner.identity.is_some(),
+            node_id: node_hex(self.node.node_id()),
+            ca_fingerprint: inner.identity.as_ref().map(NodeIdentity::ca_fingerprint),
+            holds_ca: inner.ca.is_some(),
+            listen: inner
+                .mesh
+                .as_ref()
+                .and_then(|m| m.local_addr())
+                .map(|a| a.to_string()),
+            cert_expires: inner.identity.as_ref().and_then(NodeIdentity::not_after),
+        }
+    }
+
+    /// `bolt node ls`: every node of the state, with what the mesh sees of it. Blocking.
+    pub fn nodes(&self) -> Result<Vec<NodeView>, super::NodeError> {
+        let me = self.node.node_id();
+        let status = lock(&self.inner).mesh.as_ref().map(|m| m.status());
+        let fresh = Duration::from_secs(10);
+        self.node.with_live_state(|s| {
+            let mut out: Vec<NodeView> = s
+                .nodes
+                .iter()
+                .map(|(id, n)| {
+                    let peer = status.as_ref().and_then(|st| st.peers.get(id));
+                    let heard = peer
+                        .and_then(|p| p.last_heard)
+                        .is_some_and(|t| Instant::now().saturating_duration_since(t) < fresh);
+                    let state = if *id == me {
+                        "alive"
+                    } else if !n.up {
+                        "left"
+                    } else if heard || peer.is_some_and(|p| p.connected) {
+                        "alive"
+                    } else if peer.is_some() {
+                        "suspect"
+                    } else {
+                        "dead"
+                    };
+                    NodeView {
+                        name: n.name.clone(),
+                        id: id.to_string(),
+                        addr: n.addr.clone(),
+                        state: state.into(),
+                        lag: status
+                            .as_ref()
+                            .and_then(|st| st.lag.get(id).copied())
+                            .unwrap_or(0),
+                        version: n.version.clone(),
+                        this: *id == me,
+                    }
+                })
+                .collect();
+            out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+            out
+        })
+    }
+
+    /// Closes the mesh.
+    pub fn close(&self) {
+        if let Some(m) = lock(&self.inner).mesh.take() {
+            m.close();
+        }
+    }
+}

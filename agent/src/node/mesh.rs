@@ -1,0 +1,454 @@
+//! The mesh driver: the thin async and threaded shell around `bolt_fabric`'s sans-IO
+//! replicator. One thread owns the [`Replicator`] and the log's remote side (it blocks on the
+//! log, never on the network); tokio tasks move frames: an accept loop (members' frames in,
+//! join requests to [`super::cluster`]), and one link per peer that dials, sends and reconnects
+//! with jittered backoff. Every queue is bounded: a frame that finds its queue full is dropped
+//! and counted, and anti-entropy brings its events again.
+//!
+//! Peers are the nodes the state knows with a mesh address (their `node.started` carries it),
+//! so a node learns of every member from the events themselves. This layer imports only `wire`
+//! and `node`; it never names a service.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bolt_events::{Cursor, Envelope, Log, LogError, NodeId, RemoteError, VersionVector};
+use bolt_fabric::frame::Message;
+use bolt_fabric::quic::{Incoming, Mesh, Peer, QuicError};
+use bolt_fabric::replicate::{
+    Outgoing, ReplicationConfig, ReplicationStats, Replicator, Store, StoreError,
+};
+
+use super::{lock, Node};
+
+/// Counter of replicated events, by what happened to them (`received`, `stored`,
+/// `duplicate`, `relayed`, `pushed`).
+pub const METRIC_MESH_EVENTS: &str = "bolt_mesh_events_total";
+/// Counter of refused events and frames, by reason.
+pub const METRIC_MESH_REFUSED: &str = "bolt_mesh_refused_total";
+/// Counter of frame bytes, by direction.
+pub const METRIC_MESH_BYTES: &str = "bolt_mesh_bytes_total";
+/// Gauge of peers with a live connection.
+pub const METRIC_MESH_PEERS: &str = "bolt_mesh_peers";
+/// Counter of frames dropped because a queue was full, by queue.
+pub const METRIC_MESH_DROPPED: &str = "bolt_mesh_dropped_total";
+/// Gauge of events heard of but not held, by origin.
+pub const METRIC_MESH_LAG: &str = "bolt_mesh_lag_events";
+/// Counter of membership changes (a peer connected or lost).
+pub const METRIC_MESH_MEMBERSHIP: &str = "bolt_mesh_membership_changes_total";
+
+/// Frames waiting for the replicator thread.
+const INBOUND_QUEUE: usize = 1024;
+/// Frames waiting for one peer's link.
+const LINK_QUEUE: usize = 256;
+/// How often the peer list is read from the state.
+const PEERS_EVERY: Duration = Duration::from_secs(1);
+
+/// The log as the replicator's store: runs go through `append_remote` (sequence, chain,
+/// signature), nothing else writes other origins' events.
+struct LogStore<'a>(&'a Log);
+
+fn remote_reason(e: &RemoteError) -> &'static str {
+    match e {
+        RemoteError::OwnOrigin { .. } => "own origin",
+        RemoteError::Gap { .. } => "gap",
+        RemoteError::Fork { .. } => "out of chain",
+        RemoteError::Conflict { .. } => "conflicting copy",
+        RemoteError::Signature(_) => "bad signature",
+        RemoteError::Codec(_) => "malformed",
+        #[allow(unreachable_patterns)]
+        _ => "refused",
+    }
+}
+
+impl Store for LogStore<'_> {
+    fn version_vector(&self) -> Result<VersionVector, StoreError> {
+        self.0
+            .version_vector()
+            .map_err(|e| StoreError::Failed(e.to_string()))
+    }
+
+    fn read_origin(
+        &self,
+        origin: NodeId,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let to = from_seq.saturating_add(max.max(1) as u64 - 1);
+        self.0
+            .read_origin(origin, from_seq..=to)
+            .map_err(|e| StoreError::Failed(e.to_string()))
+    }
+
+    fn append_run(&mut self, run: Vec<Envelope>) -> Result<(), StoreError> {
+        match self.0.append_remote(run) {
+            Ok(_) => Ok(()),
+            Err(LogError::Remote(e)) => Err(StoreError::Refused {
+                reason: remote_reason(&e),
+                detail: e.to_string(),
+            }),
+            Err(e) => Err(StoreError::Failed(e.to_string())),
+        }
+    }
+}
+
+/// What the replicator thread is told.
+enum Input {
+    Frame(NodeId, Message),
+    Committed,
+}
+
+/// How a peer looks from here, for `bolt node ls`.
+#[derive(Debug, Clone, Default)]
+pub struct PeerStatus {
+    pub addr: Option<SocketAddr>,
+    pub connected: bool,
+    pub last_heard: Option<Instant>,
+}
+
+/// What the mesh shares with the API.
+#[derive(Debug, Default)]
+pub struct MeshStatus {
+    pub peers: BTreeMap<NodeId, PeerStatus>,
+    pub lag: BTreeMap<NodeId, u64>,
+    pub stats: ReplicationStats,
+}
+
+struct Link {
+    addr: SocketAddr,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+/// A running mesh.
+pub struct MeshDriver {
+    mesh: Arc<Mesh>,
+    status: Arc<Mutex<MeshStatus>>,
+    inbound: SyncSender<Input>,
+}
+
+impl std::fmt::Debug for MeshDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshDriver").finish_non_exhaustive()
+    }
+}
+
+fn queue(inbound: &SyncSender<Input>, input: Input, what: &'static str) {
+    if let Err(TrySendError::Full(_)) = inbound.try_send(input) {
+        metrics::counter!(METRIC_MESH_DROPPED, "queue" => what).increment(1);
+    }
+}
+
+impl MeshDriver {
+    /// Starts replication over `mesh` for `node`: the replicator thread, the accept loop (join
+    /// requests go to `on_join`) and the links. Needs a tokio runtime.
+    pub fn start(
+        node: Arc<Node>,
+        mesh: Mesh,
+        seeds: super::cluster::Seeds,
+        on_join: Arc<dyn Fn(bolt_fabric::quic::JoinConn) + Send + Sync>,
+    ) -> Arc<MeshDriver> {
+        let mesh = Arc::new(mesh);
+        let status = Arc::new(Mutex::new(MeshStatus::default()));
+        let (inbound, rx) = mpsc::sync_channel(INBOUND_QUEUE);
+        let driver = Arc::new(MeshDriver {
+            mesh: Arc::clone(&mesh),
+            status: Arc::clone(&status),
+            inbound: inbound.clone(),
+        });
+        {
+            let inbound = inbound.clone();
+            node.log().on_commit(Box::new(move |_| {
+                let _ = inbound.try_send(Input::Committed);
+            }));
+        }
+        let rt = tokio::runtime::Handle::current();
+        {
+            let (node, mesh, status) = (Arc::clone(&node), Arc::clone(&mesh), Arc::clone(&status));
+            let _ = std::thread::Builder::new()
+                .name("bolt-replicator".into())
+                .spawn(move || replicate(node, mesh, seeds, status, rx, rt));
+        }
+        tokio::spawn(accept_loop(Arc::clone(&mesh), inbound, status, on_join));
+        driver
+    }
+
+    /// The address the mesh listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.mesh.local_addr().ok()
+    }
+
+    /// A copy of what the mesh knows of its peers.
+    pub fn status(&self) -> MeshStatus {
+        let s = lock(&self.status);
+        MeshStatus {
+            peers: s.peers.clone(),
+            lag: s.lag.clone(),
+            stats: s.stats.clone(),
+        }
+    }
+
+    /// Stops listening and closes every connection.
+    pub fn close(&self) {
+        self.mesh.close();
+        let _ = self.inbound.try_send(Input::Committed);
+    }
+}
+
+async fn accept_loop(
+    mesh: Arc<Mesh>,
+    inbound: SyncSender<Input>,
+    status: Arc<Mutex<MeshStatus>>,
+    on_join: Arc<dyn Fn(bolt_fabric::quic::JoinConn) + Send + Sync>,
+) {
+    while let Some(incoming) = mesh.accept().await {
+        match incoming {
+            Ok(Incoming::Member(peer)) => {
+                tokio::spawn(receive(peer, inbound.clone(), Arc::clone(&status)));
+            }
+            Ok(Incoming::Join(conn)) => on_join(conn),
+            Err(e) => {
+                let reason = match e {
+                    QuicError::NoPeerId => "no certificate",
+                    _ => "handshake",
+                };
+                metrics::counter!(METRIC_MESH_REFUSED, "reason" => reason).increment(1);
+                tracing::debug!("mesh: refused a connection: {e}");
+            }
+        }
+    }
+}
+
+async fn receive(peer: Peer, inbound: SyncSender<Input>, status: Arc<Mutex<MeshStatus>>) {
+    let Ok(from) = peer.node_id().parse::<NodeId>() else {
+        metrics::counter!(METRIC_MESH_REFUSED, "reason" => "bad node id").increment(1);
+        peer.close();
+        return;
+    };
+    loop {
+        match peer.recv().await {
+            Ok(bytes) => {
+                metrics::counter!(METRIC_MESH_BYTES, "dir" => "received")
+                    .increment(bytes.len() as u64);
+                lock(&status).peers.entry(from).or_default().last_heard = Some(Instant::now());
+                match Message::from_bytes(&bytes) {
+                    Ok(msg) => queue(&inbound, Input::Frame(from, msg), "inbound"),
+                    Err(e) => {
+                        metrics::counter!(METRIC_MESH_REFUSED, "reason" => "malformed frame")
+                            .increment(1);
+                        tracing::debug!("mesh: bad frame from {}: {e}", from.short());
+                    }
+                }
+            }
+            Err(QuicError::Read(quinn_err)) => {
+                // An oversized or reset stream: refuse it, keep the connection.
+                metrics::counter!(METRIC_MESH_REFUSED, "reason" => "oversized frame").increment(1);
+                tracing::debug!("mesh: frame from {} refused: {quinn_err}", from.short());
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// One peer's link: dials on the first frame, sends, redials with jittered backoff.
+async fn link(
+    mesh: Arc<Mesh>,
+    to: NodeId,
+    addr: SocketAddr,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    status: Arc<Mutex<MeshStatus>>,
+) {
+    let id = to.to_string();
+    let mut peer: Option<Peer> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut retry_at = tokio::time::Instant::now();
+    while let Some(frame) = rx.recv().await {
+        if peer.is_none() {
+            if tokio::time::Instant::now() < retry_at {
+                metrics::counter!(METRIC_MESH_DROPPED, "queue" => "unreachable").increment(1);
+                continue;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), mesh.connect(addr, &id)).await {
+                Ok(Ok(p)) => {
+                    backoff = Duration::from_millis(100);
+                    metrics::counter!(METRIC_MESH_MEMBERSHIP, "change" => "connected").increment(1);
+                    lock(&status).peers.entry(to).or_default().connected = true;
+                    peer = Some(p);
+                }
+                other => {
+                    if let Ok(Err(e)) = other {
+                        tracing::debug!("mesh: dial {} at {addr}: {e}", to.short());
+                    }
+                    let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1);
+                    retry_at =
+                        tokio::time::Instant::now() + backoff + Duration::from_millis(jitter);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    metrics::counter!(METRIC_MESH_DROPPED, "queue" => "unreachable").increment(1);
+                    continue;
+                }
+            }
+        }
+        if let Some(p) = &peer {
+            match p.send(&frame).await {
+                Ok(()) => {
+                    metrics::counter!(METRIC_MESH_BYTES, "dir" => "sent")
+                        .increment(frame.len() as u64);
+                }
+                Err(_) => {
+                    metrics::counter!(METRIC_MESH_MEMBERSHIP, "change" => "lost").increment(1);
+                    lock(&status).peers.entry(to).or_default().connected = false;
+                    peer = None;
+                }
+            }
+        }
+    }
+}
+
+/// The replicator thread.
+fn replicate(
+    node: Arc<Node>,
+    mesh: Arc<Mesh>,
+    seeds: super::cluster::Seeds,
+    status: Arc<Mutex<MeshStatus>>,
+    rx: Receiver<Input>,
+    rt: tokio::runtime::Handle,
+) {
+    let log = node.log();
+    let me = node.node_id();
+    let vv = log.version_vector().unwrap_or_default();
+    let mut rep = Replicator::new(
+        me,
+        vv,
+        ReplicationConfig::default(),
+        rand::random(),
+        Instant::now(),
+    );
+    let mut seen = log.head();
+    let mut links: BTreeMap<NodeId, Link> = BTreeMap::new();
+    let mut next_peers = Instant::now();
+    let mut last_stats = ReplicationStats::default();
+    loop {
+        let now = Instant::now();
+        let wake = rep.next_deadline().min(next_peers);
+        let input = rx.recv_timeout(wake.saturating_duration_since(now));
+        let now = Instant::now();
+        let mut out = Vec::new();
+        match input {
+            Ok(Input::Frame(from, msg)) => {
+                out.extend(rep.on_message(&mut LogStore(log), from, msg, now));
+            }
+            Ok(Input::Committed) => {
+                if mesh.local_addr().is_err() {
+                    break;
+                }
+                let (own, head) = own_events_after(log, me, seen);
+                seen = head;
+                out.extend(rep.on_local(&own));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if now >= next_peers {
+            next_peers = now + PEERS_EVERY;
+            let mut peers = lock(&seeds).clone();
+            peers.remove(&me);
+            // What the state says wins over a seed.
+            peers.extend(peers_of(&node));
+            rep.set_peers(peers.keys().copied());
+            links.retain(|id, l| peers.get(id) == Some(&l.addr));
+            let mut s = lock(&status);
+            s.peers.retain(|id, _| peers.contains_key(id));
+            for (id, addr) in &peers {
+                s.peers.entry(*id).or_default().addr = Some(*addr);
+            }
+            metrics::gauge!(METRIC_MESH_PEERS)
+                .set(s.peers.values().filter(|p| p.connected).count() as f64);
+            drop(s);
+            for (id, addr) in peers {
+                links.entry(id).or_insert_with(|| {
+                    let (tx, lrx) = tokio::sync::mpsc::channel(LINK_QUEUE);
+                    rt.spawn(link(Arc::clone(&mesh), id, addr, lrx, Arc::clone(&status)));
+                    Link { addr, tx }
+                });
+            }
+        }
+        out.extend(rep.on_tick(now));
+        for Outgoing { to, msg } in out {
+            let Some(l) = links.get(&to) else {
+                continue;
+            };
+            if let Err(TrySendError::Full(_)) = l.tx.try_send(msg.to_bytes()).map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(v) => TrySendError::Full(v),
+                tokio::sync::mpsc::error::TrySendError::Closed(v) => TrySendError::Disconnected(v),
+            }) {
+                metrics::counter!(METRIC_MESH_DROPPED, "queue" => "link").increment(1);
+            }
+        }
+        publish(&rep, &status, &mut last_stats);
+    }
+}
+
+/// This node's own events committed after `seen`, and the new head.
+fn own_events_after(log: &Log, me: NodeId, seen: Cursor) -> (Vec<Envelope>, Cursor) {
+    let mut own = Vec::new();
+    let mut at = seen;
+    while let Ok(batch) = log.read_after(at, 4096) {
+        let Some(last) = batch.last() else {
+            break;
+        };
+        at = last.cursor;
+        own.extend(
+            batch
+                .into_iter()
+                .filter(|a| a.event.origin() == me)
+                .map(|a| a.event.envelope),
+        );
+    }
+    (own, at)
+}
+
+/// Every other node the state knows with a mesh address it can be dialed at.
+fn peers_of(node: &Node) -> BTreeMap<NodeId, SocketAddr> {
+    let me = node.node_id();
+    node.with_live_state(|s| {
+        s.nodes
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .filter_map(|(id, n)| Some((*id, n.addr.as_deref()?.parse().ok()?)))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn publish(rep: &Replicator, status: &Mutex<MeshStatus>, last: &mut ReplicationStats) {
+    let s = rep.stats();
+    let delta = |now: u64, before: u64| now.saturating_sub(before);
+    for (what, now, before) in [
+        ("received", s.received, last.received),
+        ("stored", s.stored, last.stored),
+        ("duplicate", s.duplicates, last.duplicates),
+        ("relayed", s.relayed, last.relayed),
+        ("pushed", s.pushed, last.pushed),
+    ] {
+        let d = delta(now, before);
+        if d > 0 {
+            metrics::counter!(METRIC_MESH_EVENTS, "what" => what).increment(d);
+        }
+    }
+    for (reason, n) in &s.refused {
+        let d = delta(*n, last.refused.get(reason).copied().unwrap_or(0));
+        if d > 0 {
+            metrics::counter!(METRIC_MESH_REFUSED, "reason" => *reason).increment(d);
+        }
+    }
+    let lag = rep.lag();
+    for (origin, l) in &lag {
+        metrics::gauge!(METRIC_MESH_LAG, "origin" => origin.short()).set(*l as f64);
+    }
+    *last = s.clone();
+    let mut st = lock(status);
+    st.lag = lag;
+    st.stats = s.clone();
+}
