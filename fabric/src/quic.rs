@@ -60,6 +60,8 @@ pub enum QuicError {
     Read(#[from] quinn::ReadToEndError),
     #[error("join: {0}")]
     Join(JoinError),
+    #[error("datagram: {0}")]
+    Datagram(String),
 }
 
 /// A node's QUIC endpoint: listens on one UDP socket and dials from it.
@@ -287,6 +289,24 @@ impl Peer {
     pub async fn recv(&self) -> Result<Vec<u8>, QuicError> {
         let mut stream = self.conn.accept_uni().await?;
         Ok(stream.read_to_end(MAX_MESSAGE).await?)
+    }
+
+    /// Sends one unreliable datagram (membership packets); it may be lost or dropped when the
+    /// peer's datagram buffer is full.
+    pub fn send_datagram(&self, bytes: Vec<u8>) -> Result<(), QuicError> {
+        self.conn
+            .send_datagram(bytes.into())
+            .map_err(|e| QuicError::Datagram(e.to_string()))
+    }
+
+    /// The next datagram the peer sent.
+    pub async fn recv_datagram(&self) -> Result<Vec<u8>, QuicError> {
+        Ok(self.conn.read_datagram().await?.to_vec())
+    }
+
+    /// Whether the connection is still up.
+    pub fn is_open(&self) -> bool {
+        self.conn.close_reason().is_none()
     }
 
     /// Closes the connection.

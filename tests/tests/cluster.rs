@@ -48,6 +48,39 @@ fn converged(c: &Cluster, nodes: &[usize], check: impl Fn(usize) -> bool) -> Str
     }
 }
 
+/// Waits (bounded) for `cond`.
+fn wait_for(cond: impl Fn() -> bool, what: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting: {}", what());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn node_id(c: &Cluster, i: usize) -> String {
+    let out = c.node(i).node.ok(&["cluster", "show", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    v["node_id"].as_str().unwrap().to_owned()
+}
+
+/// How node `i` sees node `id` in `bolt node ls`.
+fn state_of(c: &Cluster, i: usize, id: &str) -> String {
+    let Ok(out) = c.node(i).node.bolt(&["node", "ls", "--format", "json"]) else {
+        return String::new();
+    };
+    // One node per line.
+    let list: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    list.iter()
+        .find(|n| n["id"] == id)
+        .and_then(|n| n["state"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn listen(c: &Cluster, i: usize) -> String {
     c.node(i).listen_addr(PORT).to_string()
 }
@@ -114,8 +147,24 @@ fn three_nodes_join_replicate_and_derive_one_state() {
         shown.stdout
     );
 
-    // A node killed with -9 misses events, then catches up after its restart.
+    // A node killed with -9 is seen dead by SWIM, misses events, then catches up after its
+    // restart and is alive again.
+    let id2 = node_id(&c, 2);
     c.kill9(2).unwrap();
+    wait_for(
+        || state_of(&c, 0, &id2) == "dead",
+        || {
+            format!(
+                "node 0 sees node 2 dead: {}\n{}",
+                c.node(0).node.ok(&["node", "ls"]).stdout,
+                c.node(0).node.agent_log()
+            )
+        },
+    );
+    wait_for(
+        || state_of(&c, 1, &id2) == "dead",
+        || "node 1 sees node 2 dead".into(),
+    );
     for k in 0..20 {
         c.node(k % 2)
             .node
@@ -123,6 +172,10 @@ fn three_nodes_join_replicate_and_derive_one_state() {
     }
     c.restart(2).unwrap();
     converged(&c, &all, |i| volumes(&c, i).contains("while-down-19"));
+    wait_for(
+        || state_of(&c, 0, &id2) == "alive",
+        || "node 0 sees node 2 alive again".into(),
+    );
 
     // Metrics count what moved.
     let metrics = c.node(1).node.ok(&["state", "--hash"]);

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bolt_events::{NodeId, NodeKey};
 use bolt_fabric::identity::{node_request, ClusterCa, IdentityError, NodeIdentity};
 use bolt_fabric::join::{proof_digest, JoinRequest, JoinResponse, Token, TokenBook};
+use bolt_fabric::membership::MemberState;
 use bolt_fabric::quic::{JoinConn, Mesh, QuicError};
 use time::OffsetDateTime;
 
@@ -401,10 +402,18 @@ impl Cluster {
                     let heard = peer
                         .and_then(|p| p.last_heard)
                         .is_some_and(|t| Instant::now().saturating_duration_since(t) < fresh);
+                    let swim = status.as_ref().and_then(|st| st.swim.get(id));
                     let state = if *id == me {
                         "alive"
                     } else if !n.up {
                         "left"
+                    } else if let Some(s) = swim {
+                        match s {
+                            MemberState::Alive => "alive",
+                            MemberState::Suspect => "suspect",
+                            MemberState::Dead => "dead",
+                            MemberState::Left => "left",
+                        }
                     } else if heard || peer.is_some_and(|p| p.connected) {
                         "alive"
                     } else if peer.is_some() {

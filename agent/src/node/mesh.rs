@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bolt_events::{Cursor, Envelope, Log, LogError, NodeId, RemoteError, VersionVector};
 use bolt_fabric::frame::Message;
+use bolt_fabric::membership::{self as swim, Member, MemberState, Membership, MembershipConfig};
 use bolt_fabric::quic::{Incoming, Mesh, Peer, QuicError};
 use bolt_fabric::replicate::{
     Outgoing, ReplicationConfig, ReplicationStats, Replicator, Store, StoreError,
@@ -98,7 +99,15 @@ impl Store for LogStore<'_> {
 /// What the replicator thread is told.
 enum Input {
     Frame(NodeId, Message),
+    Datagram(NodeId, Vec<u8>),
     Committed,
+    Stop,
+}
+
+/// What a link sends: a replication frame (a stream) or a membership packet (a datagram).
+enum LinkMsg {
+    Frame(Vec<u8>),
+    Datagram(Vec<u8>),
 }
 
 /// How a peer looks from here, for `bolt node ls`.
@@ -115,11 +124,13 @@ pub struct MeshStatus {
     pub peers: BTreeMap<NodeId, PeerStatus>,
     pub lag: BTreeMap<NodeId, u64>,
     pub stats: ReplicationStats,
+    /// How SWIM sees each member (absent: not a SWIM member yet).
+    pub swim: BTreeMap<NodeId, MemberState>,
 }
 
 struct Link {
     addr: SocketAddr,
-    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    tx: tokio::sync::mpsc::Sender<LinkMsg>,
 }
 
 /// A running mesh.
@@ -187,13 +198,16 @@ impl MeshDriver {
             peers: s.peers.clone(),
             lag: s.lag.clone(),
             stats: s.stats.clone(),
+            swim: s.swim.clone(),
         }
     }
 
-    /// Stops listening and closes every connection.
+    /// Leaves SWIM (a last round of packets), then stops listening and closes every
+    /// connection.
     pub fn close(&self) {
-        self.mesh.close();
-        let _ = self.inbound.try_send(Input::Committed);
+        if self.inbound.try_send(Input::Stop).is_err() {
+            self.mesh.close();
+        }
     }
 }
 
@@ -227,6 +241,16 @@ async fn receive(peer: Peer, inbound: SyncSender<Input>, status: Arc<Mutex<MeshS
         peer.close();
         return;
     };
+    {
+        let (peer, inbound) = (peer.clone(), inbound.clone());
+        tokio::spawn(async move {
+            while let Ok(bytes) = peer.recv_datagram().await {
+                metrics::counter!(METRIC_MESH_BYTES, "dir" => "received")
+                    .increment(bytes.len() as u64);
+                queue(&inbound, Input::Datagram(from, bytes), "inbound");
+            }
+        });
+    }
     loop {
         match peer.recv().await {
             Ok(bytes) => {
@@ -257,7 +281,7 @@ async fn link(
     mesh: Arc<Mesh>,
     to: NodeId,
     addr: SocketAddr,
-    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut rx: tokio::sync::mpsc::Receiver<LinkMsg>,
     status: Arc<Mutex<MeshStatus>>,
 ) {
     let id = to.to_string();
@@ -291,10 +315,18 @@ async fn link(
             }
         }
         if let Some(p) = &peer {
-            match p.send(&frame).await {
+            let (len, sent) = match frame {
+                LinkMsg::Frame(frame) => (frame.len(), p.send(&frame).await),
+                LinkMsg::Datagram(bytes) => (bytes.len(), p.send_datagram(bytes)),
+            };
+            match sent {
                 Ok(()) => {
-                    metrics::counter!(METRIC_MESH_BYTES, "dir" => "sent")
-                        .increment(frame.len() as u64);
+                    metrics::counter!(METRIC_MESH_BYTES, "dir" => "sent").increment(len as u64);
+                }
+                Err(QuicError::Datagram(e)) if p.is_open() => {
+                    // Too large or refused by the peer's buffer: a lost packet, SWIM copes.
+                    metrics::counter!(METRIC_MESH_DROPPED, "queue" => "datagram").increment(1);
+                    tracing::debug!("mesh: datagram to {}: {e}", to.short());
                 }
                 Err(_) => {
                     metrics::counter!(METRIC_MESH_MEMBERSHIP, "change" => "lost").increment(1);
@@ -302,6 +334,94 @@ async fn link(
                     peer = None;
                 }
             }
+        }
+    }
+}
+
+/// SWIM over the links' datagrams, when the node has a mesh address.
+struct Swim {
+    membership: Membership,
+    /// Members it announced itself to.
+    joined: std::collections::BTreeSet<NodeId>,
+}
+
+impl Swim {
+    fn new(node: &Node) -> Option<Swim> {
+        let addr: SocketAddr = node.options().addr.as_deref()?.parse().ok()?;
+        // A restart is a new identity (a higher bump) so the cluster takes it back at once.
+        let bump = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(0);
+        let me = Member::new(&node.node_id().to_string(), addr, bump).ok()?;
+        let membership = Membership::new(
+            me,
+            MembershipConfig::default(),
+            rand::random(),
+            Instant::now(),
+        )
+        .ok()?;
+        Some(Swim {
+            membership,
+            joined: Default::default(),
+        })
+    }
+}
+
+/// Where the replicator thread sends: one link per peer, made on first use.
+struct Links {
+    links: BTreeMap<NodeId, Link>,
+    mesh: Arc<Mesh>,
+    status: Arc<Mutex<MeshStatus>>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Links {
+    fn ensure(&mut self, id: NodeId, addr: SocketAddr) {
+        if self.links.get(&id).is_some_and(|l| l.addr == addr) {
+            return;
+        }
+        let (tx, lrx) = tokio::sync::mpsc::channel(LINK_QUEUE);
+        self.rt.spawn(link(
+            Arc::clone(&self.mesh),
+            id,
+            addr,
+            lrx,
+            Arc::clone(&self.status),
+        ));
+        self.links.insert(id, Link { addr, tx });
+    }
+
+    fn send(&self, to: NodeId, msg: LinkMsg) {
+        let Some(l) = self.links.get(&to) else {
+            return;
+        };
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = l.tx.try_send(msg) {
+            metrics::counter!(METRIC_MESH_DROPPED, "queue" => "link").increment(1);
+        }
+    }
+}
+
+/// Carries SWIM's packets and notes its changes.
+fn swim_output(out: swim::Output, links: &mut Links, status: &Mutex<MeshStatus>) {
+    for (member, bytes) in out.send {
+        let Ok(id) = member.node_id.parse::<NodeId>() else {
+            continue;
+        };
+        links.ensure(id, member.addr);
+        links.send(id, LinkMsg::Datagram(bytes));
+    }
+    for change in out.changes {
+        let (member, state, what) = match change {
+            swim::Change::Up(m) => (m, MemberState::Alive, "up"),
+            swim::Change::Suspect(m) => (m, MemberState::Suspect, "suspect"),
+            swim::Change::Down(m) => (m, MemberState::Dead, "down"),
+            swim::Change::Left(m) => (m, MemberState::Left, "left"),
+        };
+        metrics::counter!(METRIC_MESH_MEMBERSHIP, "change" => what).increment(1);
+        tracing::info!("mesh: node {} is {what}", &member.node_id[..12]);
+        if let Ok(id) = member.node_id.parse::<NodeId>() {
+            lock(status).swim.insert(id, state);
         }
     }
 }
@@ -325,13 +445,22 @@ fn replicate(
         rand::random(),
         Instant::now(),
     );
+    let mut swim = Swim::new(&node);
     let mut seen = log.head();
-    let mut links: BTreeMap<NodeId, Link> = BTreeMap::new();
+    let mut links = Links {
+        links: BTreeMap::new(),
+        mesh: Arc::clone(&mesh),
+        status: Arc::clone(&status),
+        rt,
+    };
     let mut next_peers = Instant::now();
     let mut last_stats = ReplicationStats::default();
     loop {
         let now = Instant::now();
-        let wake = rep.next_deadline().min(next_peers);
+        let mut wake = rep.next_deadline().min(next_peers);
+        if let Some(t) = swim.as_ref().and_then(|s| s.membership.next_deadline()) {
+            wake = wake.min(t);
+        }
         let input = rx.recv_timeout(wake.saturating_duration_since(now));
         let now = Instant::now();
         let mut out = Vec::new();
@@ -339,25 +468,52 @@ fn replicate(
             Ok(Input::Frame(from, msg)) => {
                 out.extend(rep.on_message(&mut LogStore(log), from, msg, now));
             }
-            Ok(Input::Committed) => {
-                if mesh.local_addr().is_err() {
-                    break;
+            Ok(Input::Datagram(from, bytes)) => {
+                if let Some(s) = swim.as_mut() {
+                    match s.membership.on_packet(&from.to_string(), &bytes, now) {
+                        Ok(o) => swim_output(o, &mut links, &status),
+                        Err(e) => {
+                            metrics::counter!(METRIC_MESH_REFUSED, "reason" => "membership packet")
+                                .increment(1);
+                            tracing::debug!("mesh: packet from {}: {e}", from.short());
+                        }
+                    }
                 }
+            }
+            Ok(Input::Committed) => {
                 let (own, head) = own_events_after(log, me, seen);
                 seen = head;
                 out.extend(rep.on_local(&own));
             }
+            Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some(s) = swim.as_mut() {
+            let o = s.membership.on_tick(now);
+            swim_output(o, &mut links, &status);
         }
         if now >= next_peers {
             next_peers = now + PEERS_EVERY;
             let mut peers = lock(&seeds).clone();
-            peers.remove(&me);
             // What the state says wins over a seed.
             peers.extend(peers_of(&node));
-            rep.set_peers(peers.keys().copied());
-            links.retain(|id, l| peers.get(id) == Some(&l.addr));
+            if let Some(s) = swim.as_ref() {
+                for m in s.membership.members() {
+                    if let Ok(id) = m.node_id.parse::<NodeId>() {
+                        peers.entry(id).or_insert(m.addr);
+                    }
+                }
+            }
+            peers.remove(&me);
+            // Replication pushes skip members SWIM holds dead or gone; anti-entropy still
+            // reaches them through whoever they talk to when they come back.
+            let gone: std::collections::BTreeSet<NodeId> = lock(&status)
+                .swim
+                .iter()
+                .filter(|(_, st)| matches!(st, MemberState::Dead | MemberState::Left))
+                .map(|(id, _)| *id)
+                .collect();
+            rep.set_peers(peers.keys().copied().filter(|id| !gone.contains(id)));
             let mut s = lock(&status);
             s.peers.retain(|id, _| peers.contains_key(id));
             for (id, addr) in &peers {
@@ -366,28 +522,34 @@ fn replicate(
             metrics::gauge!(METRIC_MESH_PEERS)
                 .set(s.peers.values().filter(|p| p.connected).count() as f64);
             drop(s);
-            for (id, addr) in peers {
-                links.entry(id).or_insert_with(|| {
-                    let (tx, lrx) = tokio::sync::mpsc::channel(LINK_QUEUE);
-                    rt.spawn(link(Arc::clone(&mesh), id, addr, lrx, Arc::clone(&status)));
-                    Link { addr, tx }
-                });
+            for (id, addr) in &peers {
+                links.ensure(*id, *addr);
+            }
+            if let Some(sw) = swim.as_mut() {
+                for (id, addr) in &peers {
+                    if sw.joined.insert(*id) {
+                        let member = Member::new(&id.to_string(), *addr, 0);
+                        if let Ok(Ok(o)) = member.map(|m| sw.membership.join(m, now)) {
+                            swim_output(o, &mut links, &status);
+                        }
+                    }
+                }
             }
         }
         out.extend(rep.on_tick(now));
         for Outgoing { to, msg } in out {
-            let Some(l) = links.get(&to) else {
-                continue;
-            };
-            if let Err(TrySendError::Full(_)) = l.tx.try_send(msg.to_bytes()).map_err(|e| match e {
-                tokio::sync::mpsc::error::TrySendError::Full(v) => TrySendError::Full(v),
-                tokio::sync::mpsc::error::TrySendError::Closed(v) => TrySendError::Disconnected(v),
-            }) {
-                metrics::counter!(METRIC_MESH_DROPPED, "queue" => "link").increment(1);
-            }
+            links.send(to, LinkMsg::Frame(msg.to_bytes()));
         }
         publish(&rep, &status, &mut last_stats);
     }
+    if let Some(s) = swim.as_mut() {
+        if let Ok(o) = s.membership.leave(Instant::now()) {
+            swim_output(o, &mut links, &status);
+            // Let the links carry the leave before the endpoint goes.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    mesh.close();
 }
 
 /// This node's own events committed after `seen`, and the new head.
