@@ -12,3 +12,4 @@ mod membership_wire;
 pub mod quic;
 pub mod replicate;
 pub mod sim;
+pub mod transport;
