@@ -432,3 +432,41 @@ async fn a_link_redials_a_peer_that_restarted() {
     .await;
     assert_eq!(got, Some(("a1".into(), b"two".to_vec())));
 }
+
+#[tokio::test]
+async fn a_peer_that_comes_up_late_is_reached_after_backoff() {
+    let ca = ca();
+    let a = QuicTransport::bind(loopback(), &identity(&ca, "a1"), config()).unwrap();
+    // A port nobody listens on yet.
+    let addr = std::net::UdpSocket::bind(loopback())
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    a.send("b2", addr, b"early".to_vec()).await.unwrap();
+    until(|| a.stats().dropped_unreachable >= 1).await;
+    let b = QuicTransport::bind(addr, &identity(&ca, "b2"), config()).unwrap();
+    let got = within(async {
+        loop {
+            let _ = a.send("b2", addr, b"late".to_vec()).await;
+            if let Ok(got) = tokio::time::timeout(Duration::from_millis(100), b.recv()).await {
+                break got;
+            }
+        }
+    })
+    .await;
+    assert_eq!(got, Some(("a1".into(), b"late".to_vec())));
+}
+
+#[test]
+fn backoff_waits_are_drawn_from_the_upper_half() {
+    for ms in [100u64, 800, 5000] {
+        let backoff = Duration::from_millis(ms);
+        for _ in 0..100 {
+            let wait = jittered(backoff);
+            assert!(
+                wait >= backoff / 2 && wait <= backoff,
+                "{wait:?} for {backoff:?}"
+            );
+        }
+    }
+}
