@@ -284,6 +284,15 @@ impl Peer {
         Ok(())
     }
 
+    /// Sends without the size check: a hostile peer, for tests of the receiving end.
+    #[cfg(test)]
+    pub(crate) async fn send_unchecked(&self, msg: &[u8]) -> Result<(), QuicError> {
+        let mut stream = self.conn.open_uni().await?;
+        stream.write_all(msg).await?;
+        stream.finish()?;
+        Ok(())
+    }
+
     /// The next message the peer sent; a stream over [`MAX_MESSAGE`] is an error (and is
     /// reset), without buffering more than the limit.
     pub async fn recv(&self) -> Result<Vec<u8>, QuicError> {
