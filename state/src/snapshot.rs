@@ -8,9 +8,11 @@
 use crate::model::State;
 
 /// The snapshot format this build writes and reads. 2: [`State::snapshots`] added; 3:
-/// `CapsuleInfo::stop_requested` added; 4: `ImageInfo::held` added; 5: the checksum is keyed.
-/// A snapshot of another format is refused and the state is folded from the log instead.
-pub const SNAPSHOT_FORMAT: u8 = 5;
+/// `CapsuleInfo::stop_requested` added; 4: `ImageInfo::held` added; 5: the checksum is keyed;
+/// 6: `State::cluster`, `State::revoked` and `NodeInfo::{admitted, left, down}` added.
+/// A snapshot of another format is refused and the state is folded from the log instead (old
+/// snapshots are not converted: the log is the truth, a snapshot only a shortcut).
+pub const SNAPSHOT_FORMAT: u8 = 6;
 
 const HEADER: usize = 1 + 32;
 
