@@ -33,6 +33,9 @@ pub enum Payload {
     Network(NetworkEvent),
     /// Appended after schema 2's first release: btrfs snapshots of capsule layers and volumes.
     Snapshot(SnapshotEvent),
+    /// Appended after `Snapshot`: cluster membership (creation, admission, revocation, leave)
+    /// and SWIM observations of members going down and coming back.
+    Cluster(ClusterEvent),
 }
 
 impl Payload {
@@ -86,6 +89,14 @@ impl Payload {
                 SnapshotEvent::Created { .. } => "snapshot.created",
                 SnapshotEvent::Restored { .. } => "snapshot.restored",
                 SnapshotEvent::Removed { .. } => "snapshot.removed",
+            },
+            Payload::Cluster(e) => match e {
+                ClusterEvent::Created { .. } => "cluster.created",
+                ClusterEvent::Admitted { .. } => "cluster.admitted",
+                ClusterEvent::Revoked { .. } => "cluster.revoked",
+                ClusterEvent::Left { .. } => "cluster.left",
+                ClusterEvent::MemberDown { .. } => "cluster.member_down",
+                ClusterEvent::MemberUp { .. } => "cluster.member_up",
             },
         }
     }
@@ -317,6 +328,36 @@ pub enum SnapshotEvent {
     },
 }
 
+/// Cluster membership. `Created`, `Admitted`, `Revoked` and `Left` are decisions (one node
+/// makes each); `MemberDown` and `MemberUp` are observations of the SWIM failure detector, which
+/// several nodes may record for the same change (the fold takes them idempotently).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterEvent {
+    /// `bolt cluster init`: the cluster's name and the fingerprint of its CA certificate. The
+    /// origin is the node that created it. Only the first in total order counts.
+    Created {
+        name: String,
+        ca_fingerprint: String,
+    },
+    /// A CA holder admitted `node` (it presented a valid join token), which peers reach at
+    /// `addr`.
+    Admitted {
+        node: NodeId,
+        name: String,
+        addr: String,
+    },
+    /// `bolt node rm`: `node` is out for good. Its events with an HLC after this event's are
+    /// ignored by the fold.
+    Revoked { node: NodeId, reason: String },
+    /// `bolt cluster leave`, written by the leaving node itself.
+    Left { node: NodeId },
+    /// The failure detector saw `node` die.
+    MemberDown { node: NodeId },
+    /// The failure detector saw `node` come back.
+    MemberUp { node: NodeId },
+}
+
 /// Schema 1: the first shape of the payloads. Only `Node` differs from schema 2; every other
 /// category is the current type, so its encoding is shared.
 pub mod v1 {
@@ -403,5 +444,54 @@ mod tests {
         assert_eq!(p.kind(), "snapshot.restored");
         // Schema 1 never had it: refused, not misread.
         assert!(decode_payload(1, &bytes).is_err());
+    }
+
+    #[test]
+    fn cluster_events_round_trip_after_snapshot_events() {
+        let node = NodeId([9; 32]);
+        let all = [
+            (
+                Payload::Cluster(ClusterEvent::Created {
+                    name: "prod".into(),
+                    ca_fingerprint: "sha256:ca".into(),
+                }),
+                "cluster.created",
+            ),
+            (
+                Payload::Cluster(ClusterEvent::Admitted {
+                    node,
+                    name: "beta".into(),
+                    addr: "10.0.0.2:7946".into(),
+                }),
+                "cluster.admitted",
+            ),
+            (
+                Payload::Cluster(ClusterEvent::Revoked {
+                    node,
+                    reason: "stolen".into(),
+                }),
+                "cluster.revoked",
+            ),
+            (
+                Payload::Cluster(ClusterEvent::Left { node }),
+                "cluster.left",
+            ),
+            (
+                Payload::Cluster(ClusterEvent::MemberDown { node }),
+                "cluster.member_down",
+            ),
+            (
+                Payload::Cluster(ClusterEvent::MemberUp { node }),
+                "cluster.member_up",
+            ),
+        ];
+        for (i, (p, kind)) in all.iter().enumerate() {
+            let bytes = encode_payload(p);
+            // Appended after the ten older categories; its own variants in declaration order.
+            assert_eq!((bytes[0], bytes[1]), (10, i as u8));
+            assert_eq!(&decode_payload(CURRENT_SCHEMA, &bytes).unwrap(), p);
+            assert_eq!(p.kind(), *kind);
+            assert!(decode_payload(1, &bytes).is_err());
+        }
     }
 }

@@ -2,7 +2,11 @@
 //! `events/testdata/`. They must decode to exactly these values forever, with the same hashes
 //! and valid signatures, so an old log stays readable.
 //!
-//! Regenerate (only when adding a schema, never to paper over a break):
+//! A variant appended to a schema gets a new file that continues the chain (never an edit of an
+//! old one): `envelopes-schema2-cluster.hex` holds the `cluster.*` events.
+//!
+//! Regenerate (only when adding a schema or a file, never to paper over a break; the old files
+//! must come out byte for byte the same):
 //! `BOLT_BLESS=1 cargo test -p bolt-events --test golden`
 #![allow(clippy::unwrap_used)]
 
@@ -13,8 +17,8 @@ use std::path::PathBuf;
 use bolt_events::key::encode_v1;
 use bolt_events::payload::v1::{NodeEventV1, PayloadV1};
 use bolt_events::payload::{
-    CapsuleEvent, CapsuleSpec, ImageEvent, MigrationEvent, NetworkEvent, NodeEvent, PlacementEvent,
-    RevisionEvent, ServiceEvent, ServiceSpec, VolumeEvent,
+    CapsuleEvent, CapsuleSpec, ClusterEvent, ImageEvent, MigrationEvent, NetworkEvent, NodeEvent,
+    PlacementEvent, RevisionEvent, ServiceEvent, ServiceSpec, VolumeEvent,
 };
 use bolt_events::{Envelope, Event, Hash, Hlc, NodeId, NodeKey, Payload};
 
@@ -151,9 +155,32 @@ fn schema2() -> Vec<Payload> {
     ]
 }
 
+/// Schema-2 payloads of the `Cluster` category (appended after `Snapshot`): every variant.
+fn cluster() -> Vec<Payload> {
+    let node = NodeId([9; 32]);
+    vec![
+        Payload::Cluster(ClusterEvent::Created {
+            name: "prod".into(),
+            ca_fingerprint: "sha256:cafe".into(),
+        }),
+        Payload::Cluster(ClusterEvent::Admitted {
+            node,
+            name: "beta".into(),
+            addr: "10.0.0.2:7946".into(),
+        }),
+        Payload::Cluster(ClusterEvent::MemberDown { node }),
+        Payload::Cluster(ClusterEvent::MemberUp { node }),
+        Payload::Cluster(ClusterEvent::Left { node }),
+        Payload::Cluster(ClusterEvent::Revoked {
+            node,
+            reason: "stolen laptop".into(),
+        }),
+    ]
+}
+
 /// The golden chain: schema-1 events first (seq 1..), then schema-2 events, as an old node that
-/// was upgraded would have written them. HLCs are fixed.
-fn sealed() -> (Vec<Envelope>, Vec<Envelope>) {
+/// was upgraded would have written them, then the cluster events. HLCs are fixed.
+fn sealed() -> (Vec<Envelope>, Vec<Envelope>, Vec<Envelope>) {
     let key = golden_key();
     let mut prev = Hash::ZERO;
     let mut seq = 0;
@@ -177,21 +204,34 @@ fn sealed() -> (Vec<Envelope>, Vec<Envelope>) {
         .iter()
         .map(|p| next(2, bolt_events::payload::encode_payload(p)))
         .collect();
-    (v1, v2)
+    let v2_cluster = cluster()
+        .iter()
+        .map(|p| next(2, bolt_events::payload::encode_payload(p)))
+        .collect();
+    (v1, v2, v2_cluster)
 }
 
+/// The file of the cluster events (schema 2).
+const CLUSTER: u16 = 102;
+
+/// `file(1)`, `file(2)`: the schema's first file; `file(CLUSTER)`: the cluster events.
 fn file(schema: u16) -> PathBuf {
+    let name = match schema {
+        CLUSTER => "envelopes-schema2-cluster.hex".to_string(),
+        s => format!("envelopes-schema{s}.hex"),
+    };
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("testdata")
-        .join(format!("envelopes-schema{schema}.hex"))
+        .join(name)
 }
 
 /// Write the golden files (only with BOLT_BLESS=1).
 fn bless() {
-    let (v1, v2) = sealed();
-    for (schema, envs) in [(1u16, v1), (2, v2)] {
+    let (v1, v2, v2_cluster) = sealed();
+    for (schema, envs) in [(1u16, v1), (2, v2), (CLUSTER, v2_cluster)] {
+        let schema_of = if schema == CLUSTER { 2 } else { schema };
         let mut text = format!(
-            "# bolt golden envelopes, payload schema {schema}: one per line, `seq hash hex(envelope)`.\n\
+            "# bolt golden envelopes, payload schema {schema_of}: one per line, `seq hash hex(envelope)`.\n\
              # Written by `BOLT_BLESS=1 cargo test -p bolt-events --test golden`. Never edit.\n"
         );
         for e in &envs {
@@ -233,20 +273,24 @@ fn read(schema: u16) -> Vec<(u64, Hash, Vec<u8>)> {
 fn golden_envelopes_of_every_schema_decode_to_the_same_values_hashes_and_signatures() {
     let v1 = read(1);
     let v2 = read(2);
+    let v2_cluster = read(CLUSTER);
     let expected: Vec<Payload> = schema1()
         .into_iter()
         .map(|(_, up)| up)
         .chain(schema2())
+        .chain(cluster())
         .collect();
     assert_eq!(v1.len(), schema1().len());
-    assert_eq!(v1.len() + v2.len(), expected.len());
+    assert_eq!(v2_cluster.len(), cluster().len());
+    assert_eq!(v1.len() + v2.len() + v2_cluster.len(), expected.len());
 
     let origin = golden_key().id();
     let mut prev = Hash::ZERO;
     let lines = v1
         .iter()
         .map(|l| (1u16, l))
-        .chain(v2.iter().map(|l| (2u16, l)));
+        .chain(v2.iter().map(|l| (2u16, l)))
+        .chain(v2_cluster.iter().map(|l| (2u16, l)));
     for (i, ((schema, (seq, recorded, bytes)), want)) in lines.zip(&expected).enumerate() {
         let n = i as u64 + 1;
         let event = Event::from_bytes(bytes).unwrap();
@@ -272,8 +316,8 @@ fn golden_envelopes_of_every_schema_decode_to_the_same_values_hashes_and_signatu
 fn golden_envelopes_are_what_this_build_would_seal_today() {
     // Sealing is deterministic (ed25519): today's code must reproduce the committed bytes, so a
     // change to the wire form cannot slip in unnoticed.
-    let (v1, v2) = sealed();
-    for (schema, envs) in [(1u16, v1), (2, v2)] {
+    let (v1, v2, v2_cluster) = sealed();
+    for (schema, envs) in [(1u16, v1), (2, v2), (CLUSTER, v2_cluster)] {
         let stored = read(schema);
         assert_eq!(stored.len(), envs.len());
         for ((_, _, bytes), env) in stored.iter().zip(&envs) {
@@ -290,9 +334,13 @@ fn a_golden_chain_loads_into_a_log_as_a_remote_origin_and_verifies() {
     let envs: Vec<Envelope> = read(1)
         .into_iter()
         .chain(read(2))
+        .chain(read(CLUSTER))
         .map(|(_, _, b)| Envelope::from_bytes(&b).unwrap())
         .collect();
     let out = log.append_remote(envs).unwrap();
-    assert_eq!(out.len(), schema1().len() + schema2().len());
+    assert_eq!(
+        out.len(),
+        schema1().len() + schema2().len() + cluster().len()
+    );
     assert!(log.verify().unwrap().is_clean());
 }

@@ -9,16 +9,17 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use bolt_events::payload::{
-    CapsuleEvent, ImageEvent, MigrationEvent, NetworkEvent, NodeEvent, PlacementEvent,
-    RevisionEvent, ServiceEvent, SnapshotEvent, VolumeEvent, SNAPSHOT_CAPSULE, SNAPSHOT_VOLUME,
+    CapsuleEvent, ClusterEvent, ImageEvent, MigrationEvent, NetworkEvent, NodeEvent,
+    PlacementEvent, RevisionEvent, ServiceEvent, SnapshotEvent, VolumeEvent, SNAPSHOT_CAPSULE,
+    SNAPSHOT_VOLUME,
 };
 use bolt_events::{Event, Hlc, NodeId, OrderKey, Payload};
 
 use crate::keymap::KeyMap;
 use crate::model::{
-    snapshot_key, CapsuleInfo, CapsuleStatus, ExitInfo, Ignored, ImageInfo, MigrationInfo,
-    MigrationStatus, NetworkInfo, NodeInfo, RevisionInfo, RollbackInfo, ServiceInfo, SnapshotInfo,
-    State, VolumeInfo, REMOVED_RETAINED,
+    snapshot_key, CapsuleInfo, CapsuleStatus, ClusterInfo, ExitInfo, Ignored, ImageInfo,
+    MigrationInfo, MigrationStatus, NetworkInfo, NodeInfo, RevisionInfo, RevokedInfo, RollbackInfo,
+    ServiceInfo, SnapshotInfo, State, VolumeInfo, REMOVED_RETAINED,
 };
 use crate::spare;
 
@@ -79,6 +80,18 @@ pub enum Misfit {
     SnapshotExists { target: String, name: String },
     #[error("{target} has no snapshot named {name}")]
     UnknownSnapshot { target: String, name: String },
+    #[error("origin revoked")]
+    OriginRevoked,
+    #[error("cluster already created")]
+    ClusterExists,
+    #[error("node is revoked")]
+    NodeRevoked,
+    #[error("node is already revoked")]
+    AlreadyRevoked,
+    #[error("node already left the cluster")]
+    AlreadyLeft,
+    #[error("a node can only leave the cluster for itself")]
+    LeftForAnother,
 }
 
 /// One undo record: what a piece of state was before an event changed it. Whole entries are
@@ -115,6 +128,8 @@ pub(crate) enum Undo {
     /// The holder of an address on the event's network.
     Address(Ipv4Addr, Option<String>),
     Snapshots(String, Option<BTreeMap<String, SnapshotInfo>>),
+    Cluster(Option<Box<ClusterInfo>>),
+    Revoked(NodeId, Option<Box<RevokedInfo>>),
 }
 
 /// The capsule a capsule event is about.
@@ -215,9 +230,16 @@ pub(crate) fn fold(
         p: payload,
         j: journal,
     };
-    tx.seen(key.origin, key.hlc);
-    if let Err(misfit) = step(&mut tx, key, payload) {
-        tx.ignore(key, payload.kind(), &misfit);
+    // A revoked node's events after its revocation change nothing. Deterministic in total
+    // order: such an event sorts after the revocation (its HLC is greater), so the revocation
+    // is always folded first.
+    if crate::model::revoked_since(tx.s, key.origin).is_some_and(|at| key.hlc > at) {
+        tx.ignore(key, payload.kind(), &Misfit::OriginRevoked);
+    } else {
+        tx.seen(key.origin, key.hlc);
+        if let Err(misfit) = step(&mut tx, key, payload) {
+            tx.ignore(key, payload.kind(), &misfit);
+        }
     }
     tx.s.applied += 1;
     tx.s.last_key = key;
@@ -305,6 +327,8 @@ pub(crate) fn revert(
             Undo::Volume(k, v) => put!(s.volumes, k, v.map(|b| *b)),
             Undo::Network(k, v) => put!(s.networks, k, v.map(|b| *b)),
             Undo::Snapshots(k, v) => put!(s.snapshots, k, v),
+            Undo::Cluster(v) => s.cluster = v.map(|b| *b),
+            Undo::Revoked(k, v) => put!(s.revoked, k, v.map(|b| *b)),
             Undo::Address(ip, v) => {
                 if let Some(n) = payload
                     .and_then(network_of)
@@ -475,6 +499,25 @@ impl Tx<'_> {
         Snapshots,
         keep
     );
+    journaled_map!(
+        revoked_mut,
+        revoked_insert,
+        revoked_remove,
+        revoked,
+        NodeId,
+        NodeId,
+        RevokedInfo,
+        Revoked,
+        Box::new
+    );
+
+    /// Set the cluster, journaling the one it replaces.
+    fn cluster_set(&mut self, info: ClusterInfo) {
+        let old = self.s.cluster.replace(info);
+        if let Some(j) = self.j.as_deref_mut() {
+            j.push_back(Undo::Cluster(old.map(Box::new)));
+        }
+    }
 
     /// Record the removal of `id` at `at`.
     fn tombstone_insert(&mut self, at: u64, id: String) {
@@ -646,6 +689,7 @@ fn step(tx: &mut Tx<'_>, key: OrderKey, payload: &Payload) -> Result<(), Misfit>
         Payload::Volume(e) => volume(tx, key, e),
         Payload::Network(e) => network(tx, key, e),
         Payload::Snapshot(e) => snapshot(tx, key, e),
+        Payload::Cluster(e) => cluster(tx, key, e),
     }
 }
 
@@ -657,7 +701,10 @@ fn node(tx: &mut Tx<'_>, key: OrderKey, e: &NodeEvent) -> Result<(), Misfit> {
             addr,
             labels,
         } => {
-            let starts = tx.s.nodes.get(&key.origin).map_or(0, |n| n.starts);
+            let (starts, admitted, left) =
+                tx.s.nodes
+                    .get(&key.origin)
+                    .map_or((0, false, false), |n| (n.starts, n.admitted, n.left));
             tx.node_insert(
                 key.origin,
                 NodeInfo {
@@ -669,6 +716,9 @@ fn node(tx: &mut Tx<'_>, key: OrderKey, e: &NodeEvent) -> Result<(), Misfit> {
                     up: true,
                     stop_reason: None,
                     last_seen: key.hlc,
+                    admitted,
+                    left,
+                    down: false,
                 },
             );
         }
@@ -1155,6 +1205,91 @@ fn snapshot(tx: &mut Tx<'_>, key: OrderKey, e: &SnapshotEvent) -> Result<(), Mis
             };
             if empty {
                 tx.snapshots_remove(&k);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cluster(tx: &mut Tx<'_>, key: OrderKey, e: &ClusterEvent) -> Result<(), Misfit> {
+    match e {
+        ClusterEvent::Created {
+            name,
+            ca_fingerprint,
+        } => {
+            if tx.s.cluster.is_some() {
+                return Err(Misfit::ClusterExists);
+            }
+            tx.cluster_set(ClusterInfo {
+                name: name.clone(),
+                ca_fingerprint: ca_fingerprint.clone(),
+                created_by: key.origin,
+            });
+        }
+        ClusterEvent::Admitted { node, name, addr } => {
+            if tx.s.revoked.contains_key(node) {
+                return Err(Misfit::NodeRevoked);
+            }
+            match tx.node_mut(node) {
+                Some(n) => {
+                    n.admitted = true;
+                    n.left = false;
+                    if n.addr.is_none() {
+                        n.addr = Some(addr.clone());
+                    }
+                }
+                // Admitted before its first start reached this node: known by the name and
+                // address its admission gave, not up until it starts.
+                None => tx.node_insert(
+                    *node,
+                    NodeInfo {
+                        name: name.clone(),
+                        addr: Some(addr.clone()),
+                        admitted: true,
+                        ..NodeInfo::default()
+                    },
+                ),
+            }
+        }
+        ClusterEvent::Revoked { node, reason } => {
+            // Recorded whether or not the node is known here yet: a revocation must not depend
+            // on which of the node's events arrived first.
+            if tx.s.revoked.contains_key(node) {
+                return Err(Misfit::AlreadyRevoked);
+            }
+            tx.revoked_insert(
+                *node,
+                RevokedInfo {
+                    at: key.hlc,
+                    by: key.origin,
+                    reason: reason.clone(),
+                },
+            );
+        }
+        ClusterEvent::Left { node } => {
+            if *node != key.origin {
+                return Err(Misfit::LeftForAnother);
+            }
+            match tx.s.nodes.get(node) {
+                None => return Err(Misfit::UnknownNode),
+                Some(n) if n.left => return Err(Misfit::AlreadyLeft),
+                Some(_) => {}
+            }
+            if let Some(n) = tx.node_mut(node) {
+                n.left = true;
+            }
+        }
+        // Observations: several nodes may record the same one; a repeat changes nothing and
+        // is not a misfit.
+        ClusterEvent::MemberDown { node } | ClusterEvent::MemberUp { node } => {
+            let down = matches!(e, ClusterEvent::MemberDown { .. });
+            match tx.s.nodes.get(node) {
+                None => return Err(Misfit::UnknownNode),
+                Some(n) if n.down == down => return Ok(()),
+                Some(_) => {}
+            }
+            if let Some(n) = tx.node_mut(node) {
+                n.down = down;
             }
         }
     }

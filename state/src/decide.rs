@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use bolt_events::payload::{
-    CapsuleEvent, CapsuleSpec, ImageEvent, MigrationEvent, NetworkEvent, NodeEvent, PlacementEvent,
-    RevisionEvent, ServiceEvent, ServiceSpec, SnapshotEvent, VolumeEvent, SNAPSHOT_CAPSULE,
-    SNAPSHOT_VOLUME,
+    CapsuleEvent, CapsuleSpec, ClusterEvent, ImageEvent, MigrationEvent, NetworkEvent, NodeEvent,
+    PlacementEvent, RevisionEvent, ServiceEvent, ServiceSpec, SnapshotEvent, VolumeEvent,
+    SNAPSHOT_CAPSULE, SNAPSHOT_VOLUME,
 };
 use bolt_events::{Hash, NodeId, Payload};
 
@@ -147,6 +147,33 @@ pub enum Command {
         target: String,
         name: String,
     },
+    /// `bolt cluster init`: create the cluster. Refused once one exists.
+    CreateCluster {
+        name: String,
+        ca_fingerprint: String,
+    },
+    /// A CA holder admits `node` (it presented a valid join token). Refused for a revoked node
+    /// and for a member already admitted (one that left may be admitted again).
+    AdmitNode {
+        node: NodeId,
+        name: String,
+        addr: String,
+    },
+    /// `bolt node rm`: node `by` (the deciding node, its own id) revokes `node`. Refused for an
+    /// unknown node, one already revoked, and `by` itself.
+    RevokeNode {
+        node: NodeId,
+        by: NodeId,
+        reason: String,
+    },
+    /// `bolt cluster leave`: this node (`node`, its own id) leaves. Refused for an unknown node,
+    /// a revoked one and one that already left.
+    LeaveCluster { node: NodeId },
+    /// The failure detector saw `node` die. Refused if it is recorded down already, so that a
+    /// node records a death once.
+    RecordMemberDown { node: NodeId },
+    /// The failure detector saw `node` come back. Refused unless it is recorded down.
+    RecordMemberUp { node: NodeId },
 }
 
 /// Why a command is refused.
@@ -264,6 +291,20 @@ pub enum DecideError {
     RestoreRunning(String),
     #[error("volume {volume} is mounted by running capsule {capsule}: stop it before restoring a snapshot")]
     RestoreVolumeInUse { volume: String, capsule: String },
+    #[error("cluster {0} already exists")]
+    ClusterExists(String),
+    #[error("node {0} is revoked")]
+    NodeRevoked(String),
+    #[error("node {0} is already admitted")]
+    AlreadyAdmitted(String),
+    #[error("node {0} cannot revoke itself")]
+    RevokeSelf(String),
+    #[error("node {0} already left the cluster")]
+    AlreadyLeft(String),
+    #[error("node {0} is already recorded down")]
+    MemberAlreadyDown(String),
+    #[error("node {0} is not recorded down")]
+    MemberNotDown(String),
 }
 
 /// What kind of refusal a [`DecideError`] is: the API maps it to a status once.
@@ -317,7 +358,13 @@ impl DecideError {
             | E::AddressNotHeld { .. }
             | E::SnapshotExists { .. }
             | E::RestoreRunning(_)
-            | E::RestoreVolumeInUse { .. } => Refusal::Conflict,
+            | E::RestoreVolumeInUse { .. }
+            | E::ClusterExists(_)
+            | E::NodeRevoked(_)
+            | E::AlreadyAdmitted(_)
+            | E::AlreadyLeft(_)
+            | E::MemberAlreadyDown(_)
+            | E::MemberNotDown(_) => Refusal::Conflict,
             E::InvalidName(_)
             | E::NotEarlier { .. }
             | E::InvalidSubnet(_)
@@ -325,7 +372,8 @@ impl DecideError {
             | E::AddressOutsideSubnet { .. }
             | E::AddressIsGateway { .. }
             | E::SnapshotKind(_)
-            | E::SnapshotName(_) => Refusal::Invalid,
+            | E::SnapshotName(_)
+            | E::RevokeSelf(_) => Refusal::Invalid,
         }
     }
 }
@@ -910,6 +958,78 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Payload>, DecideError> 
                 target,
                 name,
             })
+        }
+        Command::CreateCluster {
+            name,
+            ca_fingerprint,
+        } => {
+            printable(&name)?;
+            if let Some(c) = &state.cluster {
+                return Err(E::ClusterExists(c.name.clone()));
+            }
+            Payload::Cluster(ClusterEvent::Created {
+                name,
+                ca_fingerprint,
+            })
+        }
+        Command::AdmitNode { node, name, addr } => {
+            printable(&name)?;
+            if state.revoked.contains_key(&node) {
+                return Err(E::NodeRevoked(node.short()));
+            }
+            if state
+                .nodes
+                .get(&node)
+                .is_some_and(|n| n.admitted && !n.left)
+            {
+                return Err(E::AlreadyAdmitted(node.short()));
+            }
+            Payload::Cluster(ClusterEvent::Admitted { node, name, addr })
+        }
+        Command::RevokeNode { node, by, reason } => {
+            if node == by {
+                return Err(E::RevokeSelf(node.short()));
+            }
+            if !state.nodes.contains_key(&node) {
+                return Err(E::UnknownNode(node.short()));
+            }
+            if state.revoked.contains_key(&node) {
+                return Err(E::NodeRevoked(node.short()));
+            }
+            Payload::Cluster(ClusterEvent::Revoked { node, reason })
+        }
+        Command::LeaveCluster { node } => {
+            let n = state
+                .nodes
+                .get(&node)
+                .ok_or_else(|| E::UnknownNode(node.short()))?;
+            if state.revoked.contains_key(&node) {
+                return Err(E::NodeRevoked(node.short()));
+            }
+            if n.left {
+                return Err(E::AlreadyLeft(node.short()));
+            }
+            Payload::Cluster(ClusterEvent::Left { node })
+        }
+        Command::RecordMemberDown { node } => {
+            let n = state
+                .nodes
+                .get(&node)
+                .ok_or_else(|| E::UnknownNode(node.short()))?;
+            if n.down {
+                return Err(E::MemberAlreadyDown(node.short()));
+            }
+            Payload::Cluster(ClusterEvent::MemberDown { node })
+        }
+        Command::RecordMemberUp { node } => {
+            let n = state
+                .nodes
+                .get(&node)
+                .ok_or_else(|| E::UnknownNode(node.short()))?;
+            if !n.down {
+                return Err(E::MemberNotDown(node.short()));
+            }
+            Payload::Cluster(ClusterEvent::MemberUp { node })
         }
     };
     Ok(vec![payload])

@@ -19,11 +19,11 @@ mod spare;
 pub use apply::{apply, Misfit};
 pub use decide::{decide, spec_hash, Command, DecideError, Refusal, Subnet, DEFAULT_MTU};
 pub use keymap::{KeyMap, NodeIdHash, NodeIdHasher, Tombstones};
-pub use model::snapshot_key;
+pub use model::{is_revoked, revoked_since, snapshot_key};
 pub use model::{
-    CapsuleInfo, CapsuleStatus, ExitInfo, Ignored, ImageInfo, MigrationInfo, MigrationStatus,
-    NetworkInfo, NodeInfo, RevisionInfo, RollbackInfo, ServiceInfo, SnapshotInfo, State,
-    VolumeInfo, REMOVED_RETAINED,
+    CapsuleInfo, CapsuleStatus, ClusterInfo, ExitInfo, Ignored, ImageInfo, MigrationInfo,
+    MigrationStatus, NetworkInfo, NodeInfo, RevisionInfo, RevokedInfo, RollbackInfo, ServiceInfo,
+    SnapshotInfo, State, VolumeInfo, REMOVED_RETAINED,
 };
 pub use replica::{state_at, Replica, ReplicaError, ReplicaStats, DEFAULT_WINDOW};
 pub use snapshot::{decode_state, encode_state, SnapshotError, SNAPSHOT_FORMAT};

@@ -55,6 +55,11 @@ pub struct State {
     /// Snapshots by target ([`snapshot_key`]: `capsule:<id>` or `volume:<name>`), then by
     /// name. A target's snapshots go with the capsule's or volume's removal.
     pub snapshots: BTreeMap<String, BTreeMap<String, SnapshotInfo>>,
+    /// The cluster, once created (`cluster.created`; the first in total order wins).
+    pub cluster: Option<ClusterInfo>,
+    /// Revoked nodes (`cluster.revoked`; the first revocation of a node wins). Events from a
+    /// revoked node with an HLC after its revocation's are ignored (see [`is_revoked`]).
+    pub revoked: BTreeMap<NodeId, RevokedInfo>,
 }
 
 impl Default for State {
@@ -75,6 +80,8 @@ impl Default for State {
             volumes: BTreeMap::new(),
             networks: KeyMap::new(),
             snapshots: BTreeMap::new(),
+            cluster: None,
+            revoked: BTreeMap::new(),
         }
     }
 }
@@ -109,6 +116,45 @@ pub struct NodeInfo {
     pub stop_reason: Option<String>,
     /// HLC of the latest event from it.
     pub last_seen: Hlc,
+    /// A CA holder admitted it into the cluster (`cluster.admitted`).
+    pub admitted: bool,
+    /// It left the cluster (`cluster.left`, written by itself); a new admission clears it.
+    pub left: bool,
+    /// The failure detector last saw it die (`cluster.member_down`); cleared by
+    /// `cluster.member_up` or its next `node.started`.
+    pub down: bool,
+}
+
+/// The cluster, as `bolt cluster init` created it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct ClusterInfo {
+    /// Its name.
+    pub name: String,
+    /// Fingerprint of its CA certificate.
+    pub ca_fingerprint: String,
+    /// The node that created it.
+    pub created_by: NodeId,
+}
+
+/// A node's revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct RevokedInfo {
+    /// HLC of the revocation: the revoked node's events after it are ignored.
+    pub at: Hlc,
+    /// The node that revoked it.
+    pub by: NodeId,
+    /// Why.
+    pub reason: String,
+}
+
+/// Whether `node` was revoked (its events after the revocation are ignored).
+pub fn is_revoked(state: &State, node: NodeId) -> bool {
+    state.revoked.contains_key(&node)
+}
+
+/// The HLC of `node`'s revocation, if it was revoked: its events with a later HLC are ignored.
+pub fn revoked_since(state: &State, node: NodeId) -> Option<Hlc> {
+    state.revoked.get(&node).map(|r| r.at)
 }
 
 /// An image, by digest.

@@ -8,9 +8,11 @@
 use crate::model::State;
 
 /// The snapshot format this build writes and reads. 2: [`State::snapshots`] added; 3:
-/// `CapsuleInfo::stop_requested` added; 4: `ImageInfo::held` added; 5: the checksum is keyed.
-/// A snapshot of another format is refused and the state is folded from the log instead.
-pub const SNAPSHOT_FORMAT: u8 = 5;
+/// `CapsuleInfo::stop_requested` added; 4: `ImageInfo::held` added; 5: the checksum is keyed;
+/// 6: `State::cluster`, `State::revoked` and `NodeInfo::{admitted, left, down}` added.
+/// A snapshot of another format is refused and the state is folded from the log instead (old
+/// snapshots are not converted: the log is the truth, a snapshot only a shortcut).
+pub const SNAPSHOT_FORMAT: u8 = 6;
 
 const HEADER: usize = 1 + 32;
 
@@ -115,6 +117,18 @@ mod tests {
         let sum = blake3::hash(&unkeyed[HEADER..]);
         unkeyed[1..HEADER].copy_from_slice(sum.as_bytes());
         assert_eq!(decode_state(&unkeyed, &KEY), Err(SnapshotError::Checksum));
+    }
+
+    /// A snapshot of the format before the cluster fields (5) is refused, not misread: the
+    /// replica skips it and folds from the log, which rebuilds the new fields.
+    #[test]
+    fn a_snapshot_of_the_previous_format_is_refused() {
+        let mut old = encode_state(&State::default(), &KEY);
+        old[0] = 5;
+        assert_eq!(
+            decode_state(&old, &KEY),
+            Err(SnapshotError::UnknownFormat(5))
+        );
     }
 
     /// Found by the `snapshot_decode` fuzz target: a body (under a valid header) whose map

@@ -7,8 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use bolt_events::payload::{
-    ImageEvent, MigrationEvent, NetworkEvent, NodeEvent, PlacementEvent, RevisionEvent,
-    ServiceEvent, ServiceSpec, VolumeEvent,
+    ClusterEvent, ImageEvent, MigrationEvent, NetworkEvent, NodeEvent, PlacementEvent,
+    RevisionEvent, ServiceEvent, ServiceSpec, VolumeEvent,
 };
 use bolt_events::{Appended, Cursor, Event, Hash, NodeId, Payload};
 use bolt_state::{Replica, State};
@@ -106,10 +106,28 @@ fn payload(kind: u8, a: usize, b: usize, n: u32, nodes: &[NodeId]) -> Payload {
             reference: format!("img:{}", n % 2),
             digest: format!("d{b}"),
         }),
-        _ => Payload::Image(ImageEvent::Removed {
+        26 => Payload::Image(ImageEvent::Removed {
             reference: format!("img:{}", n % 2),
             digest: format!("d{b}"),
         }),
+        // Cluster membership: a revocation makes every later event of its node a no-op, which
+        // must hold whatever order the revocation and those events arrive in.
+        27 => Payload::Cluster(ClusterEvent::Created {
+            name: NAMES[a % 2].into(),
+            ca_fingerprint: format!("ca{n}"),
+        }),
+        28 => Payload::Cluster(ClusterEvent::Admitted {
+            node,
+            name: NAMES[a % 2].into(),
+            addr: format!("10.0.0.{n}:7946"),
+        }),
+        29 => Payload::Cluster(ClusterEvent::Revoked {
+            node,
+            reason: "r".into(),
+        }),
+        30 => Payload::Cluster(ClusterEvent::Left { node }),
+        31 => Payload::Cluster(ClusterEvent::MemberDown { node }),
+        _ => Payload::Cluster(ClusterEvent::MemberUp { node }),
     }
 }
 
@@ -117,7 +135,7 @@ fn payload(kind: u8, a: usize, b: usize, n: u32, nodes: &[NodeId]) -> Payload {
 type Script = Vec<Vec<(u64, (u8, usize, usize, u32))>>;
 
 fn script() -> impl Strategy<Value = Script> {
-    let event = (1u64..6, (0u8..27, 0usize..3, 0usize..3, 0u32..6));
+    let event = (1u64..6, (0u8..33, 0usize..3, 0usize..3, 0u32..6));
     prop::collection::vec(prop::collection::vec(event, 0..14), 2..5)
 }
 
