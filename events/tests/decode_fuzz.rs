@@ -127,7 +127,7 @@ fn empty_input_and_unknown_format_are_named() {
         Envelope::from_bytes(&bytes),
         Err(CodecError::UnknownFormat(9))
     );
-    bytes[0] = 1;
+    bytes[0] = bolt_events::envelope::FORMAT;
     bytes.push(0);
     assert_eq!(Envelope::from_bytes(&bytes), Err(CodecError::Trailing(1)));
 }

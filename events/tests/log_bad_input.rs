@@ -206,7 +206,7 @@ fn given_a_stored_event_with_a_bad_signature_when_verified_then_the_fault_is_nam
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.redb");
     filled_log(&path);
-    rewrite(&path, 20, |e| e.sig[10] ^= 0xff);
+    rewrite(&path, 20, |e| e.sig.as_mut().unwrap()[10] ^= 0xff);
     let f = faults(&path);
     assert!(
         f.iter()
@@ -256,7 +256,7 @@ fn given_hostile_remote_events_when_refused_then_the_log_still_reads_everything_
         .collect();
 
     let mut tampered = r.clone_chain_step();
-    tampered.sig[0] ^= 1;
+    tampered.sig.as_mut().unwrap()[0] ^= 1;
     let gap = r.key.seal(9, Hlc::new(9, 0), Hash::ZERO, &payload(9));
     let fork = r.key.seal(4, Hlc::new(9, 0), Hash([1; 32]), &payload(9));
     let future = r.key.seal_bytes(4, Hlc::new(9, 0), r.prev, 7, vec![1]);

@@ -118,7 +118,7 @@ fn given_a_large_batch_with_one_bad_signature_when_appended_then_refused_whole()
     let (_dir, _path, log) = temp_log(1);
     let mut r = Remote::new(2);
     let mut envs = r.chain(300);
-    envs[250].sig[0] ^= 1;
+    envs[250].sig.as_mut().unwrap()[0] ^= 1;
     let e = remote_err(log.append_remote(envs.clone()));
     assert!(
         matches!(
@@ -128,7 +128,7 @@ fn given_a_large_batch_with_one_bad_signature_when_appended_then_refused_whole()
         "{e:?}"
     );
     assert_eq!(log.head(), Cursor(0));
-    envs[250].sig[0] ^= 1;
+    envs[250].sig.as_mut().unwrap()[0] ^= 1;
     assert_eq!(log.append_remote(envs).unwrap().len(), 300);
 }
 
@@ -182,9 +182,9 @@ fn given_an_unknown_envelope_format_when_appended_then_unknown_format() {
     let (_dir, _path, log) = temp_log(1);
     let mut r = Remote::new(2);
     let mut env = r.chain(1).remove(0);
-    env.format = 2;
+    env.format = 3;
     let e = remote_err(log.append_remote(vec![env]));
-    assert_eq!(e, RemoteError::Codec(CodecError::UnknownFormat(2)));
+    assert_eq!(e, RemoteError::Codec(CodecError::UnknownFormat(3)));
 }
 
 #[test]
