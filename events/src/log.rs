@@ -503,9 +503,9 @@ impl Log {
             out.push(env);
             if signed {
                 signed_len = out.len();
-                if out.len() >= max {
-                    break;
-                }
+            }
+            if out.len() >= max && signed_len > 0 {
+                break;
             }
         }
         out.truncate(signed_len);

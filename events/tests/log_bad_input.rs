@@ -218,6 +218,46 @@ fn given_a_stored_event_with_a_bad_signature_when_verified_then_the_fault_is_nam
 }
 
 #[test]
+fn given_a_tampered_event_in_the_middle_of_a_run_when_verified_then_the_chain_break_is_named() {
+    // Cursors 1..=20 are one local batch: one run, signed at 20 only.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.redb");
+    let held = filled_log(&path);
+    assert_eq!(
+        held.iter()
+            .filter(|e| e.origin == key(1).id() && e.is_signed())
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        vec![20]
+    );
+    rewrite(&path, 10, |e| {
+        e.payload = bolt_events::payload::encode_payload(&payload(999));
+    });
+    let f = faults(&path);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].contains("cursor 11") && f[0].contains("broken chain"),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn given_a_run_whose_signature_was_stripped_when_verified_then_the_unsigned_end_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.redb");
+    filled_log(&path);
+    rewrite(&path, 20, |e| e.sig = None);
+    let f = faults(&path);
+    assert!(
+        f.iter()
+            .any(|l| l.contains("seq 1..=20") && l.contains("end unsigned")),
+        "{f:?}"
+    );
+    // The tip of origin 1 recorded the hash of the signed seq 20.
+    assert!(f.iter().any(|l| l.contains("recorded tip")), "{f:?}");
+}
+
+#[test]
 fn given_a_stored_gap_when_verified_then_the_fault_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.redb");
