@@ -479,7 +479,8 @@ impl Log {
     ///
     /// Takes at most `max` events, cut back to the last signed event among them. When none of
     /// the first `max` is signed (a run longer than `max`), it reads on to the end of that run,
-    /// so a peer always makes progress. Empty when the log holds nothing from `from_seq` on.
+    /// so a peer always makes progress. Empty when the log holds nothing from `from_seq` on, or
+    /// when `max` is 0.
     /// Every origin's tip is a signed event (local groups and accepted remote batches end
     /// signed), so the result only falls short of the tip by the `max` cut.
     pub fn read_origin_signed(
@@ -488,6 +489,9 @@ impl Log {
         from_seq: u64,
         max: usize,
     ) -> Result<Vec<Envelope>, LogError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         let txn = self.read_txn()?;
         let index = txn.open_table(BY_ORIGIN).map_err(storage("open index"))?;
         let events = txn.open_table(EVENTS).map_err(storage("open events"))?;
