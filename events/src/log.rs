@@ -357,6 +357,10 @@ impl Log {
 
     /// Append one local event; returns once it is durable (group commit: concurrent callers
     /// share one fsync). Blocking: call from a thread or `spawn_blocking`.
+    ///
+    /// The event is signed unless other local appends shared its commit and came after it (one
+    /// signature per group, on its last event): to send it to a peer, send its run up to the
+    /// signed end ([`Log::read_origin_signed`]), not the event alone.
     pub fn append(&self, payload: Payload) -> Result<Appended, LogError> {
         let mut out = self.append_batch(vec![payload])?;
         out.pop()
