@@ -1,5 +1,6 @@
-//! Event log benchmarks: batched appends, durable group commit against a raw redb loop, and the
-//! envelope encoding (bincode 2, as used, against rkyv 0.8). Prints a markdown table.
+//! Event log benchmarks: batched appends (one signature per commit group), remote appends of
+//! signed runs, durable group commit against a raw redb loop, and the envelope encoding
+//! (bincode 2, as used, against rkyv 0.8). Prints a markdown table.
 //!
 //! `cargo bench -p bolt-bench --bench log` (about a minute; set BOLT_BENCH_QUICK=1 for a smoke run).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -74,23 +75,37 @@ fn small(i: u64) -> Payload {
     })
 }
 
+/// `n` chained envelopes of `key`, each signed (each its own run).
 fn seal_chain(key: &NodeKey, n: u64, payload: fn(u64) -> Payload) -> Vec<Envelope> {
+    seal_runs(key, n, 1, payload)
+}
+
+/// `n` chained envelopes of `key` in runs of `run` events: only the last of each run signed, as
+/// a node's commit groups write them (envelope format 2).
+fn seal_runs(key: &NodeKey, n: u64, run: u64, payload: fn(u64) -> Payload) -> Vec<Envelope> {
     let mut prev = Hash::ZERO;
     (1..=n)
         .map(|seq| {
-            let env = key.seal(seq, Hlc::new(1_000 + seq, 0), prev, &payload(seq));
+            let hlc = Hlc::new(1_000 + seq, 0);
+            let env = if seq % run == 0 || seq == n {
+                key.seal(seq, hlc, prev, &payload(seq))
+            } else {
+                key.seal_unsigned(seq, hlc, prev, &payload(seq))
+            };
             prev = env.hash();
             env
         })
         .collect()
 }
 
-fn batched(rows: &mut Vec<Row>, total: u64, batch: u64) {
-    let dir = tempfile::tempdir().unwrap();
-
-    // 1a. Local appends: seal (ed25519, on the writer thread, sequential by nature: each
-    // event's signature covers the previous hash) + store, 10k events per transaction.
-    let log = Log::open(&dir.path().join("local.redb"), NodeKey::from_seed([1; 32])).unwrap();
+/// Local batched appends: seal (one ed25519 signature per commit group, on the writer thread)
+/// + store, `batch` events per `append_batch`.
+fn local_batches(rows: &mut Vec<Row>, dir: &std::path::Path, total: u64, batch: u64) {
+    let log = Log::open(
+        &dir.join(format!("local{batch}.redb")),
+        NodeKey::from_seed([1; 32]),
+    )
+    .unwrap();
     let t = Instant::now();
     for b in 0..total / batch {
         let payloads = (0..batch).map(|i| small(b * batch + i)).collect();
@@ -101,11 +116,31 @@ fn batched(rows: &mut Vec<Row>, total: u64, batch: u64) {
         rows,
         format!("append_batch ({batch}/batch, {total} events), seal + store"),
         fmt_rate(local),
-        "goal 1M/s",
+        format!(
+            "goal 1M/s; {} commits, one signature each",
+            log.stats().commits
+        ),
     );
-    drop(log);
+}
 
-    // 1b. The seal cost alone.
+/// `append_remote` of pre-sealed envelopes, `batch` per call, into a fresh log: (events/s).
+fn remote_rate(dir: &std::path::Path, name: &str, envs: &[Envelope], batch: usize) -> f64 {
+    let log = Log::open(&dir.join(name), NodeKey::from_seed([1; 32])).unwrap();
+    let t = Instant::now();
+    for chunk in envs.chunks(batch) {
+        log.append_remote(chunk.to_vec()).unwrap();
+    }
+    rate(envs.len() as u64, t.elapsed())
+}
+
+fn batched(rows: &mut Vec<Row>, total: u64, batch: u64) {
+    let dir = tempfile::tempdir().unwrap();
+
+    // 1a. Local appends, 10k and 1k events per transaction.
+    local_batches(rows, dir.path(), total, batch);
+    local_batches(rows, dir.path(), total, 1_000);
+
+    // 1b. The seal cost alone: a signed event, and an unsigned one in the middle of a run.
     let key = NodeKey::from_seed([2; 32]);
     let n = 20_000;
     let t = Instant::now();
@@ -118,9 +153,25 @@ fn batched(rows: &mut Vec<Row>, total: u64, batch: u64) {
     let seal_ns = t.elapsed().as_nanos() as f64 / n as f64;
     row(
         rows,
-        "seal per event (encode + ed25519 sign + blake3)",
+        "seal per signed event (encode + ed25519 sign + blake3)",
         format!("{seal_ns:.0} ns"),
-        format!("bounds one origin to {}", fmt_rate(1e9 / seal_ns)),
+        format!(
+            "bounds one origin to {} if every event is signed",
+            fmt_rate(1e9 / seal_ns)
+        ),
+    );
+    let t = Instant::now();
+    for seq in 1..=n {
+        let env = key.seal_unsigned(seq, Hlc::new(seq, 0), prev, &small(seq));
+        prev = env.hash();
+        black_box(&env);
+    }
+    let link_ns = t.elapsed().as_nanos() as f64 / n as f64;
+    row(
+        rows,
+        "seal per unsigned event (encode + blake3 chain link)",
+        format!("{link_ns:.0} ns"),
+        "the events before a run's end",
     );
 
     // 1c. The storage path alone: pre-sealed envelopes of another origin, signature check
@@ -140,25 +191,40 @@ fn batched(rows: &mut Vec<Row>, total: u64, batch: u64) {
     );
     drop(log);
 
-    // 1d. Remote appends as the mesh does them: signature checks on all cores + store.
-    let log = Log::open(
-        &dir.path().join("remote2.redb"),
-        NodeKey::from_seed([1; 32]),
-    )
-    .unwrap();
-    let part = (total / 4).max(batch);
-    let t = Instant::now();
-    for chunk in remote[..part as usize].chunks(batch as usize) {
-        log.append_remote(chunk.to_vec()).unwrap();
-    }
-    let verified = rate(part, t.elapsed());
+    // 1d. Remote appends as the mesh does them, every event signed (format 1 and the old
+    // format-2 worst case): a signature check per event, on all cores.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let part = (total / 4).max(batch);
+    let verified = remote_rate(
+        dir.path(),
+        "remote2.redb",
+        &remote[..part as usize],
+        batch as usize,
+    );
     row(
         rows,
-        format!("append_remote {batch}/batch, signatures checked"),
+        format!("append_remote {batch}/batch, every event signed"),
         fmt_rate(verified),
-        format!("{cores} cores"),
+        format!("{cores} cores, {part} events"),
     );
+
+    // 1e. Remote appends of another origin's runs (batch signatures): one signature check per
+    // run of 1000 events, the chain for the rest.
+    let runs = seal_runs(&key, total, 1_000, small);
+    for per_call in [batch as usize, 1_000] {
+        let r = remote_rate(
+            dir.path(),
+            &format!("remote-runs{per_call}.redb"),
+            &runs,
+            per_call,
+        );
+        row(
+            rows,
+            format!("append_remote {per_call}/call, runs of 1000 (one signature each)"),
+            fmt_rate(r),
+            format!("goal 200k/s; {:.1}x every-signed", r / verified),
+        );
+    }
 }
 
 /// One slice of durable single-event appends from `threads` threads: (events, elapsed).
@@ -259,7 +325,7 @@ struct EnvelopeR {
     schema: u16,
     prev: [u8; 32],
     payload: Vec<u8>,
-    sig: [u8; 64],
+    sig: Option<[u8; 64]>,
 }
 
 fn ns_per(n: u64, f: impl Fn(u64)) -> f64 {

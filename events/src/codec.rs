@@ -20,7 +20,7 @@ pub enum CodecError {
     Malformed(String),
     #[error("{0} trailing bytes after the event")]
     Trailing(usize),
-    #[error("unknown envelope format {0} (this build reads format 1)")]
+    #[error("unknown envelope format {0} (this build reads formats 1 and 2)")]
     UnknownFormat(u8),
     #[error("event schema version {found} is newer than this build understands (newest {newest}); upgrade bolt")]
     UnknownSchema { found: u16, newest: u16 },

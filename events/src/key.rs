@@ -174,9 +174,16 @@ impl NodeKey {
         self.signing.sign(digest).to_bytes()
     }
 
-    /// Build and sign the envelope of this node's event number `seq`.
+    /// Build and sign the envelope of this node's event number `seq` (format 2): the end of a
+    /// run.
     pub fn seal(&self, seq: u64, hlc: Hlc, prev: Hash, payload: &Payload) -> Envelope {
         self.seal_bytes(seq, hlc, prev, CURRENT_SCHEMA, codec::encode(payload))
+    }
+
+    /// Build the envelope of this node's event number `seq` without a signature (format 2): an
+    /// event in the middle of a run, authenticated by the chain up to the next signed event.
+    pub fn seal_unsigned(&self, seq: u64, hlc: Hlc, prev: Hash, payload: &Payload) -> Envelope {
+        self.envelope(seq, hlc, prev, CURRENT_SCHEMA, codec::encode(payload))
     }
 
     /// Sign already-encoded payload bytes at a given schema (golden files of old schemas use it).
@@ -188,7 +195,21 @@ impl NodeKey {
         schema: u16,
         payload: Vec<u8>,
     ) -> Envelope {
-        let mut env = Envelope {
+        let mut env = self.envelope(seq, hlc, prev, schema, payload);
+        self.sign(&mut env);
+        env
+    }
+
+    /// The unsigned format-2 envelope of already-encoded payload bytes.
+    pub(crate) fn envelope(
+        &self,
+        seq: u64,
+        hlc: Hlc,
+        prev: Hash,
+        schema: u16,
+        payload: Vec<u8>,
+    ) -> Envelope {
+        Envelope {
             format: FORMAT,
             origin: self.id(),
             seq,
@@ -196,10 +217,14 @@ impl NodeKey {
             schema,
             prev,
             payload,
-            sig: [0; 64],
-        };
-        env.sig = self.signing.sign(&env.signing_digest()).to_bytes();
-        env
+            sig: None,
+        }
+    }
+
+    /// Sign `env` as it stands (its signing digest covers every field but `sig`, including
+    /// `format` and `prev`). Also makes format-1 envelopes for golden files and tests.
+    pub fn sign(&self, env: &mut Envelope) {
+        env.sig = Some(self.signing.sign(&env.signing_digest()).to_bytes());
     }
 }
 

@@ -1,8 +1,8 @@
 //! `bolt-events`: the vocabulary and the memory of a Bolt node.
 //!
-//! Event types (versioned, with upcasting), ids, the hybrid logical clock, the signed and chained
-//! envelope, the node key, the redb-backed append-only log with group commit, subscriptions and
-//! version vectors.
+//! Event types (versioned, with upcasting), ids, the hybrid logical clock, the hash-chained
+//! envelope (signed at the end of each commit group: batch signatures), the node key, the
+//! redb-backed append-only log with group commit, subscriptions and version vectors.
 //!
 //! This crate is the root of the dependency graph: it must never depend on any other Bolt crate
 //! (`bolt-state`, `bolt-capsule`, `bolt-fabric`, `bolt-dns`, the agent), nor on an async runtime.

@@ -26,7 +26,7 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::codec::MAX_ENCODED;
-use crate::envelope::{Envelope, Event, OrderKey, SignatureError, FORMAT};
+use crate::envelope::{is_known_format, Envelope, Event, OrderKey, FORMAT_V1};
 use crate::id::{Cursor, Hash, NodeId};
 use crate::key::NodeKey;
 use crate::payload::Payload;
@@ -99,6 +99,10 @@ pub enum RemoteError {
     },
     #[error("conflicting copy of {origin}#{seq}: same seq, different content")]
     Conflict { origin: String, seq: u64 },
+    /// The new events of an origin end at an unsigned event: nothing after the origin's last
+    /// signed event can be authenticated, so the whole batch is refused.
+    #[error("events from {origin} end unsigned at seq {seq}: a run must end at a signed event")]
+    UnsignedTail { origin: String, seq: u64 },
     #[error(transparent)]
     Signature(#[from] crate::envelope::SignatureError),
     #[error(transparent)]
@@ -353,13 +357,19 @@ impl Log {
 
     /// Append one local event; returns once it is durable (group commit: concurrent callers
     /// share one fsync). Blocking: call from a thread or `spawn_blocking`.
+    ///
+    /// The event is signed unless other local appends shared its commit and came after it (one
+    /// signature per group, on its last event): to send it to a peer, send its run up to the
+    /// signed end ([`Log::read_origin_signed`]), not the event alone.
     pub fn append(&self, payload: Payload) -> Result<Appended, LogError> {
         let mut out = self.append_batch(vec![payload])?;
         out.pop()
             .ok_or_else(|| LogError::Storage("the writer stored no event".into()))
     }
 
-    /// Append several local events in one transaction.
+    /// Append several local events in one transaction. Only the last local event of the
+    /// writer's commit group is signed (one ed25519 signature per group); the ones before it are
+    /// authenticated by the hash chain up to it.
     pub fn append_batch(&self, payloads: Vec<Payload>) -> Result<Vec<Appended>, LogError> {
         if payloads.is_empty() {
             return Ok(Vec::new());
@@ -382,12 +392,18 @@ impl Log {
         self.submit(Job::Local(items)).map(Done::into_appended)
     }
 
-    /// Take other origins' events: only in sequence, with a valid chain and signature. Events
-    /// already held (same seq, same hash) are skipped; the rest is all-or-nothing.
+    /// Take other origins' events: only in sequence, with a valid chain, and each origin's new
+    /// events ending at a signed event whose signature verifies. Events already held (same seq,
+    /// same hash) are skipped; the rest is all-or-nothing.
     ///
-    /// Returns the events that were stored (skipped re-deliveries are not in it). Signatures are
-    /// checked on the caller's thread (spread over the cores for large batches), the chain rules
-    /// by the writer against the committed tips.
+    /// Format-2 runs carry one signature, on their last event; it covers that event's `prev`,
+    /// hence the whole chain back to the run's start. Format-1 events are each signed. Every
+    /// signature in the batch is checked (one `verify_strict` each, on the caller's threads,
+    /// spread over the cores for large batches); the chain rules by the writer against the
+    /// committed tips. New events after an origin's last signed one (an unsigned tail) refuse
+    /// the whole batch with [`RemoteError::UnsignedTail`]: nothing unauthenticated is stored.
+    ///
+    /// Returns the events that were stored (skipped re-deliveries are not in it).
     pub fn append_remote(&self, envelopes: Vec<Envelope>) -> Result<Vec<Appended>, LogError> {
         self.remote(envelopes, true)
     }
@@ -435,7 +451,11 @@ impl Log {
         Ok(out)
     }
 
-    /// One origin's envelopes with seq in `seqs`, in order (what the mesh sends a peer).
+    /// One origin's envelopes with seq in `seqs`, in order.
+    ///
+    /// The range is taken as asked: it may end at an unsigned event, which a peer's
+    /// `append_remote` refuses ([`RemoteError::UnsignedTail`]). To send events to a peer use
+    /// [`Log::read_origin_signed`], or end the range at [`Log::last_signed_at_or_before`].
     pub fn read_origin(
         &self,
         origin: NodeId,
@@ -453,20 +473,74 @@ impl Log {
             .map_err(storage("read index"))?;
         for row in range {
             let (_, cursor) = row.map_err(storage("read index"))?;
-            let cursor = cursor.value();
-            let bytes =
-                events
-                    .get(cursor)
-                    .map_err(storage("read events"))?
-                    .ok_or(LogError::Corrupt {
-                        cursor,
-                        source: CodecError::Malformed("the origin index points at no event".into()),
-                    })?;
-            let env = Envelope::from_bytes(bytes.value())
-                .map_err(|source| LogError::Corrupt { cursor, source })?;
-            out.push(env);
+            out.push(read_envelope(&events, cursor.value())?);
         }
         Ok(out)
+    }
+
+    /// What a replicator sends a peer: one origin's envelopes from `from_seq` on, ending at a
+    /// signed event, so the peer's `append_remote` can authenticate all of them.
+    ///
+    /// Takes at most `max` events, cut back to the last signed event among them. When none of
+    /// the first `max` is signed (a run longer than `max`), it reads on to the end of that run,
+    /// so a peer always makes progress. Empty when the log holds nothing from `from_seq` on, or
+    /// when `max` is 0.
+    /// Every origin's tip is a signed event (local groups and accepted remote batches end
+    /// signed), so the result only falls short of the tip by the `max` cut.
+    pub fn read_origin_signed(
+        &self,
+        origin: NodeId,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<Envelope>, LogError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.read_txn()?;
+        let index = txn.open_table(BY_ORIGIN).map_err(storage("open index"))?;
+        let events = txn.open_table(EVENTS).map_err(storage("open events"))?;
+        let range = index
+            .range((&origin.0, from_seq)..=(&origin.0, u64::MAX))
+            .map_err(storage("read index"))?;
+        let mut out = Vec::new();
+        let mut signed_len = 0;
+        for row in range {
+            let (_, cursor) = row.map_err(storage("read index"))?;
+            let env = read_envelope(&events, cursor.value())?;
+            let signed = env.is_signed();
+            out.push(env);
+            if signed {
+                signed_len = out.len();
+            }
+            if out.len() >= max && signed_len > 0 {
+                break;
+            }
+        }
+        out.truncate(signed_len);
+        Ok(out)
+    }
+
+    /// The highest seq `<= seq` of `origin` whose event is signed: where a range of that
+    /// origin's events may end to be accepted by a peer. `None` when no event of `origin` at or
+    /// below `seq` is signed (or the log holds none).
+    pub fn last_signed_at_or_before(
+        &self,
+        origin: NodeId,
+        seq: u64,
+    ) -> Result<Option<u64>, LogError> {
+        let txn = self.read_txn()?;
+        let index = txn.open_table(BY_ORIGIN).map_err(storage("open index"))?;
+        let events = txn.open_table(EVENTS).map_err(storage("open events"))?;
+        let range = index
+            .range((&origin.0, 0)..=(&origin.0, seq))
+            .map_err(storage("read index"))?;
+        for row in range.rev() {
+            let (k, cursor) = row.map_err(storage("read index"))?;
+            if read_envelope(&events, cursor.value())?.is_signed() {
+                return Ok(Some(k.value().1));
+            }
+        }
+        Ok(None)
     }
 
     /// Every event with cursor <= `upto`, in the global total order (HLC, origin, seq).
@@ -575,12 +649,28 @@ impl Log {
     ///
     /// Walks every stored event in arrival order and every origin's chain from seq 1: each
     /// `prev` equals the hash of the origin's previous event, seqs are gapless, every signature
-    /// verifies and every payload decodes; the origin index and the chain tips agree with the
+    /// present verifies, every origin's chain ends at a signed event (an unsigned event is
+    /// authenticated only by the signed one that ends its run) and every payload decodes; the origin index and the chain tips agree with the
     /// events. Faults are collected as readable lines; only a storage failure is an error.
     pub fn verify(&self) -> Result<VerifyReport, LogError> {
         let txn = self.read_txn()?;
         verify::run(&txn)
     }
+}
+
+/// The envelope stored at `cursor` (which the origin index points at).
+fn read_envelope(
+    events: &redb::ReadOnlyTable<u64, &'static [u8]>,
+    cursor: u64,
+) -> Result<Envelope, LogError> {
+    let bytes = events
+        .get(cursor)
+        .map_err(storage("read events"))?
+        .ok_or(LogError::Corrupt {
+            cursor,
+            source: CodecError::Malformed("the origin index points at no event".into()),
+        })?;
+    Envelope::from_bytes(bytes.value()).map_err(|source| LogError::Corrupt { cursor, source })
 }
 
 fn decode_appended(cursor: u64, bytes: &[u8]) -> Result<Appended, LogError> {
@@ -591,63 +681,86 @@ fn decode_appended(cursor: u64, bytes: &[u8]) -> Result<Appended, LogError> {
     })
 }
 
-/// The stateless checks of one remote envelope: not ours, known format, valid signature
-/// (checked before, in `sig`), decodable payload, encodable within the size limit.
-fn check_one(
-    own: NodeId,
-    envelope: Envelope,
-    sig: Result<(), SignatureError>,
-) -> Result<Checked, RemoteError> {
+/// The stateless checks of one remote envelope that need no signature: not ours, known
+/// format (a format-1 envelope signed), decodable payload, encodable within the size limit.
+/// Gives the decoded payload, the canonical bytes and their hash.
+fn check_one(own: NodeId, envelope: &Envelope) -> Result<(Payload, Vec<u8>, Hash), RemoteError> {
     if envelope.origin == own {
         return Err(RemoteError::OwnOrigin {
             origin: envelope.origin.short(),
             seq: envelope.seq,
         });
     }
-    if envelope.format != FORMAT {
+    if !is_known_format(envelope.format) {
         return Err(CodecError::UnknownFormat(envelope.format).into());
     }
-    sig?;
+    if envelope.format == FORMAT_V1 && !envelope.is_signed() {
+        return Err(CodecError::Malformed("a format-1 envelope must be signed".into()).into());
+    }
     let payload = envelope.decode_payload()?;
     let bytes = envelope.to_bytes();
     if bytes.is_empty() {
         return Err(CodecError::Malformed(format!("event larger than {MAX_ENCODED} bytes")).into());
     }
     let hash = Hash(*blake3::hash(&bytes).as_bytes());
-    Ok(Checked {
-        event: Event {
-            envelope,
-            payload,
-            hash,
-        },
-        bytes,
-    })
+    Ok((payload, bytes, hash))
 }
 
-/// Check every envelope of a batch, in order; the first refusal in batch order wins. The
-/// signatures, the costly part, are checked on all cores.
+/// Check every envelope of a batch, in order; the first refusal in batch order wins (for one
+/// envelope: own origin, format, then signature, then payload). The work is spread over all
+/// cores: the stateless checks of every envelope, and one signature check per signed envelope
+/// (the end of each run, or every format-1 event). That each origin's new events end signed is
+/// the writer's check, against the tips.
 fn check_all(
     own: NodeId,
     envelopes: Vec<Envelope>,
     verify: bool,
 ) -> Result<Vec<Checked>, LogError> {
-    let sigs = if verify {
-        parallel_map(&envelopes, |e| {
-            if e.origin == own || e.format != FORMAT {
-                Ok(()) // refused by check_one before its signature counts
-            } else {
-                e.verify_signature()
-            }
-        })
+    let checks = parallel_map(&envelopes, |e| check_one(own, e));
+    let signed: Vec<usize> = if verify {
+        (0..envelopes.len())
+            .filter(|&i| {
+                let e = &envelopes[i];
+                // Own origin and an unknown format are refused before the signature counts.
+                e.is_signed() && e.origin != own && is_known_format(e.format)
+            })
+            .collect()
     } else {
-        envelopes.iter().map(|_| Ok(())).collect()
+        Vec::new()
     };
-    envelopes
+    let sigs = parallel_map(&signed, |&i| envelopes[i].verify_signature());
+    let mut bad_sig = signed
         .into_iter()
         .zip(sigs)
-        .map(|(e, sig)| check_one(own, e, sig))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(LogError::from)
+        .filter_map(|(i, r)| r.err().map(|e| (i, e)))
+        .peekable();
+    let mut out = Vec::with_capacity(envelopes.len());
+    for (i, (envelope, check)) in envelopes.into_iter().zip(checks).enumerate() {
+        let (payload, bytes, hash) = match check {
+            // Own origin and format come before the signature.
+            Err(
+                e @ (RemoteError::OwnOrigin { .. }
+                | RemoteError::Codec(CodecError::UnknownFormat(_))),
+            ) => return Err(e.into()),
+            check => {
+                if bad_sig.peek().is_some_and(|(at, _)| *at == i) {
+                    if let Some((_, e)) = bad_sig.next() {
+                        return Err(RemoteError::Signature(e).into());
+                    }
+                }
+                check?
+            }
+        };
+        out.push(Checked {
+            event: Event {
+                envelope,
+                payload,
+                hash,
+            },
+            bytes,
+        });
+    }
+    Ok(out)
 }
 
 /// The blake3 key-derivation context of [`Log::snapshot_key`].

@@ -1,5 +1,6 @@
 //! Property tests of the decoder on hostile bytes: random input and mutated valid envelopes
-//! never panic, and a mutated envelope is always refused (by the decoder or the signature).
+//! never panic, and a mutated envelope is always refused (by the decoder or the signature); a
+//! mutated event anywhere in a batch-signed run makes `append_remote` refuse the whole run.
 //! The same entry points are fuzzed by `events/fuzz` (`cargo +nightly fuzz run decode_envelope`).
 #![allow(clippy::unwrap_used)]
 
@@ -8,7 +9,8 @@ mod common;
 use std::sync::OnceLock;
 
 use bolt_events::{CodecError, Envelope, Event};
-use common::{node_started, payload, Remote};
+use bolt_events::{Cursor, LogError};
+use common::{node_started, payload, temp_log, Remote};
 use proptest::prelude::*;
 
 /// A few valid signed envelopes (signing is slow in debug builds: done once).
@@ -22,6 +24,12 @@ fn samples() -> &'static [Vec<u8>] {
             r.next(&payload(123_456_789)).to_bytes(),
         ]
     })
+}
+
+/// One run of 8 events of another node, signed at its end only (format 2), as bytes.
+fn run_sample() -> &'static [Vec<u8>] {
+    static S: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    S.get_or_init(|| Remote::new(3).run(8).iter().map(|e| e.to_bytes()).collect())
 }
 
 /// What the fuzz target does: decode, and check the signature of whatever decodes.
@@ -77,9 +85,31 @@ proptest! {
     fn random_bytes_after_a_valid_format_byte_never_panic(
         bytes in proptest::collection::vec(any::<u8>(), 0..512)
     ) {
-        let mut input = vec![1u8];
-        input.extend(bytes);
-        let _ = decode_and_verify(&input);
+        for format in [1u8, 2] {
+            let mut input = vec![format];
+            input.extend(bytes.iter().copied());
+            let _ = decode_and_verify(&input);
+        }
+    }
+
+    #[test]
+    fn a_mutated_event_anywhere_in_a_run_refuses_the_whole_run(
+        which in 0usize..8,
+        m in mutation(),
+    ) {
+        let run = run_sample();
+        let mutated = apply(&run[which], &m);
+        prop_assume!(mutated != run[which]);
+        // Bytes that no longer decode never reach the log; the rest is offered as the run.
+        if let Ok(env) = Envelope::from_bytes(&mutated) {
+            let mut envs: Vec<Envelope> =
+                run.iter().map(|b| Envelope::from_bytes(b).unwrap()).collect();
+            envs[which] = env;
+            let (_dir, _path, log) = temp_log(1);
+            let r = log.append_remote(envs);
+            prop_assert!(matches!(r, Err(LogError::Remote(_))), "{m:?} at {which}: {r:?}");
+            prop_assert_eq!(log.head(), Cursor(0));
+        }
     }
 
     #[test]
@@ -127,7 +157,7 @@ fn empty_input_and_unknown_format_are_named() {
         Envelope::from_bytes(&bytes),
         Err(CodecError::UnknownFormat(9))
     );
-    bytes[0] = 1;
+    bytes[0] = bolt_events::envelope::FORMAT;
     bytes.push(0);
     assert_eq!(Envelope::from_bytes(&bytes), Err(CodecError::Trailing(1)));
 }

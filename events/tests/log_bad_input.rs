@@ -206,7 +206,7 @@ fn given_a_stored_event_with_a_bad_signature_when_verified_then_the_fault_is_nam
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.redb");
     filled_log(&path);
-    rewrite(&path, 20, |e| e.sig[10] ^= 0xff);
+    rewrite(&path, 20, |e| e.sig.as_mut().unwrap()[10] ^= 0xff);
     let f = faults(&path);
     assert!(
         f.iter()
@@ -214,6 +214,46 @@ fn given_a_stored_event_with_a_bad_signature_when_verified_then_the_fault_is_nam
         "{f:?}"
     );
     // The tip of origin 1 recorded the old hash of seq 20.
+    assert!(f.iter().any(|l| l.contains("recorded tip")), "{f:?}");
+}
+
+#[test]
+fn given_a_tampered_event_in_the_middle_of_a_run_when_verified_then_the_chain_break_is_named() {
+    // Cursors 1..=20 are one local batch: one run, signed at 20 only.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.redb");
+    let held = filled_log(&path);
+    assert_eq!(
+        held.iter()
+            .filter(|e| e.origin == key(1).id() && e.is_signed())
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        vec![20]
+    );
+    rewrite(&path, 10, |e| {
+        e.payload = bolt_events::payload::encode_payload(&payload(999));
+    });
+    let f = faults(&path);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].contains("cursor 11") && f[0].contains("broken chain"),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn given_a_run_whose_signature_was_stripped_when_verified_then_the_unsigned_end_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.redb");
+    filled_log(&path);
+    rewrite(&path, 20, |e| e.sig = None);
+    let f = faults(&path);
+    assert!(
+        f.iter()
+            .any(|l| l.contains("seq 1..=20") && l.contains("end unsigned")),
+        "{f:?}"
+    );
+    // The tip of origin 1 recorded the hash of the signed seq 20.
     assert!(f.iter().any(|l| l.contains("recorded tip")), "{f:?}");
 }
 
@@ -256,7 +296,7 @@ fn given_hostile_remote_events_when_refused_then_the_log_still_reads_everything_
         .collect();
 
     let mut tampered = r.clone_chain_step();
-    tampered.sig[0] ^= 1;
+    tampered.sig.as_mut().unwrap()[0] ^= 1;
     let gap = r.key.seal(9, Hlc::new(9, 0), Hash::ZERO, &payload(9));
     let fork = r.key.seal(4, Hlc::new(9, 0), Hash([1; 32]), &payload(9));
     let future = r.key.seal_bytes(4, Hlc::new(9, 0), r.prev, 7, vec![1]);

@@ -63,6 +63,96 @@ fn given_a_batch_when_appended_then_all_land_in_order_with_consecutive_cursors()
 }
 
 #[test]
+fn given_a_batch_of_n_when_appended_then_it_carries_one_signature_on_its_last_event() {
+    let (_dir, _path, log) = temp_log(1);
+    let out = log.append_batch((1..=100).map(payload).collect()).unwrap();
+    let signed: Vec<u64> = out
+        .iter()
+        .filter(|a| a.event.envelope.is_signed())
+        .map(|a| a.event.seq())
+        .collect();
+    assert_eq!(signed, vec![100], "one signature per batch");
+    assert!(out
+        .iter()
+        .all(|a| a.event.envelope.format == bolt_events::envelope::FORMAT));
+    // The signature covers the last event's digest, which holds `prev`: the whole run.
+    out[99].event.envelope.verify_signature().unwrap();
+    for w in out.windows(2) {
+        assert_eq!(w[1].event.envelope.prev, w[0].event.hash);
+    }
+    // What is stored is what was answered, and it verifies.
+    let stored = log.read_origin(log.node_id(), 1..=100).unwrap();
+    assert_eq!(
+        stored,
+        out.iter()
+            .map(|a| a.event.envelope.clone())
+            .collect::<Vec<_>>()
+    );
+    let report = log.verify().unwrap();
+    assert!(report.is_clean(), "{:?}", report.faults);
+    // A single append is a run of one: signed.
+    assert!(log.append(payload(101)).unwrap().event.envelope.is_signed());
+}
+
+#[test]
+fn given_runs_of_5_3_and_4_when_read_for_a_peer_then_ranges_end_at_signed_events() {
+    let (_dir, _path, log) = temp_log(1);
+    for n in [5u64, 3, 4] {
+        log.append_batch((0..n).map(payload).collect()).unwrap();
+    }
+    let me = log.node_id();
+    let seqs = |envs: Vec<bolt_events::Envelope>| envs.iter().map(|e| e.seq).collect::<Vec<_>>();
+    // Cut back to the last signed event within `max`.
+    assert_eq!(
+        seqs(log.read_origin_signed(me, 1, 7).unwrap()),
+        (1..=5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(log.read_origin_signed(me, 1, 8).unwrap()),
+        (1..=8).collect::<Vec<_>>()
+    );
+    // A run longer than `max` is sent whole, so the peer makes progress.
+    assert_eq!(
+        seqs(log.read_origin_signed(me, 1, 2).unwrap()),
+        (1..=5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(log.read_origin_signed(me, 6, 100).unwrap()),
+        (6..=12).collect::<Vec<_>>()
+    );
+    assert!(log.read_origin_signed(me, 13, 100).unwrap().is_empty());
+    assert!(log
+        .read_origin_signed(key(9).id(), 1, 100)
+        .unwrap()
+        .is_empty());
+    // Where a range may end.
+    assert_eq!(log.last_signed_at_or_before(me, 4).unwrap(), None);
+    assert_eq!(log.last_signed_at_or_before(me, 5).unwrap(), Some(5));
+    assert_eq!(log.last_signed_at_or_before(me, 7).unwrap(), Some(5));
+    assert_eq!(log.last_signed_at_or_before(me, 12).unwrap(), Some(12));
+    assert_eq!(
+        log.last_signed_at_or_before(me, u64::MAX).unwrap(),
+        Some(12)
+    );
+    assert_eq!(log.last_signed_at_or_before(key(9).id(), 5).unwrap(), None);
+    // Such a range is what a peer accepts; one cut mid-run is refused.
+    let (_dir2, _path2, peer) = temp_log(2);
+    let mid = log.read_origin(me, 1..=7).unwrap();
+    assert!(matches!(
+        peer.append_remote(mid),
+        Err(LogError::Remote(bolt_events::RemoteError::UnsignedTail {
+            seq: 7,
+            ..
+        }))
+    ));
+    let signed = log.read_origin_signed(me, 1, 7).unwrap();
+    assert_eq!(peer.append_remote(signed).unwrap().len(), 5);
+    let rest = log.read_origin_signed(me, 6, 100).unwrap();
+    assert_eq!(peer.append_remote(rest).unwrap().len(), 7);
+    assert!(peer.verify().unwrap().is_clean());
+}
+
+#[test]
 fn given_events_when_read_after_a_cursor_then_arrival_order_with_limit() {
     let (_dir, _path, log) = temp_log(1);
     let appended = log.append_batch((1..=10).map(payload).collect()).unwrap();
@@ -195,10 +285,16 @@ fn given_many_threads_when_appending_concurrently_then_every_event_is_stored_onc
     assert_eq!(acked.len() as u64, threads * per);
     let seqs: Vec<u64> = acked.iter().map(|x| x.0).collect();
     assert_eq!(seqs, (1..=threads * per).collect::<Vec<_>>());
+
+    let commits = log.stats().commits;
     drop(log);
 
     let log = Log::open(&path, key(1)).unwrap();
     let stored = log.read_origin(log.node_id(), 1..=u64::MAX).unwrap();
+    // Every commit group of local events carries exactly one signature, on its last event.
+    let signed = stored.iter().filter(|e| e.is_signed()).count() as u64;
+    assert_eq!(signed, commits);
+    assert!(stored.last().unwrap().is_signed());
     let stored: Vec<(u64, Hash)> = stored.iter().map(|e| (e.seq, e.hash())).collect();
     assert_eq!(stored, acked);
     assert!(log.verify().unwrap().is_clean());
@@ -349,6 +445,15 @@ fn given_appenders_queued_behind_a_commit_when_the_writer_is_free_then_they_shar
     assert_eq!(stats.requests, appenders + 1);
     assert_eq!(stats.queued, 0);
     assert_eq!(log.head(), Cursor(appenders + 1));
+    // One signature per commit group: the first append's event, and the last of the ten.
+    let signed: Vec<u64> = log
+        .read_origin(log.node_id(), 1..=u64::MAX)
+        .unwrap()
+        .iter()
+        .filter(|e| e.is_signed())
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(signed, vec![1, appenders + 1]);
     assert!(log.verify().unwrap().is_clean());
 }
 

@@ -350,15 +350,26 @@ impl Replicator {
         let Some(buf) = self.pending.get_mut(&origin) else {
             return Vec::new();
         };
+        // The gapless run from the tip, cut after its last signed event: the events after it
+        // cannot be authenticated yet and wait for the rest of their run (batch signatures).
+        let mut end = None;
+        let mut seq = tip + 1;
+        while let Some(env) = buf.get(&seq) {
+            if env.is_signed() {
+                end = Some(seq);
+            }
+            seq += 1;
+        }
+        let Some(end) = end else {
+            return Vec::new();
+        };
         let mut run = Vec::new();
-        let mut next = tip + 1;
-        while let Some(env) = buf.remove(&next) {
-            run.push(env);
-            next += 1;
+        for s in tip + 1..=end {
+            if let Some(env) = buf.remove(&s) {
+                run.push(env);
+            }
         }
-        if run.is_empty() {
-            return run;
-        }
+        let next = end + 1;
         self.pending_len -= run.len();
         match store.append_run(run.clone()) {
             Ok(()) => {

@@ -128,6 +128,7 @@ fn sealed(key: &bolt_events::NodeKey, n: usize) -> Vec<bolt_events::Envelope> {
                 key,
                 bolt_events::Hlc::new(1000 + i as u64, 0),
                 vec![i as u8],
+                true,
             )
         })
         .collect()
@@ -234,7 +235,7 @@ fn a_digest_is_answered_with_what_the_peer_lacks_within_budget() {
     };
     rep.config = config;
     let events: Vec<_> = (0..10)
-        .map(|i| store.append_local(&key, bolt_events::Hlc::new(10 + i, 0), vec![0; 100]))
+        .map(|i| store.append_local(&key, bolt_events::Hlc::new(10 + i, 0), vec![0; 100], true))
         .collect();
     rep.on_local(&events);
     let peer = bolt_events::NodeKey::from_seed([7; 32]).id();
@@ -287,4 +288,26 @@ proptest! {
         prop_assert_eq!(store.content_hash(), reference.content_hash());
         prop_assert_eq!(rep.pending(), 0);
     }
+}
+
+#[test]
+fn an_unsigned_head_of_a_run_waits_for_its_signed_end() {
+    let (_, mut rep, mut store) = node(5);
+    let writer = bolt_events::NodeKey::from_seed([11; 32]);
+    let peer = bolt_events::NodeKey::from_seed([12; 32]).id();
+    let mut source = MemStore::new(false);
+    let run: Vec<_> = (0..4)
+        .map(|i| source.append_local(&writer, bolt_events::Hlc::new(50 + i, 0), vec![1], i == 3))
+        .collect();
+    let now = Instant::now();
+    let push = |events: &[bolt_events::Envelope]| Message::Push {
+        events: Message::encode_events(events),
+    };
+    rep.on_message(&mut store, peer, push(&run[..2]), now);
+    assert!(store.is_empty(), "nothing unauthenticated is stored");
+    assert_eq!(rep.pending(), 2);
+    rep.on_message(&mut store, peer, push(&run[2..]), now);
+    assert_eq!(store.len(), 4);
+    assert_eq!(rep.pending(), 0);
+    assert!(rep.stats().refused.is_empty(), "{:?}", rep.stats());
 }

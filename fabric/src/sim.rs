@@ -36,14 +36,24 @@ impl MemStore {
         }
     }
 
-    /// Appends this node's own next event (sealed with `key`).
-    pub fn append_local(&mut self, key: &NodeKey, hlc: Hlc, payload: Vec<u8>) -> Envelope {
+    /// Appends this node's own next event (sealed with `key`); `signed` for the last event of
+    /// a commit group (batch signatures: the chain authenticates the events before it).
+    pub fn append_local(
+        &mut self,
+        key: &NodeKey,
+        hlc: Hlc,
+        payload: Vec<u8>,
+        signed: bool,
+    ) -> Envelope {
         let log = self.logs.entry(key.id()).or_default();
         let (seq, prev) = log
             .last()
             .map(|e| (e.seq + 1, e.hash()))
             .unwrap_or((1, Hash::ZERO));
-        let env = key.seal_bytes(seq, hlc, prev, CURRENT_SCHEMA, payload);
+        let mut env = key.seal_bytes(seq, hlc, prev, CURRENT_SCHEMA, payload);
+        if !signed {
+            env.sig = None;
+        }
         log.push(env.clone());
         env
     }
@@ -112,11 +122,18 @@ impl Store for MemStore {
             if e.prev != prev {
                 return refused("out of chain", format!("seq {}", e.seq));
             }
-            if self.check_signatures && e.verify_signature().is_err() {
+            if self.check_signatures && e.is_signed() && e.verify_signature().is_err() {
                 return refused("bad signature", format!("seq {}", e.seq));
             }
             seq = e.seq;
             prev = e.hash();
+        }
+        // As the log: a run ends at a signed event (the chain authenticates the rest).
+        if run.last().is_some_and(|e| !e.is_signed()) {
+            return Err(StoreError::Refused {
+                reason: "unsigned tail",
+                detail: format!("seq {seq}"),
+            });
         }
         log.extend(run);
         Ok(())
@@ -370,7 +387,8 @@ impl Sim {
         for k in 0..count {
             let hlc = Hlc::new(self.now.as_millis() as u64 + 1, k as u16);
             let payload = vec![(k % 251) as u8; size];
-            let env = self.stores[i].append_local(&self.keys[i], hlc, payload);
+            // One commit group: only its last event is signed.
+            let env = self.stores[i].append_local(&self.keys[i], hlc, payload, k + 1 == count);
             self.born.insert((env.origin, env.seq), self.now);
             events.push(env);
         }

@@ -271,3 +271,76 @@ fn a_reused_token_is_refused_and_the_node_does_not_start() {
     *args.last_mut().unwrap() = foreign;
     assert!(c.start_node(2, args).is_err());
 }
+
+/// The agent's Prometheus text, over its socket (with curl, a real client).
+fn metrics(c: &Cluster, i: usize) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--unix-socket"])
+        .arg(c.node(i).node.socket())
+        .arg("http://bolt/metrics")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_revoked_node_is_refused_everywhere_and_a_leaving_node_is_seen_left() {
+    if !bolt_skip::root("a_revoked_node_is_refused_everywhere_and_a_leaving_node_is_seen_left") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path(), 4);
+    let all = [0, 1, 2, 3];
+    converged(&c, &all, |i| {
+        let ls = c.node(i).node.bolt(&["node", "ls", "--format", "json"]);
+        ls.map(|o| o.stdout.matches("\"id\"").count() == 4)
+            .unwrap_or(false)
+    });
+    let id2 = node_id(&c, 2);
+    // Only a CA holder revokes.
+    let refused = c.node(1).node.bolt(&["node", "rm", &id2[..12]]).unwrap();
+    assert!(!refused.ok(), "a node without the CA revoked another");
+    c.node(0).node.ok(&["node", "rm", &id2[..12]]);
+    for i in [0, 1, 3] {
+        wait_for(
+            || state_of(&c, i, &id2) == "revoked",
+            || format!("node {i} sees node 2 revoked"),
+        );
+    }
+    // What the revoked node writes now reaches no one.
+    let _ = c.node(2).node.bolt(&["volume", "create", "after-revoke"]);
+    c.node(0).node.ok(&["volume", "create", "marker"]);
+    converged(&c, &[0, 1, 3], |i| volumes(&c, i).contains("\"marker\""));
+    std::thread::sleep(Duration::from_secs(3));
+    for i in [0, 1, 3] {
+        assert!(
+            !volumes(&c, i).contains("after-revoke"),
+            "node {i} took a revoked node's event"
+        );
+    }
+    let refusals: u64 = [0, 1, 3]
+        .iter()
+        .flat_map(|&i| {
+            metrics(&c, i)
+                .lines()
+                .filter(|l| l.starts_with("bolt_mesh_refused_total") && l.contains("revoked"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum::<f64>() as u64;
+    assert!(refusals > 0, "no refusal of the revoked node was counted");
+
+    // A node that leaves is seen left, not dead.
+    let id3 = node_id(&c, 3);
+    c.node(3).node.ok(&["cluster", "leave"]);
+    wait_for(
+        || state_of(&c, 0, &id3) == "left",
+        || "node 0 sees node 3 left".into(),
+    );
+    let shown = c.node(3).node.ok(&["cluster", "show", "--format", "json"]);
+    assert!(
+        shown.stdout.contains("\"member\": false"),
+        "{}",
+        shown.stdout
+    );
+}

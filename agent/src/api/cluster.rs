@@ -14,7 +14,7 @@ use crate::api::{ApiError, Res};
 use crate::node::cluster::{Cluster, ClusterError};
 use crate::wire::cluster::{
     ClusterInitRequest, ClusterView, NodeView, TokenRequest, TokenView, PATH_CLUSTER,
-    PATH_CLUSTER_INIT, PATH_CLUSTER_TOKEN, PATH_NODES,
+    PATH_CLUSTER_INIT, PATH_CLUSTER_LEAVE, PATH_CLUSTER_TOKEN, PATH_NODE, PATH_NODES,
 };
 
 impl From<ClusterError> for ApiError {
@@ -25,6 +25,9 @@ impl From<ClusterError> for ApiError {
                 StatusCode::CONFLICT
             }
             ClusterError::BadTtl | ClusterError::Token(_) => StatusCode::BAD_REQUEST,
+            ClusterError::UnknownNode(_) => StatusCode::NOT_FOUND,
+            ClusterError::Ambiguous(_) | ClusterError::CaHolderLeaves => StatusCode::CONFLICT,
+            ClusterError::Node(crate::node::NodeError::Decide(_)) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::line(status, &e.to_string())
@@ -38,6 +41,8 @@ pub fn routes<S>(cluster: Arc<Cluster>) -> Router<S> {
         .route(PATH_CLUSTER_INIT, post(init))
         .route(PATH_CLUSTER_TOKEN, post(token))
         .route(PATH_NODES, get(nodes))
+        .route(PATH_NODE, axum::routing::delete(revoke))
+        .route(PATH_CLUSTER_LEAVE, post(leave))
         .with_state(cluster)
 }
 
@@ -92,4 +97,21 @@ async fn nodes(State(c): C) -> Res<Json<Vec<NodeView>>> {
         .map_err(task)?
         .map_err(|e| ApiError::line(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
     Ok(Json(v))
+}
+
+async fn revoke(
+    State(c): C,
+    axum::extract::Path(node): axum::extract::Path<String>,
+) -> Res<Json<serde_json::Value>> {
+    let id = tokio::task::spawn_blocking(move || c.revoke(&node, "revoked with bolt node rm"))
+        .await
+        .map_err(task)??;
+    Ok(Json(serde_json::json!({ "revoked": id })))
+}
+
+async fn leave(State(c): C) -> Res<Json<serde_json::Value>> {
+    tokio::task::spawn_blocking(move || c.leave())
+        .await
+        .map_err(task)??;
+    Ok(Json(serde_json::json!({ "left": true })))
 }

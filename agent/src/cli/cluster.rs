@@ -12,7 +12,7 @@ use crate::cli::{CliError, Format};
 use crate::client::Client;
 use crate::wire::cluster::{
     ClusterInitRequest, ClusterView, NodeView, TokenRequest, TokenView, PATH_CLUSTER,
-    PATH_CLUSTER_INIT, PATH_CLUSTER_TOKEN, PATH_NODES,
+    PATH_CLUSTER_INIT, PATH_CLUSTER_LEAVE, PATH_CLUSTER_TOKEN, PATH_NODES,
 };
 
 /// `bolt cluster <command>`.
@@ -30,6 +30,9 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// Leave the cluster: the node records cluster.left, stops gossiping and forgets its
+    /// certificate (a node holding the CA cannot leave).
+    Leave,
     /// Show this node's membership.
     Show {
         #[arg(long, value_enum, default_value_t)]
@@ -48,6 +51,13 @@ pub enum NodeCommand {
         quiet: bool,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+    },
+    /// Revoke nodes (by name or id prefix): every node refuses their certificates and their
+    /// events from now on. Run on a node that holds the cluster CA.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        nodes: Vec<String>,
     },
 }
 
@@ -102,6 +112,11 @@ pub fn run(socket: PathBuf, cmd: ClusterCommand) -> Result<ExitCode, CliError> {
                     .await?;
                 writeln!(out, "{}", t.token)?;
             }
+            ClusterCommand::Leave => {
+                let _: serde_json::Value =
+                    client.call(Method::POST, PATH_CLUSTER_LEAVE, None).await?;
+                writeln!(out, "left the cluster")?;
+            }
             ClusterCommand::Show { format } => {
                 let v: ClusterView = client.call(Method::GET, PATH_CLUSTER, None).await?;
                 match format {
@@ -132,6 +147,13 @@ pub fn run_node(socket: PathBuf, cmd: NodeCommand) -> Result<ExitCode, CliError>
             NodeCommand::Ls { quiet, format } => {
                 let list: Vec<NodeView> = client.call(Method::GET, PATH_NODES, None).await?;
                 write_list(&mut out, &list, quiet, format, |n| n.id.clone(), render_ls)?;
+            }
+            NodeCommand::Rm { nodes } => {
+                for n in nodes {
+                    let path = format!("{PATH_NODES}/{}", crate::client::encode_segment(&n));
+                    let _: serde_json::Value = client.call(Method::DELETE, &path, None).await?;
+                    writeln!(out, "{n}")?;
+                }
             }
         }
         Ok(ExitCode::SUCCESS)

@@ -18,6 +18,7 @@ use bolt_fabric::identity::{node_request, ClusterCa, IdentityError, NodeIdentity
 use bolt_fabric::join::{proof_digest, JoinRequest, JoinResponse, Token, TokenBook};
 use bolt_fabric::membership::MemberState;
 use bolt_fabric::quic::{JoinConn, Mesh, QuicError};
+use bolt_state::{decide, Command};
 use time::OffsetDateTime;
 
 use super::mesh::MeshDriver;
@@ -62,6 +63,18 @@ pub enum ClusterError {
     Refused { addr: SocketAddr, reason: String },
     #[error("bad join token: {0}")]
     Token(bolt_fabric::join::JoinError),
+    #[error(transparent)]
+    Node(#[from] super::NodeError),
+    #[error("no node {0} in the cluster")]
+    UnknownNode(String),
+    #[error("{0:?} names more than one node: use more of its id")]
+    Ambiguous(String),
+    #[error("the node holding the cluster CA cannot leave (it would take the CA with it)")]
+    CaHolderLeaves,
+}
+
+fn decided(e: bolt_state::DecideError) -> ClusterError {
+    ClusterError::Node(super::NodeError::Decide(e))
 }
 
 struct Files {
@@ -289,8 +302,14 @@ impl Cluster {
             self.files.write("ca.pem", ca.cert_pem())?;
             self.files.write("node.key", &req.key_pem)?;
             self.files.write("node.pem", &cert)?;
+            let cmd = Command::CreateCluster {
+                name: name.to_owned(),
+                ca_fingerprint: ca.fingerprint(),
+            };
             inner.ca = Some(ca);
             inner.identity = Some(identity);
+            self.node
+                .decide_append(|s| decide(s, cmd).map_err(decided))?;
         }
         self.start()?;
         Ok(self.view())
@@ -315,6 +334,8 @@ impl Cluster {
     async fn serve_join(self: Arc<Self>, conn: JoinConn) {
         let from = conn.remote_addr();
         let this = Arc::clone(&self);
+        let admitted: Arc<Mutex<Option<Command>>> = Arc::default();
+        let admit = Arc::clone(&admitted);
         let served = conn
             .serve(move |req| {
                 let outcome = req.and_then(|req| {
@@ -343,6 +364,13 @@ impl Cluster {
                 let now = OffsetDateTime::now_utc();
                 match ca.issue(&req.csr_pem, &req.node_id, now, CERT_TTL) {
                     Ok(cert_pem) => {
+                        if let Ok(node) = req.node_id.parse() {
+                            *lock(&admit) = Some(Command::AdmitNode {
+                                node,
+                                name: req.name.clone(),
+                                addr: req.addr.clone(),
+                            });
+                        }
                         if let (Ok(id), Ok(addr)) = (req.node_id.parse(), req.addr.parse()) {
                             let mut seeds = lock(&this.seeds);
                             seeds.insert(id, addr);
@@ -368,6 +396,77 @@ impl Cluster {
             .await;
         if let Err(e) = served {
             tracing::debug!("join from {from}: {e}");
+        }
+        let cmd = lock(&admitted).take();
+        if let Some(cmd) = cmd {
+            let node = Arc::clone(&self.node);
+            let recorded = tokio::task::spawn_blocking(move || {
+                node.decide_append(|s| decide(s, cmd).map_err(decided))
+            })
+            .await;
+            if let Ok(Err(e)) = recorded {
+                tracing::warn!("record the admission: {e}");
+            }
+        }
+    }
+
+    /// `bolt node rm`: revokes a node (by name or id prefix) as a `cluster.revoked` event: every
+    /// node then refuses its connections and its events after the revocation. Only a node that
+    /// holds the CA revokes. Blocking.
+    pub fn revoke(&self, key: &str, reason: &str) -> Result<String, ClusterError> {
+        if lock(&self.inner).ca.is_none() {
+            return Err(ClusterError::NoCa);
+        }
+        let me = self.node.node_id();
+        let node = self.find(key)?;
+        let cmd = Command::RevokeNode {
+            node,
+            by: me,
+            reason: reason.to_owned(),
+        };
+        self.node
+            .decide_append(|s| decide(s, cmd).map_err(decided))?;
+        tracing::warn!("revoked node {node}");
+        Ok(node.to_string())
+    }
+
+    /// `bolt cluster leave`: records `cluster.left`, leaves SWIM, closes the mesh and forgets
+    /// the certificate (the node is a single node again). Blocking.
+    pub fn leave(&self) -> Result<(), ClusterError> {
+        if lock(&self.inner).identity.is_none() {
+            return Err(ClusterError::NotMember);
+        }
+        if lock(&self.inner).ca.is_some() {
+            return Err(ClusterError::CaHolderLeaves);
+        }
+        let me = self.node.node_id();
+        self.node
+            .decide_append(|s| decide(s, Command::LeaveCluster { node: me }).map_err(decided))?;
+        // Give the pushes a moment to carry the event before the mesh goes.
+        std::thread::sleep(Duration::from_secs(1));
+        self.close();
+        for f in ["node.pem", "node.key", "ca.pem", "seeds"] {
+            let _ = fs::remove_file(self.files.path(f));
+        }
+        lock(&self.inner).identity = None;
+        Ok(())
+    }
+
+    /// The node a name or an id prefix names.
+    fn find(&self, key: &str) -> Result<NodeId, ClusterError> {
+        let found: Vec<NodeId> = self.node.with_live_state(|s| {
+            s.nodes
+                .iter()
+                .filter(|(id, n)| {
+                    n.name == key || (key.len() >= 4 && id.to_string().starts_with(key))
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        })?;
+        match found[..] {
+            [one] => Ok(one),
+            [] => Err(ClusterError::UnknownNode(key.to_owned())),
+            _ => Err(ClusterError::Ambiguous(key.to_owned())),
         }
     }
 
@@ -403,7 +502,11 @@ impl Cluster {
                         .and_then(|p| p.last_heard)
                         .is_some_and(|t| Instant::now().saturating_duration_since(t) < fresh);
                     let swim = status.as_ref().and_then(|st| st.swim.get(id));
-                    let state = if *id == me {
+                    let state = if bolt_state::is_revoked(s, *id) {
+                        "revoked"
+                    } else if n.left {
+                        "left"
+                    } else if *id == me {
                         "alive"
                     } else if !n.up {
                         "left"

@@ -50,7 +50,7 @@ const PEERS_EVERY: Duration = Duration::from_secs(1);
 
 /// The log as the replicator's store: runs go through `append_remote` (sequence, chain,
 /// signature), nothing else writes other origins' events.
-struct LogStore<'a>(&'a Log);
+struct LogStore<'a>(&'a Log, &'a Node);
 
 fn remote_reason(e: &RemoteError) -> &'static str {
     match e {
@@ -60,6 +60,7 @@ fn remote_reason(e: &RemoteError) -> &'static str {
         RemoteError::Conflict { .. } => "conflicting copy",
         RemoteError::Signature(_) => "bad signature",
         RemoteError::Codec(_) => "malformed",
+        RemoteError::UnsignedTail { .. } => "unsigned tail",
         #[allow(unreachable_patterns)]
         _ => "refused",
     }
@@ -78,13 +79,30 @@ impl Store for LogStore<'_> {
         from_seq: u64,
         max: usize,
     ) -> Result<Vec<Envelope>, StoreError> {
-        let to = from_seq.saturating_add(max.max(1) as u64 - 1);
+        // Ends at a signed event: the receiver can authenticate what it gets.
         self.0
-            .read_origin(origin, from_seq..=to)
+            .read_origin_signed(origin, from_seq, max.max(1))
             .map_err(|e| StoreError::Failed(e.to_string()))
     }
 
     fn append_run(&mut self, run: Vec<Envelope>) -> Result<(), StoreError> {
+        // A revoked node's events after its revocation are refused, never stored.
+        if let Some(first) = run.first() {
+            let origin = first.origin;
+            let since = self
+                .1
+                .with_live_state(|s| bolt_state::revoked_since(s, origin))
+                .ok()
+                .flatten();
+            if let Some(at) = since {
+                if run.iter().any(|e| e.hlc > at) {
+                    return Err(StoreError::Refused {
+                        reason: "revoked origin",
+                        detail: format!("node {} was revoked", origin.short()),
+                    });
+                }
+            }
+        }
         match self.0.append_remote(run) {
             Ok(_) => Ok(()),
             Err(LogError::Remote(e)) => Err(StoreError::Refused {
@@ -182,7 +200,13 @@ impl MeshDriver {
                 .name("bolt-replicator".into())
                 .spawn(move || replicate(node, mesh, seeds, status, rx, rt));
         }
-        tokio::spawn(accept_loop(Arc::clone(&mesh), inbound, status, on_join));
+        tokio::spawn(accept_loop(
+            Arc::clone(&node),
+            Arc::clone(&mesh),
+            inbound,
+            status,
+            on_join,
+        ));
         driver
     }
 
@@ -212,6 +236,7 @@ impl MeshDriver {
 }
 
 async fn accept_loop(
+    node: Arc<Node>,
     mesh: Arc<Mesh>,
     inbound: SyncSender<Input>,
     status: Arc<Mutex<MeshStatus>>,
@@ -220,6 +245,20 @@ async fn accept_loop(
     while let Some(incoming) = mesh.accept().await {
         match incoming {
             Ok(Incoming::Member(peer)) => {
+                // A revoked node's certificate is still the CA's: the state refuses it.
+                let id = peer.node_id().parse::<NodeId>();
+                let node = Arc::clone(&node);
+                let refused = match id {
+                    Ok(id) => tokio::task::spawn_blocking(move || revoked(&node, id))
+                        .await
+                        .unwrap_or(true),
+                    Err(_) => true,
+                };
+                if refused {
+                    metrics::counter!(METRIC_MESH_REFUSED, "reason" => "revoked peer").increment(1);
+                    peer.close();
+                    continue;
+                }
                 tokio::spawn(receive(peer, inbound.clone(), Arc::clone(&status)));
             }
             Ok(Incoming::Join(conn)) => on_join(conn),
@@ -343,6 +382,8 @@ struct Swim {
     membership: Membership,
     /// Members it announced itself to.
     joined: std::collections::BTreeSet<NodeId>,
+    /// Revoked members it removed.
+    removed: std::collections::BTreeSet<NodeId>,
 }
 
 impl Swim {
@@ -364,6 +405,7 @@ impl Swim {
         Some(Swim {
             membership,
             joined: Default::default(),
+            removed: Default::default(),
         })
     }
 }
@@ -402,8 +444,15 @@ impl Links {
     }
 }
 
-/// Carries SWIM's packets and notes its changes.
-fn swim_output(out: swim::Output, links: &mut Links, status: &Mutex<MeshStatus>) {
+/// Whether the state holds `id` revoked.
+fn revoked(node: &Node, id: NodeId) -> bool {
+    node.with_live_state(|s| bolt_state::is_revoked(s, id))
+        .unwrap_or(false)
+}
+
+/// Carries SWIM's packets, notes its changes and records deaths and returns as events
+/// (`cluster.member_down` / `cluster.member_up`, once per node and change).
+fn swim_output(node: &Node, out: swim::Output, links: &mut Links, status: &Mutex<MeshStatus>) {
     for (member, bytes) in out.send {
         let Ok(id) = member.node_id.parse::<NodeId>() else {
             continue;
@@ -422,6 +471,17 @@ fn swim_output(out: swim::Output, links: &mut Links, status: &Mutex<MeshStatus>)
         tracing::info!("mesh: node {} is {what}", &member.node_id[..12]);
         if let Ok(id) = member.node_id.parse::<NodeId>() {
             lock(status).swim.insert(id, state);
+            let cmd = match state {
+                MemberState::Dead => Some(bolt_state::Command::RecordMemberDown { node: id }),
+                MemberState::Alive => Some(bolt_state::Command::RecordMemberUp { node: id }),
+                _ => None,
+            };
+            if let Some(cmd) = cmd {
+                // Refused when the state already says so (another node recorded it first).
+                let _ = node.decide_append(|s| {
+                    bolt_state::decide(s, cmd).map_err(super::NodeError::Decide)
+                });
+            }
         }
     }
 }
@@ -466,12 +526,16 @@ fn replicate(
         let mut out = Vec::new();
         match input {
             Ok(Input::Frame(from, msg)) => {
-                out.extend(rep.on_message(&mut LogStore(log), from, msg, now));
+                if revoked(&node, from) {
+                    metrics::counter!(METRIC_MESH_REFUSED, "reason" => "revoked peer").increment(1);
+                } else {
+                    out.extend(rep.on_message(&mut LogStore(log, &node), from, msg, now));
+                }
             }
             Ok(Input::Datagram(from, bytes)) => {
-                if let Some(s) = swim.as_mut() {
+                if let Some(s) = swim.as_mut().filter(|_| !revoked(&node, from)) {
                     match s.membership.on_packet(&from.to_string(), &bytes, now) {
-                        Ok(o) => swim_output(o, &mut links, &status),
+                        Ok(o) => swim_output(&node, o, &mut links, &status),
                         Err(e) => {
                             metrics::counter!(METRIC_MESH_REFUSED, "reason" => "membership packet")
                                 .increment(1);
@@ -490,7 +554,7 @@ fn replicate(
         }
         if let Some(s) = swim.as_mut() {
             let o = s.membership.on_tick(now);
-            swim_output(o, &mut links, &status);
+            swim_output(&node, o, &mut links, &status);
         }
         if now >= next_peers {
             next_peers = now + PEERS_EVERY;
@@ -505,6 +569,20 @@ fn replicate(
                 }
             }
             peers.remove(&me);
+            let revoked_ids: Vec<NodeId> = node
+                .with_live_state(|s| s.revoked.keys().copied().collect())
+                .unwrap_or_default();
+            for id in &revoked_ids {
+                peers.remove(id);
+                links.links.remove(id);
+                if let Some(sw) = swim.as_mut() {
+                    if sw.removed.insert(*id) {
+                        if let Ok(o) = sw.membership.remove(&id.to_string(), now) {
+                            swim_output(&node, o, &mut links, &status);
+                        }
+                    }
+                }
+            }
             // Replication pushes skip members SWIM holds dead or gone; anti-entropy still
             // reaches them through whoever they talk to when they come back.
             let gone: std::collections::BTreeSet<NodeId> = lock(&status)
@@ -530,7 +608,7 @@ fn replicate(
                     if sw.joined.insert(*id) {
                         let member = Member::new(&id.to_string(), *addr, 0);
                         if let Ok(Ok(o)) = member.map(|m| sw.membership.join(m, now)) {
-                            swim_output(o, &mut links, &status);
+                            swim_output(&node, o, &mut links, &status);
                         }
                     }
                 }
@@ -544,7 +622,7 @@ fn replicate(
     }
     if let Some(s) = swim.as_mut() {
         if let Ok(o) = s.membership.leave(Instant::now()) {
-            swim_output(o, &mut links, &status);
+            swim_output(&node, o, &mut links, &status);
             // Let the links carry the leave before the endpoint goes.
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -10,6 +10,10 @@ pub const PATH_CLUSTER_INIT: &str = "/v1/cluster/init";
 pub const PATH_CLUSTER_TOKEN: &str = "/v1/cluster/token";
 /// `GET /v1/nodes`: every node the state knows, with what the mesh sees of it.
 pub const PATH_NODES: &str = "/v1/nodes";
+/// `DELETE /v1/nodes/{node}`: revoke a node (name or id prefix).
+pub const PATH_NODE: &str = "/v1/nodes/{node}";
+/// `POST /v1/cluster/leave`: this node leaves the cluster.
+pub const PATH_CLUSTER_LEAVE: &str = "/v1/cluster/leave";
 
 /// Body of `POST /v1/cluster/init`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

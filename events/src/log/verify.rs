@@ -1,4 +1,8 @@
 //! `Log::verify`: a full walk of the stored events, collecting every fault as a readable line.
+//!
+//! The signing rule: every signature present must verify, and every unsigned event must be
+//! followed in its origin's chain by a signed one (the end of its run), so no origin's chain
+//! ends unsigned.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +14,7 @@ use crate::codec::CodecError;
 use crate::envelope::Envelope;
 use crate::id::{Hash, NodeId};
 
-/// Events decoded and signature-checked together.
+/// Events decoded and signature-checked together (only the signed ones cost a check).
 const CHUNK: usize = 4096;
 
 /// Walk every event in arrival order (each origin's events arrive in seq order, so this walks
@@ -22,6 +26,8 @@ pub(super) fn run(txn: &ReadTransaction) -> Result<VerifyReport, LogError> {
 
     let mut report = VerifyReport::default();
     let mut chains: BTreeMap<NodeId, (u64, Hash)> = BTreeMap::new();
+    // origin -> (seq, cursor) of the first event of its run not closed by a signed event yet.
+    let mut open_runs: BTreeMap<NodeId, (u64, u64)> = BTreeMap::new();
     let mut expected_cursor = 1u64;
 
     let mut rows = events.iter().map_err(storage("read events"))?;
@@ -38,8 +44,8 @@ pub(super) fn run(txn: &ReadTransaction) -> Result<VerifyReport, LogError> {
             break;
         }
         let sigs = parallel_map(&chunk, |(_, env, _)| match env {
-            Ok(env) => env.verify_signature().err(),
-            Err(_) => None,
+            Ok(env) if env.is_signed() => env.verify_signature().err(),
+            _ => None,
         });
         for ((cursor, env, hash), sig) in chunk.into_iter().zip(sigs) {
             report.events += 1;
@@ -75,6 +81,11 @@ pub(super) fn run(txn: &ReadTransaction) -> Result<VerifyReport, LogError> {
             if let Some(e) = sig {
                 report.faults.push(format!("{name}: {e}"));
             }
+            if env.is_signed() {
+                open_runs.remove(&env.origin);
+            } else {
+                open_runs.entry(env.origin).or_insert((env.seq, cursor));
+            }
             if let Err(e) = env.decode_payload() {
                 report
                     .faults
@@ -96,6 +107,15 @@ pub(super) fn run(txn: &ReadTransaction) -> Result<VerifyReport, LogError> {
             // Go on from what is there, so one break is reported once, not for every later event.
             chains.insert(env.origin, (env.seq, hash));
         }
+    }
+
+    for (origin, (first, cursor)) in &open_runs {
+        let last = chains.get(origin).map_or(*first, |&(seq, _)| seq);
+        report.faults.push(format!(
+            "origin {}: events seq {first}..={last} (from cursor {cursor}) end unsigned: no signed \
+             event after them authenticates them",
+            origin.short()
+        ));
     }
 
     let indexed = index.len().map_err(storage("read index"))?;

@@ -5,8 +5,12 @@
 //! request that breaks a rule is refused alone and stores nothing; a storage failure aborts the
 //! transaction and every request in it gets the error. The in-memory chain state is a working
 //! copy until the commit succeeds, so a failed commit never leaves it ahead of the file.
+//!
+//! The local events of a group (every `append` and `append_batch` in it) form one run of this
+//! node's chain, staged after the group's other requests: only the last of them is signed (one
+//! ed25519 signature per commit), the ones before it are authenticated by the chain up to it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
@@ -29,10 +33,16 @@ pub(crate) struct Checked {
     pub bytes: Vec<u8>,
 }
 
+/// Local payloads with their encoded bytes.
+pub(crate) type LocalItems = Vec<(Payload, Vec<u8>)>;
+
+/// What one request is answered.
+type Outcome = Result<Done, LogError>;
+
 /// One unit of work for the writer.
 pub(crate) enum Job {
     /// Local payloads with their encoded bytes.
-    Local(Vec<(Payload, Vec<u8>)>),
+    Local(LocalItems),
     /// Other origins' events.
     Remote(Vec<Checked>),
     Snapshot(StoredSnapshot),
@@ -225,7 +235,7 @@ impl Writer {
         let mut txn = self.db.begin_write().map_err(storage("begin write"))?;
         txn.set_durability(Durability::Immediate)
             .map_err(storage("set durability"))?;
-        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(jobs.len());
         let mut changed = false;
         {
             let mut t = Tables {
@@ -236,21 +246,34 @@ impl Writer {
                     .map_err(storage("open snapshots"))?,
             };
             let mut dirty = BTreeSet::new();
+            // Local jobs wait for the end of the group: they form one run with one signature.
+            let mut local = Vec::new();
             for job in jobs {
                 let outcome = match job {
-                    Job::Local(items) => self.stage_local(work, &mut t, &mut dirty, items)?,
+                    Job::Local(items) => {
+                        local.push((outcomes.len(), items));
+                        outcomes.push(None);
+                        continue;
+                    }
                     Job::Remote(items) => stage_remote(work, &mut t, &mut dirty, items)?,
                     Job::Snapshot(s) => stage_snapshot(work, &mut t, s)?,
                     Job::PruneSnapshots(keep) => prune_snapshots(&mut t, keep)?,
                 };
-                changed |= match &outcome {
-                    Ok(Done::Appended(v)) => !v.is_empty(),
-                    Ok(Done::Pruned(n)) => *n > 0,
-                    Ok(Done::Stored) => true,
-                    Err(_) => false,
-                };
-                outcomes.push(outcome);
+                outcomes.push(Some(outcome));
             }
+            if !local.is_empty() {
+                for (at, outcome) in self.stage_local(work, &mut t, &mut dirty, local)? {
+                    if let Some(slot) = outcomes.get_mut(at) {
+                        *slot = Some(outcome);
+                    }
+                }
+            }
+            changed |= outcomes.iter().any(|o| match o {
+                Some(Ok(Done::Appended(v))) => !v.is_empty(),
+                Some(Ok(Done::Pruned(n))) => *n > 0,
+                Some(Ok(Done::Stored)) => true,
+                Some(Err(_)) | None => false,
+            });
             let mut heads = txn.open_table(HEADS).map_err(storage("open heads"))?;
             for origin in &dirty {
                 if let Some(tip) = work.tips.get(origin) {
@@ -265,6 +288,12 @@ impl Writer {
                     .map_err(storage("write meta"))?;
             }
         }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| Err(LogError::Storage("the writer lost a request".into())))
+            })
+            .collect();
         if !changed {
             // Everything was refused or already held: nothing to make durable, no fsync.
             txn.abort().map_err(storage("abort"))?;
@@ -274,43 +303,65 @@ impl Writer {
         Ok((outcomes, true))
     }
 
+    /// Seal and stage the local jobs of a group (with their index in the group) as one run of
+    /// this node's chain: only its last event is signed. Gives each job's outcome.
     fn stage_local(
         &self,
         work: &mut State,
         t: &mut Tables<'_>,
         dirty: &mut BTreeSet<NodeId>,
-        items: Vec<(Payload, Vec<u8>)>,
-    ) -> Staged {
+        jobs: Vec<(usize, LocalItems)>,
+    ) -> Result<Vec<(usize, Outcome)>, LogError> {
+        let total: usize = jobs.iter().map(|(_, items)| items.len()).sum();
         let mut tip = work.tips.get(&self.own).copied();
         let mut clock = work.clock.clone();
-        let mut staged = Vec::with_capacity(items.len());
-        for (payload, payload_bytes) in items {
-            let (seq, prev) = tip.map_or((1, Hash::ZERO), |t| (t.seq + 1, t.hash));
-            let hlc = clock.tick(wall_clock_ms());
-            let envelope = self
-                .key
-                .seal_bytes(seq, hlc, prev, CURRENT_SCHEMA, payload_bytes);
-            let bytes = envelope.to_bytes();
-            if bytes.is_empty() {
-                return Ok(Err(LogError::TooLarge {
-                    size: crate::codec::MAX_ENCODED,
-                    limit: crate::codec::MAX_ENCODED,
-                }));
+        let mut staged = Vec::with_capacity(total);
+        let sizes: Vec<(usize, usize)> =
+            jobs.iter().map(|(at, items)| (*at, items.len())).collect();
+        for (_, items) in jobs {
+            for (payload, payload_bytes) in items {
+                let (seq, prev) = tip.map_or((1, Hash::ZERO), |t| (t.seq + 1, t.hash));
+                let hlc = clock.tick(wall_clock_ms());
+                let mut envelope = self
+                    .key
+                    .envelope(seq, hlc, prev, CURRENT_SCHEMA, payload_bytes);
+                if staged.len() + 1 == total {
+                    self.key.sign(&mut envelope);
+                }
+                let bytes = envelope.to_bytes();
+                if bytes.is_empty() {
+                    // Unreachable: `append_batch` bounds the payload size. Refusing only this job
+                    // would leave the run before it unsigned, so every local job of the group
+                    // is refused (nothing staged, the clock and the tip unmoved).
+                    return Ok(sizes
+                        .into_iter()
+                        .map(|(at, _)| {
+                            let e = LogError::TooLarge {
+                                size: crate::codec::MAX_ENCODED,
+                                limit: crate::codec::MAX_ENCODED,
+                            };
+                            (at, Err(e))
+                        })
+                        .collect());
+                }
+                let hash = Hash(*blake3::hash(&bytes).as_bytes());
+                tip = Some(Tip { seq, hash, hlc });
+                staged.push(Checked {
+                    event: Event {
+                        envelope,
+                        payload,
+                        hash,
+                    },
+                    bytes,
+                });
             }
-            let hash = Hash(*blake3::hash(&bytes).as_bytes());
-            tip = Some(Tip { seq, hash, hlc });
-            staged.push(Checked {
-                event: Event {
-                    envelope,
-                    payload,
-                    hash,
-                },
-                bytes,
-            });
         }
-        let out = insert(work, t, dirty, staged)?;
+        let mut out = insert(work, t, dirty, staged)?.into_iter();
         work.clock = clock;
-        Ok(Ok(Done::Appended(out)))
+        Ok(sizes
+            .into_iter()
+            .map(|(at, n)| (at, Ok(Done::Appended(out.by_ref().take(n).collect()))))
+            .collect())
     }
 }
 
@@ -366,8 +417,8 @@ fn stored_hash(t: &Tables<'_>, origin: NodeId, seq: u64) -> Result<Option<Hash>,
     Ok(bytes.map(|b| Hash(*blake3::hash(b.value()).as_bytes())))
 }
 
-/// Check a remote batch against the tips (order, chain, duplicates) and stage it whole, or
-/// refuse it whole.
+/// Check a remote batch against the tips (order, chain, duplicates, each origin's new events
+/// ending signed) and stage it whole, or refuse it whole.
 fn stage_remote(
     work: &mut State,
     t: &mut Tables<'_>,
@@ -438,6 +489,20 @@ fn stage_remote(
                 }
             }
         }
+    }
+    // Each origin's new events must end at a signed event (whose signature the caller checked):
+    // it authenticates the chain of new events before it. An unsigned tail refuses the batch.
+    let mut last: BTreeMap<NodeId, (u64, bool)> = BTreeMap::new();
+    for c in &fresh {
+        let env = &c.event.envelope;
+        last.insert(env.origin, (env.seq, env.is_signed()));
+    }
+    if let Some((origin, (seq, _))) = last.into_iter().find(|(_, (_, signed))| !signed) {
+        return Ok(Err(RemoteError::UnsignedTail {
+            origin: origin.short(),
+            seq,
+        }
+        .into()));
     }
     let wall = wall_clock_ms();
     for c in &fresh {

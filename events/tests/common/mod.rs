@@ -75,7 +75,33 @@ impl Remote {
         )
     }
 
-    /// The next `n` events.
+    /// The next event of this node's chain, unsigned: the middle of a run.
+    pub fn next_unsigned(&mut self, p: &Payload) -> Envelope {
+        self.seq += 1;
+        self.wall_ms += 1;
+        let env = self
+            .key
+            .seal_unsigned(self.seq, Hlc::new(self.wall_ms, 0), self.prev, p);
+        self.prev = env.hash();
+        env
+    }
+
+    /// The next `n` events as one run, as a node's commit group writes them: only the last
+    /// one signed.
+    pub fn run(&mut self, n: u64) -> Vec<Envelope> {
+        (1..=n)
+            .map(|i| {
+                let p = payload(self.seq + 1);
+                if i == n {
+                    self.next(&p)
+                } else {
+                    self.next_unsigned(&p)
+                }
+            })
+            .collect()
+    }
+
+    /// The next `n` events, each signed (each its own run).
     pub fn chain(&mut self, n: u64) -> Vec<Envelope> {
         (0..n)
             .map(|i| self.next(&payload(self.seq + i + 1)))

@@ -61,7 +61,7 @@ impl Origin {
             schema: bolt_events::CURRENT_SCHEMA,
             prev: self.prev,
             payload: bolt_events::payload::encode_payload(&payload),
-            sig: [0; 64],
+            sig: None,
         };
         self.prev = env.hash();
         Event::from_bytes(&env.to_bytes()).unwrap()
