@@ -111,6 +111,17 @@ impl Mesh {
         Ok(Self { endpoint })
     }
 
+    /// Handshakes so far: accepted, refused and ignored (quinn drops junk datagrams before any
+    /// handshake state exists; they show here only when they parse as an Initial).
+    pub fn handshakes(&self) -> (u64, u64, u64) {
+        let s = self.endpoint.stats();
+        (
+            s.accepted_handshakes,
+            s.refused_handshakes,
+            s.ignored_handshakes,
+        )
+    }
+
     /// The address it listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()

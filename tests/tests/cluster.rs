@@ -344,3 +344,99 @@ fn a_revoked_node_is_refused_everywhere_and_a_leaving_node_is_seen_left() {
         shown.stdout
     );
 }
+
+#[test]
+fn a_capsule_run_on_one_node_is_listed_by_every_node() {
+    if !bolt_skip::root("a_capsule_run_on_one_node_is_listed_by_every_node") {
+        return;
+    }
+    let Some(oci) = bolt_skip::env(
+        "a_capsule_run_on_one_node_is_listed_by_every_node",
+        "BOLT_TEST_OCI_DIR",
+        "eval \"$(tests/fixtures/build-images.sh env)\"",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path(), 3);
+    let image = "bolt-test/busybox:latest";
+    let busybox = Path::new(&oci).join("busybox");
+    c.node(1).node.ok(&[
+        "image",
+        "import",
+        "-q",
+        "--reference",
+        image,
+        busybox.to_str().unwrap(),
+    ]);
+    c.node(1).node.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "none",
+        image,
+        "sleep",
+        "600",
+    ]);
+    converged(&c, &[0, 1, 2], |i| {
+        c.node(i)
+            .node
+            .bolt(&["ps", "--all-nodes", "--format", "json"])
+            .is_ok_and(|o| o.stdout.contains("\"web\"") && o.stdout.contains("running"))
+    });
+    // Without --all-nodes a node lists its own capsules only, as docker does.
+    let own = c.node(0).node.ok(&["ps", "-a", "--format", "json"]);
+    assert!(!own.stdout.contains("\"web\""), "{}", own.stdout);
+    c.node(1).node.ok(&["rm", "-f", "web"]);
+    converged(&c, &[0, 1, 2], |i| {
+        c.node(i)
+            .node
+            .bolt(&["ps", "--all-nodes", "--format", "json"])
+            .is_ok_and(|o| !o.stdout.contains("\"web\""))
+    });
+}
+
+#[test]
+fn a_flood_of_junk_datagrams_changes_nothing_and_the_mesh_goes_on() {
+    if !bolt_skip::root("a_flood_of_junk_datagrams_changes_nothing_and_the_mesh_goes_on") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path(), 2);
+    let before = converged(&c, &[0, 1], |_| true);
+    // From node 1's namespace, 20,000 datagrams of random bytes at node 0's mesh port: QUIC
+    // long and short headers, truncated, oversized.
+    let target = c.node(0).listen_addr(PORT);
+    let src = c.node(1).addr;
+    c.node(1)
+        .in_netns(move || {
+            let sock = std::net::UdpSocket::bind((src, 0)).unwrap();
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            for i in 0..20_000u32 {
+                let len = [1usize, 20, 1200, 1500, 64][i as usize % 5];
+                let mut buf = vec![0u8; len];
+                for b in buf.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+                if i % 3 == 0 {
+                    buf[0] |= 0xc0; // a long header, as an Initial would have
+                }
+                let _ = sock.send_to(&buf, target);
+            }
+        })
+        .unwrap();
+    // Nothing was stored from it: the state is what it was, and the mesh still carries events.
+    assert_eq!(
+        c.node(0).node.ok(&["state", "--hash"]).stdout.trim(),
+        before
+    );
+    let verify = c.node(0).node.ok(&["events", "verify"]);
+    assert!(verify.ok(), "{}", verify.stdout);
+    c.node(1).node.ok(&["volume", "create", "after-the-flood"]);
+    converged(&c, &[0, 1], |i| volumes(&c, i).contains("after-the-flood"));
+}

@@ -38,6 +38,8 @@ pub const METRIC_MESH_PEERS: &str = "bolt_mesh_peers";
 pub const METRIC_MESH_DROPPED: &str = "bolt_mesh_dropped_total";
 /// Gauge of events heard of but not held, by origin.
 pub const METRIC_MESH_LAG: &str = "bolt_mesh_lag_events";
+/// Gauge of the endpoint's handshakes so far, by outcome (accepted, refused, ignored).
+pub const METRIC_MESH_HANDSHAKES: &str = "bolt_mesh_handshakes";
 /// Counter of membership changes (a peer connected or lost).
 pub const METRIC_MESH_MEMBERSHIP: &str = "bolt_mesh_membership_changes_total";
 
@@ -600,6 +602,14 @@ fn replicate(
             metrics::gauge!(METRIC_MESH_PEERS)
                 .set(s.peers.values().filter(|p| p.connected).count() as f64);
             drop(s);
+            let (accepted, refused, ignored) = mesh.handshakes();
+            for (outcome, n) in [
+                ("accepted", accepted),
+                ("refused", refused),
+                ("ignored", ignored),
+            ] {
+                metrics::gauge!(METRIC_MESH_HANDSHAKES, "outcome" => outcome).set(n as f64);
+            }
             for (id, addr) in &peers {
                 links.ensure(*id, *addr);
             }
