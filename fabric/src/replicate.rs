@@ -76,6 +76,13 @@ pub struct ReplicationConfig {
     pub max_pending: usize,
     /// Least time between two repair requests to one peer.
     pub repair_interval: Duration,
+    /// Least time between two digest answers to one peer: a peer that floods digests gets one
+    /// answer per interval (each can read up to `answer_budget` from the store), the rest are
+    /// dropped and counted.
+    pub answer_interval: Duration,
+    /// Events one peer may push per second (a token bucket of one second's worth); the excess
+    /// is dropped and counted, and anti-entropy brings what was honest.
+    pub push_rate: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -87,6 +94,8 @@ impl Default for ReplicationConfig {
             max_pending_per_origin: 4096,
             max_pending: 65_536,
             repair_interval: Duration::from_millis(100),
+            answer_interval: Duration::from_millis(50),
+            push_rate: 100_000,
         }
     }
 }
@@ -117,6 +126,10 @@ pub struct ReplicationStats {
     pub dropped_pending: u64,
     /// Anti-entropy rounds started.
     pub syncs: u64,
+    /// Digests left unanswered because their sender asked again too soon.
+    pub digests_limited: u64,
+    /// Pushed events dropped because their sender was over its push rate.
+    pub pushes_limited: u64,
 }
 
 /// The replication state machine of one node.
@@ -134,6 +147,9 @@ pub struct Replicator {
     pending_len: usize,
     next_sync: Instant,
     last_repair: BTreeMap<NodeId, Instant>,
+    last_answer: BTreeMap<NodeId, Instant>,
+    /// Per peer: push tokens left and when they were last refilled.
+    push_tokens: BTreeMap<NodeId, (f64, Instant)>,
     stats: ReplicationStats,
 }
 
@@ -159,6 +175,8 @@ impl Replicator {
             pending_len: 0,
             next_sync: now + first,
             last_repair: BTreeMap::new(),
+            last_answer: BTreeMap::new(),
+            push_tokens: BTreeMap::new(),
             stats: ReplicationStats::default(),
         }
     }
@@ -239,10 +257,39 @@ impl Replicator {
         now: Instant,
     ) -> Vec<Outgoing> {
         match msg {
-            Message::Push { events } => self.on_events(store, from, events, false, now),
+            Message::Push { mut events } => {
+                let allowed = self.take_push_tokens(from, events.len(), now);
+                if allowed < events.len() {
+                    self.stats.pushes_limited += (events.len() - allowed) as u64;
+                    events.truncate(allowed);
+                }
+                self.on_events(store, from, events, false, now)
+            }
             Message::Events { events, more } => self.on_events(store, from, events, more, now),
-            Message::Digest { vv, reply } => self.on_digest(store, from, vv, reply),
+            Message::Digest { vv, reply } => {
+                let due = self.last_answer.get(&from).is_none_or(|t| {
+                    now.saturating_duration_since(*t) >= self.config.answer_interval
+                });
+                if !due {
+                    self.stats.digests_limited += 1;
+                    return Vec::new();
+                }
+                self.last_answer.insert(from, now);
+                self.on_digest(store, from, vv, reply)
+            }
         }
+    }
+
+    /// How many of `n` pushed events `from` may have now (token bucket, one second deep).
+    fn take_push_tokens(&mut self, from: NodeId, n: usize, now: Instant) -> usize {
+        let rate = self.config.push_rate as f64;
+        let (tokens, at) = self.push_tokens.entry(from).or_insert((rate, now));
+        let refill = now.saturating_duration_since(*at).as_secs_f64() * rate;
+        *tokens = (*tokens + refill).min(rate);
+        *at = now;
+        let allowed = (*tokens as usize).min(n);
+        *tokens -= allowed as f64;
+        allowed
     }
 
     fn refuse(&mut self, reason: &'static str, n: u64) {

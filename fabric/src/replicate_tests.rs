@@ -311,3 +311,40 @@ fn an_unsigned_head_of_a_run_waits_for_its_signed_end() {
     assert_eq!(rep.pending(), 0);
     assert!(rep.stats().refused.is_empty(), "{:?}", rep.stats());
 }
+
+#[test]
+fn a_peer_flooding_digests_gets_one_answer_per_interval() {
+    let (key, mut rep, mut store) = node(6);
+    let events: Vec<_> = (0..3)
+        .map(|i| store.append_local(&key, bolt_events::Hlc::new(10 + i, 0), vec![0; 10], true))
+        .collect();
+    rep.on_local(&events);
+    let peer = bolt_events::NodeKey::from_seed([13; 32]).id();
+    let digest = || Message::Digest {
+        vv: vec![],
+        reply: false,
+    };
+    let t0 = Instant::now();
+    let mut answers = 0;
+    for k in 0..100u64 {
+        let now = t0 + Duration::from_millis(k); // 100 digests in 100 ms
+        answers += rep.on_message(&mut store, peer, digest(), now).len();
+    }
+    assert_eq!(answers, 2, "one answer per 50 ms");
+    assert_eq!(rep.stats().digests_limited, 98);
+}
+
+#[test]
+fn a_peer_over_its_push_rate_is_cut_and_anti_entropy_repairs() {
+    let config = ReplicationConfig {
+        push_rate: 10,
+        ..ReplicationConfig::default()
+    };
+    let mut sim = Sim::new(2, config, NetConfig::default(), 7);
+    sim.append(0, 50, 16);
+    sim.run_until(Duration::from_millis(100));
+    // 40 of the 50 pushed events were dropped; the repair asked the pusher for the rest.
+    assert_eq!(sim.replicator(1).stats().pushes_limited, 40);
+    assert!(sim.run_to_convergence(Duration::from_millis(100), secs(30)));
+    assert_eq!(sim.store(1).len(), 50);
+}

@@ -687,6 +687,16 @@ fn publish(rep: &Replicator, status: &Mutex<MeshStatus>, last: &mut ReplicationS
             metrics::counter!(METRIC_MESH_EVENTS, "what" => what).increment(d);
         }
     }
+    for (queue, now, before) in [
+        ("digest rate", s.digests_limited, last.digests_limited),
+        ("push rate", s.pushes_limited, last.pushes_limited),
+        ("reorder buffer", s.dropped_pending, last.dropped_pending),
+    ] {
+        let d = delta(now, before);
+        if d > 0 {
+            metrics::counter!(METRIC_MESH_DROPPED, "queue" => queue).increment(d);
+        }
+    }
     for (reason, n) in &s.refused {
         let d = delta(*n, last.refused.get(reason).copied().unwrap_or(0));
         if d > 0 {
