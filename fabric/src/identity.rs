@@ -319,6 +319,12 @@ impl NodeIdentity {
         hex::encode(Sha256::digest(self.ca.as_ref()))
     }
 
+    /// When this node's certificate became valid, in seconds since the epoch.
+    pub fn not_before(&self) -> Option<i64> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(self.cert.as_ref()).ok()?;
+        Some(parsed.validity().not_before.timestamp())
+    }
+
     /// When this node's certificate stops being valid, in seconds since the epoch.
     pub fn not_after(&self) -> Option<i64> {
         let (_, parsed) = x509_parser::parse_x509_certificate(self.cert.as_ref()).ok()?;
@@ -334,6 +340,20 @@ impl NodeIdentity {
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(vec![self.cert.clone()], self.key()?)?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(cfg)
+    }
+
+    /// The dialing side of a certificate renewal: ALPN `bolt-join/1`, this node's (still valid)
+    /// certificate presented, any member of this node's cluster accepted as the server (the CA
+    /// pinned, the server's name not known in advance).
+    pub fn renew_client_config(&self) -> Result<rustls::ClientConfig, IdentityError> {
+        let pin = crate::join::PinnedCa::new(&self.ca_fingerprint());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(pin))
+            .with_client_auth_cert(vec![self.cert.clone()], self.key()?)?;
+        cfg.alpn_protocols = vec![crate::join::JOIN_ALPN.to_vec()];
         Ok(cfg)
     }
 }

@@ -68,6 +68,8 @@ pub enum QuicError {
 #[derive(Debug)]
 pub struct Mesh {
     endpoint: quinn::Endpoint,
+    /// The client side after a renewal ([`Mesh::set_identity`]); the endpoint's default before.
+    client: std::sync::Mutex<Option<quinn::ClientConfig>>,
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
@@ -108,7 +110,10 @@ impl Mesh {
         let mut endpoint = quinn::Endpoint::server(server, addr)
             .map_err(|source| QuicError::Bind { addr, source })?;
         endpoint.set_default_client_config(client);
-        Ok(Self { endpoint })
+        Ok(Self {
+            endpoint,
+            client: std::sync::Mutex::new(None),
+        })
     }
 
     /// Handshakes so far: accepted, refused and ignored (quinn drops junk datagrams before any
@@ -130,9 +135,18 @@ impl Mesh {
     /// Dials node `node_id` at `addr`; the handshake fails unless the server's certificate is
     /// the cluster CA's and names that node.
     pub async fn connect(&self, addr: SocketAddr, node_id: &str) -> Result<Peer, QuicError> {
-        let conn = self
-            .endpoint
-            .connect(addr, &node_dns_name(node_id))
+        let renewed = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let connecting = match renewed {
+            Some(cfg) => self
+                .endpoint
+                .connect_with(cfg, addr, &node_dns_name(node_id)),
+            None => self.endpoint.connect(addr, &node_dns_name(node_id)),
+        };
+        let conn = connecting
             .map_err(|source| QuicError::Connect { addr, source })?
             .await?;
         let peer = Peer::new(conn)?;
@@ -158,8 +172,14 @@ impl Mesh {
                     .handshake_data()
                     .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                     .and_then(|d| d.protocol);
-                if alpn.as_deref() == Some(JOIN_ALPN) && conn.peer_identity().is_none() {
-                    return Ok(Incoming::Join(JoinConn { conn }));
+                if alpn.as_deref() == Some(JOIN_ALPN) {
+                    if conn.peer_identity().is_none() {
+                        return Ok(Incoming::Join(JoinConn { conn }));
+                    }
+                    // A member asking for a new certificate: the exchange of a join, the
+                    // requester authenticated by its current certificate.
+                    let peer = Peer::new(conn.clone())?;
+                    return Ok(Incoming::Renew(JoinConn { conn }, peer.node_id));
                 }
                 match Peer::new(conn.clone()) {
                     Ok(peer) => Ok(Incoming::Member(peer)),
@@ -173,6 +193,50 @@ impl Mesh {
         )
     }
 
+    /// Replaces this node's certificate for the connections made from now on (renewal without
+    /// a restart); the open ones go on.
+    pub fn set_identity(
+        &self,
+        identity: &NodeIdentity,
+        accept_joins: bool,
+    ) -> Result<(), QuicError> {
+        let crypto = |e: &dyn std::fmt::Display| QuicError::Crypto(e.to_string());
+        let server = if accept_joins {
+            identity.server_config_accepting_joins()?
+        } else {
+            identity.server_config()?
+        };
+        let server_tls =
+            quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| crypto(&e))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
+        server.transport_config(transport());
+        let client_tls =
+            quinn::crypto::rustls::QuicClientConfig::try_from(identity.client_config()?)
+                .map_err(|e| crypto(&e))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
+        client.transport_config(transport());
+        self.endpoint.set_server_config(Some(server));
+        // `set_default_client_config` needs `&mut`: dial with an explicit config instead.
+        *self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client);
+        Ok(())
+    }
+
+    /// Asks the member at `addr` for a new certificate for this node (the join exchange over a
+    /// connection authenticated by the current certificate).
+    pub async fn request_renewal(
+        addr: SocketAddr,
+        identity: &NodeIdentity,
+        request: &JoinRequest,
+    ) -> Result<JoinResponse, QuicError> {
+        let crypto = |e: &dyn std::fmt::Display| QuicError::Crypto(e.to_string());
+        let tls = identity.renew_client_config()?;
+        let tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| crypto(&e))?;
+        Self::exchange(addr, quinn::ClientConfig::new(Arc::new(tls)), request).await
+    }
+
     /// Dials a member at `addr` as a node without a certificate and makes the join exchange:
     /// the member is checked against the token's pinned CA; the answer is its certificate or
     /// a refusal.
@@ -184,7 +248,15 @@ impl Mesh {
         let crypto = |e: &dyn std::fmt::Display| QuicError::Crypto(e.to_string());
         let tls = join_client_config(token).map_err(|e| crypto(&e))?;
         let tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| crypto(&e))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(tls));
+        Self::exchange(addr, quinn::ClientConfig::new(Arc::new(tls)), request).await
+    }
+
+    /// One join-protocol exchange from a throwaway client endpoint.
+    async fn exchange(
+        addr: SocketAddr,
+        mut client: quinn::ClientConfig,
+        request: &JoinRequest,
+    ) -> Result<JoinResponse, QuicError> {
         client.transport_config(transport());
         let local = if addr.is_ipv4() {
             SocketAddr::from(([0, 0, 0, 0], 0))
@@ -223,6 +295,8 @@ pub enum Incoming {
     Member(Peer),
     /// A node without a certificate asking to join.
     Join(JoinConn),
+    /// A member (its certificate verified, its node id given) asking for a new certificate.
+    Renew(JoinConn, String),
 }
 
 /// A node asking to join: one request, one answer.

@@ -311,7 +311,7 @@ impl QuicTransport {
                     match incoming {
                         Ok(Incoming::Member(peer)) => shared.spawn_receiver(peer),
                         // Dropping it closes the connection.
-                        Ok(Incoming::Join(_)) | Err(_) => {}
+                        Ok(Incoming::Join(_) | Incoming::Renew(..)) | Err(_) => {}
                     }
                 }
             })

@@ -87,8 +87,14 @@ fn listen(c: &Cluster, i: usize) -> String {
 
 /// Node 0 makes the cluster; every other node joins it with a token of its own.
 fn cluster(dir: &Path, n: usize) -> Cluster {
+    cluster_with(dir, n, &[])
+}
+
+/// [`cluster`] with more arguments for node 0's agent.
+fn cluster_with(dir: &Path, n: usize, first_args: &[&str]) -> Cluster {
     let mut c = Cluster::new(dir, n).unwrap();
-    let first = vec!["--listen".to_owned(), listen(&c, 0)];
+    let mut first = vec!["--listen".to_owned(), listen(&c, 0)];
+    first.extend(first_args.iter().map(|a| a.to_string()));
     c.start_node(0, first).unwrap();
     let out = c.node(0).node.ok(&["cluster", "init", "--name", "test"]);
     assert!(out.stdout.contains("cluster created"), "{}", out.stdout);
@@ -439,4 +445,49 @@ fn a_flood_of_junk_datagrams_changes_nothing_and_the_mesh_goes_on() {
     assert!(verify.ok(), "{}", verify.stdout);
     c.node(1).node.ok(&["volume", "create", "after-the-flood"]);
     converged(&c, &[0, 1], |i| volumes(&c, i).contains("after-the-flood"));
+}
+
+fn cert_expires(c: &Cluster, i: usize) -> i64 {
+    let out = c.node(i).node.ok(&["cluster", "show", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    v["cert_expires"].as_i64().unwrap()
+}
+
+#[test]
+fn certificates_renew_before_they_expire_and_the_mesh_outlives_the_first_ones() {
+    if !bolt_skip::root(
+        "certificates_renew_before_they_expire_and_the_mesh_outlives_the_first_ones",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The CA holder issues 20-second certificates: nodes renew when a third is left.
+    let mut c = cluster_with(dir.path(), 2, &["--cert-ttl", "20s"]);
+    converged(&c, &[0, 1], |_| true);
+    let first = [cert_expires(&c, 0), cert_expires(&c, 1)];
+    for i in [0, 1] {
+        wait_for(
+            || cert_expires(&c, i) > first[i],
+            || {
+                format!(
+                    "node {i} renews its certificate: {}",
+                    c.node(i).node.agent_log()
+                )
+            },
+        );
+    }
+    // Past the first certificates' end, new connections (a restarted node) still authenticate.
+    let end = first.iter().max().copied().unwrap();
+    while (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64)
+        <= end
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    c.kill9(0).unwrap();
+    c.restart(0).unwrap();
+    c.node(1).node.ok(&["volume", "create", "after-renewal"]);
+    converged(&c, &[0, 1], |i| volumes(&c, i).contains("after-renewal"));
 }

@@ -178,6 +178,10 @@ pub struct AgentArgs {
     /// A join token from `bolt cluster token` on a member.
     #[arg(long, env = "BOLT_JOIN_TOKEN", requires = "join")]
     pub token: Option<String>,
+    /// Lifetime of the node certificates this agent issues when it holds the cluster CA
+    /// (nodes renew theirs when a third is left).
+    #[arg(long, default_value = "365d", value_parser = crate::cli::cluster::parse_duration)]
+    pub cert_ttl: std::time::Duration,
 }
 
 /// `bolt events`.

@@ -53,6 +53,8 @@ pub struct Config {
     pub listen: Option<std::net::SocketAddr>,
     /// A member to join at the first start, and the token (`--join`, `--token`).
     pub join: Option<(std::net::SocketAddr, String)>,
+    /// Lifetime of the node certificates this agent issues when it holds the CA.
+    pub cert_ttl: time::Duration,
 }
 
 impl Config {
@@ -147,6 +149,7 @@ pub fn main(args: AgentArgs, socket: PathBuf) -> Result<(), DaemonError> {
             start_over: args.start_over,
             listen: args.listen,
             join: args.join.zip(args.token),
+            cert_ttl: time::Duration::seconds(args.cert_ttl.as_secs() as i64),
         };
         let shutdown = async move {
             tokio::select! {
@@ -236,8 +239,13 @@ pub async fn run(
     }
     let services = compose(node.clone(), &config).await?;
     let cluster = {
-        let (node, root, listen) = (Arc::clone(&node), config.root.clone(), config.listen);
-        blocking(move || Cluster::open(node, &root, listen)).await??
+        let (node, root, listen, ttl) = (
+            Arc::clone(&node),
+            config.root.clone(),
+            config.listen,
+            config.cert_ttl,
+        );
+        blocking(move || Cluster::open(node, &root, listen, ttl)).await??
     };
     cluster.start()?;
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bolt_events::{NodeId, NodeKey};
 use bolt_fabric::identity::{node_request, ClusterCa, IdentityError, NodeIdentity};
-use bolt_fabric::join::{proof_digest, JoinRequest, JoinResponse, Token, TokenBook};
+use bolt_fabric::join::{proof_digest, JoinError, JoinRequest, JoinResponse, Token, TokenBook};
 use bolt_fabric::membership::MemberState;
 use bolt_fabric::quic::{JoinConn, Mesh, QuicError};
 use bolt_state::{decide, Command};
@@ -25,8 +25,10 @@ use super::mesh::MeshDriver;
 use super::{lock, Node};
 use crate::wire::cluster::{ClusterView, NodeView};
 
-/// How long node certificates are valid.
-const CERT_TTL: time::Duration = time::Duration::days(365);
+/// How long node certificates are valid unless `bolt agent --cert-ttl` says otherwise.
+pub const CERT_TTL: time::Duration = time::Duration::days(365);
+/// Counter of certificate renewals of this node.
+pub const METRIC_RENEWALS: &str = "bolt_cluster_cert_renewals_total";
 /// How long the cluster CA is valid.
 const CA_TTL: time::Duration = time::Duration::days(3650);
 /// Longest join token lifetime.
@@ -153,6 +155,8 @@ pub struct Cluster {
     files: Files,
     listen: Option<SocketAddr>,
     seeds: Seeds,
+    /// Lifetime of the certificates this node issues (when it holds the CA).
+    cert_ttl: time::Duration,
     inner: Mutex<Inner>,
 }
 
@@ -219,6 +223,7 @@ impl Cluster {
         node: Arc<Node>,
         root: &Path,
         listen: Option<SocketAddr>,
+        cert_ttl: time::Duration,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let files = Files {
             dir: root.join("cluster"),
@@ -243,6 +248,7 @@ impl Cluster {
             files,
             listen,
             seeds,
+            cert_ttl,
             inner: Mutex::new(Inner {
                 ca,
                 identity,
@@ -267,9 +273,9 @@ impl Cluster {
         }
         let mesh = Mesh::bind(listen, &identity, inner.ca.is_some())?;
         let me = Arc::downgrade(self);
-        let on_join = Arc::new(move |conn: JoinConn| {
+        let on_join = Arc::new(move |conn: JoinConn, renew: Option<String>| {
             if let Some(c) = me.upgrade() {
-                tokio::spawn(async move { c.serve_join(conn).await });
+                tokio::spawn(async move { c.serve_join(conn, renew).await });
             }
         });
         inner.mesh = Some(MeshDriver::start(
@@ -279,7 +285,144 @@ impl Cluster {
             on_join,
         ));
         tracing::info!("mesh listening on {listen}");
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(c) = me.upgrade() else { return };
+                let wait = c.renewal_check();
+                drop(c);
+                tokio::time::sleep(wait).await;
+                let Some(c) = me.upgrade() else { return };
+                if c.renewal_due() {
+                    if let Err(e) = c.renew().await {
+                        tracing::warn!("renew the node certificate: {e}");
+                    }
+                }
+            }
+        });
         Ok(())
+    }
+
+    /// How long until the next look at the certificate: a tenth of its lifetime, at most an
+    /// hour, at least a second.
+    fn renewal_check(&self) -> Duration {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let (life, left) = lock(&self.inner)
+            .identity
+            .as_ref()
+            .and_then(|i| Some((i.not_after()? - i.not_before()?, i.not_after()? - now)))
+            .unwrap_or((36_000, 36_000));
+        let secs = (life / 10).min(left / 4).clamp(1, 3600);
+        Duration::from_secs(secs as u64)
+    }
+
+    /// Whether less than a third of the certificate's lifetime is left.
+    fn renewal_due(&self) -> bool {
+        let inner = lock(&self.inner);
+        let Some(id) = inner.identity.as_ref() else {
+            return false;
+        };
+        let (Some(start), Some(end)) = (id.not_before(), id.not_after()) else {
+            return false;
+        };
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        end - now < (end - start) / 3
+    }
+
+    /// Gets a new certificate (and TLS key) from the CA: itself when it holds it, else the node
+    /// that made the cluster, over a connection its current certificate authenticates. The
+    /// mesh uses it for new connections at once.
+    pub async fn renew(self: &Arc<Self>) -> Result<(), ClusterError> {
+        let node_id = node_hex(self.node.node_id());
+        let req = node_request(&node_id)?;
+        let (identity, local) = {
+            let inner = lock(&self.inner);
+            let identity = inner.identity.clone().ok_or(ClusterError::NotMember)?;
+            let local = inner.ca.as_ref().map(|ca| {
+                ca.issue(
+                    &req.csr_pem,
+                    &node_id,
+                    OffsetDateTime::now_utc(),
+                    self.cert_ttl,
+                )
+                .map(|cert| (ca.cert_pem().to_owned(), cert))
+            });
+            (identity, local)
+        };
+        let (ca_pem, cert_pem) = match local {
+            Some(issued) => issued?,
+            None => {
+                let node = Arc::clone(&self.node);
+                let holder = tokio::task::spawn_blocking(move || {
+                    node.with_live_state(|s| {
+                        let by = s.cluster.as_ref()?.created_by;
+                        s.nodes
+                            .get(&by)?
+                            .addr
+                            .as_deref()?
+                            .parse::<SocketAddr>()
+                            .ok()
+                    })
+                })
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .ok_or(ClusterError::NoCa)?;
+                let proof = self.proof(&node_id, &req.csr_pem)?;
+                let request = JoinRequest {
+                    secret: [0; 32],
+                    node_id: node_id.clone(),
+                    name: self.node.options().name.clone(),
+                    addr: self.node.options().addr.clone().unwrap_or_default(),
+                    csr_pem: req.csr_pem.clone(),
+                    proof,
+                };
+                match Mesh::request_renewal(holder, &identity, &request).await? {
+                    JoinResponse::Accepted {
+                        ca_pem, cert_pem, ..
+                    } => (ca_pem, cert_pem),
+                    JoinResponse::Refused { reason } => {
+                        return Err(ClusterError::Refused {
+                            addr: holder,
+                            reason,
+                        })
+                    }
+                }
+            }
+        };
+        let renewed = NodeIdentity::from_pem(&ca_pem, &cert_pem, &req.key_pem)?;
+        if renewed.node_id().as_deref() != Some(node_id.as_str()) {
+            return Err(ClusterError::Refused {
+                addr: self.listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                reason: "the renewed certificate names another node".into(),
+            });
+        }
+        self.files.write("node.key", &req.key_pem)?;
+        self.files.write("node.pem", &cert_pem)?;
+        let mut inner = lock(&self.inner);
+        if let Some(m) = inner.mesh.as_ref() {
+            m.set_identity(&renewed, inner.ca.is_some())?;
+        }
+        inner.identity = Some(renewed);
+        metrics::counter!(METRIC_RENEWALS).increment(1);
+        tracing::info!("renewed the node certificate");
+        Ok(())
+    }
+
+    /// The renewal proof: the node's event key over the request (no token: the secret is zero).
+    fn proof(&self, node_id: &str, csr_pem: &str) -> Result<Vec<u8>, ClusterError> {
+        // The key file beside the cluster directory (the log keeps its own copy).
+        let root = self.files.dir.parent().unwrap_or(Path::new("/"));
+        let key =
+            NodeKey::load_or_create(&root.join("node.key")).map_err(|e| ClusterError::Io {
+                what: "read the node key",
+                path: root.join("node.key"),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        Ok(key
+            .sign_digest(&proof_digest(&[0; 32], node_id, csr_pem))
+            .to_vec())
     }
 
     /// `bolt cluster init`: a new cluster CA, this node's certificate, and the mesh.
@@ -296,7 +439,7 @@ impl Cluster {
             let ca = ClusterCa::generate(name, now, CA_TTL)?;
             let node_id = node_hex(self.node.node_id());
             let req = node_request(&node_id)?;
-            let cert = ca.issue(&req.csr_pem, &node_id, now, CERT_TTL)?;
+            let cert = ca.issue(&req.csr_pem, &node_id, now, self.cert_ttl)?;
             let identity = NodeIdentity::from_pem(ca.cert_pem(), &cert, &req.key_pem)?;
             self.files.write("ca.key", &ca.key_pem())?;
             self.files.write("ca.pem", ca.cert_pem())?;
@@ -331,17 +474,37 @@ impl Cluster {
             .to_string())
     }
 
-    async fn serve_join(self: Arc<Self>, conn: JoinConn) {
+    async fn serve_join(self: Arc<Self>, conn: JoinConn, renew: Option<String>) {
         let from = conn.remote_addr();
         let this = Arc::clone(&self);
+        let revoked = match renew.as_deref().map(str::parse::<NodeId>) {
+            Some(Ok(id)) => {
+                let node = Arc::clone(&self.node);
+                tokio::task::spawn_blocking(move || {
+                    node.with_live_state(|s| bolt_state::is_revoked(s, id))
+                        .unwrap_or(true)
+                })
+                .await
+                .unwrap_or(true)
+            }
+            Some(Err(_)) => true,
+            None => false,
+        };
         let admitted: Arc<Mutex<Option<Command>>> = Arc::default();
         let admit = Arc::clone(&admitted);
         let served = conn
             .serve(move |req| {
                 let outcome = req.and_then(|req| {
-                    lock(&this.inner)
-                        .tokens
-                        .redeem(&req.secret, SystemTime::now())?;
+                    match &renew {
+                        // A renewal: the requester is the member its certificate names.
+                        Some(id) if revoked || *id != req.node_id => {
+                            return Err(JoinError::Proof);
+                        }
+                        Some(_) => {}
+                        None => lock(&this.inner)
+                            .tokens
+                            .redeem(&req.secret, SystemTime::now())?,
+                    }
                     req.check_proof()?;
                     Ok(req)
                 });
@@ -362,7 +525,15 @@ impl Cluster {
                     };
                 };
                 let now = OffsetDateTime::now_utc();
-                match ca.issue(&req.csr_pem, &req.node_id, now, CERT_TTL) {
+                match ca.issue(&req.csr_pem, &req.node_id, now, this.cert_ttl) {
+                    Ok(cert_pem) if renew.is_some() => {
+                        metrics::counter!(METRIC_JOINS, "outcome" => "renewed").increment(1);
+                        JoinResponse::Accepted {
+                            ca_pem: ca.cert_pem().to_owned(),
+                            cert_pem,
+                            member_id: node_hex(this.node.node_id()),
+                        }
+                    }
                     Ok(cert_pem) => {
                         if let Ok(node) = req.node_id.parse() {
                             *lock(&admit) = Some(Command::AdmitNode {

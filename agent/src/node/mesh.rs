@@ -179,7 +179,7 @@ impl MeshDriver {
         node: Arc<Node>,
         mesh: Mesh,
         seeds: super::cluster::Seeds,
-        on_join: Arc<dyn Fn(bolt_fabric::quic::JoinConn) + Send + Sync>,
+        on_join: Arc<dyn Fn(bolt_fabric::quic::JoinConn, Option<String>) + Send + Sync>,
     ) -> Arc<MeshDriver> {
         let mesh = Arc::new(mesh);
         let status = Arc::new(Mutex::new(MeshStatus::default()));
@@ -212,6 +212,15 @@ impl MeshDriver {
         driver
     }
 
+    /// Uses a renewed certificate for the connections made from now on.
+    pub fn set_identity(
+        &self,
+        identity: &bolt_fabric::identity::NodeIdentity,
+        accept_joins: bool,
+    ) -> Result<(), QuicError> {
+        self.mesh.set_identity(identity, accept_joins)
+    }
+
     /// The address the mesh listens on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.mesh.local_addr().ok()
@@ -242,7 +251,7 @@ async fn accept_loop(
     mesh: Arc<Mesh>,
     inbound: SyncSender<Input>,
     status: Arc<Mutex<MeshStatus>>,
-    on_join: Arc<dyn Fn(bolt_fabric::quic::JoinConn) + Send + Sync>,
+    on_join: Arc<dyn Fn(bolt_fabric::quic::JoinConn, Option<String>) + Send + Sync>,
 ) {
     while let Some(incoming) = mesh.accept().await {
         match incoming {
@@ -263,7 +272,8 @@ async fn accept_loop(
                 }
                 tokio::spawn(receive(peer, inbound.clone(), Arc::clone(&status)));
             }
-            Ok(Incoming::Join(conn)) => on_join(conn),
+            Ok(Incoming::Join(conn)) => on_join(conn, None),
+            Ok(Incoming::Renew(conn, id)) => on_join(conn, Some(id)),
             Err(e) => {
                 let reason = match e {
                     QuicError::NoPeerId => "no certificate",
