@@ -395,6 +395,13 @@ fn a_capsule_run_on_one_node_is_listed_by_every_node() {
     // Without --all-nodes a node lists its own capsules only, as docker does.
     let own = c.node(0).node.ok(&["ps", "-a", "--format", "json"]);
     assert!(!own.stdout.contains("\"web\""), "{}", own.stdout);
+    // Another node's capsule is not stopped, removed or read from here: it runs elsewhere.
+    for cmd in [&["stop", "web"][..], &["rm", "-f", "web"], &["logs", "web"]] {
+        let out = c.node(0).node.bolt(cmd).unwrap();
+        assert!(!out.ok(), "{cmd:?} went through");
+        assert!(out.stderr.contains("runs on node"), "{cmd:?}: {}", out.stderr);
+    }
+    assert!(c.node(1).node.ok(&["ps", "--format", "json"]).stdout.contains("running"));
     c.node(1).node.ok(&["rm", "-f", "web"]);
     converged(&c, &[0, 1, 2], |i| {
         c.node(i)

@@ -22,7 +22,7 @@ impl Capsules {
         since_ms: Option<u64>,
         tail: Option<usize>,
     ) -> Result<(String, Vec<LogLine>), CapsuleError> {
-        let id = self.view(key).await?.id;
+        let (id, _, _) = self.generation(key).await?;
         let dir = self.dir_of(&id);
         let lines = self
             .blocking(move || bolt_capsule::runtime::supervisor::read_logs(&dir))

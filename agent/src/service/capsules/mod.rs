@@ -426,11 +426,26 @@ impl Capsules {
         }
     }
 
-    /// The capsule's run generation now: `(id, restarts, running)`.
+    /// The capsule's run generation now: `(id, restarts, running)`. Only this node's capsules:
+    /// another node's (replicated into the state by the mesh) is refused with where it runs, as
+    /// this node has neither its process nor its files.
     pub async fn generation(&self, key: &str) -> Result<(String, u32, bool), CapsuleError> {
         let key = key.to_owned();
+        let me = self.node.node_id();
         self.state(move |s| {
-            find(s, &key).map(|c| (c.id.clone(), c.restarts, c.status == CapsuleStatus::Running))
+            let c = find(s, &key)?;
+            if c.node != me {
+                let node = s
+                    .nodes
+                    .get(&c.node)
+                    .map_or_else(|| c.node.short(), |n| n.name.clone());
+                return Err(CapsuleError::Conflict(format!(
+                    "capsule {} runs on node {node} ({}): run the command there",
+                    c.name,
+                    c.node.short()
+                )));
+            }
+            Ok((c.id.clone(), c.restarts, c.status == CapsuleStatus::Running))
         })
         .await?
     }
