@@ -33,8 +33,9 @@ use crate::node::{Node, NodeError};
 use crate::service::Services;
 use crate::wire::capsules::one_line;
 pub use crate::wire::ROUTES;
+use crate::wire::filter::{EventFilter, HEADER_CURSOR, HEADER_HEAD};
 use crate::wire::{
-    AtQuery, ErrorBody, EventsQuery, MAX_EVENTS_PAGE, PATH_EVENTS, PATH_INFO, PATH_METRICS,
+    AtQuery, ErrorBody, EventsQuery, MAX_EVENTS_PAGE, MAX_EVENTS_SCAN, PATH_EVENTS, PATH_INFO, PATH_METRICS,
     PATH_OPENAPI, PATH_STATE, PATH_STATE_HASH, PATH_STREAM, PATH_VERIFY,
 };
 
@@ -140,7 +141,7 @@ impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> ApiError {
         let status = match &e {
             NodeError::BeyondHead { .. } => StatusCode::NOT_FOUND,
-            NodeError::Limit { .. } => StatusCode::BAD_REQUEST,
+            NodeError::Limit { .. } | NodeError::Filter(_) => StatusCode::BAD_REQUEST,
             NodeError::Decide(d) => refusal_status(d),
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -198,16 +199,31 @@ async fn info(State(node): State<Arc<Node>>) -> ApiResult<crate::wire::InfoView>
     blocking(&node, Node::info).await.map(Json)
 }
 
+/// The filter of an events query, resolved on the node (names to ids).
+async fn filter_of(node: &Arc<Node>, q: &EventsQuery) -> Result<EventFilter, ApiError> {
+    let (origin, kind) = (q.origin.clone(), q.kind.clone());
+    blocking(node, move |n| n.event_filter(origin.as_deref(), kind.as_deref())).await
+}
+
+/// The matching events as a JSON array; the cursor the scan reached and the log head in the
+/// [`HEADER_CURSOR`] and [`HEADER_HEAD`] headers.
 async fn events(
     State(node): State<Arc<Node>>,
     q: Result<Query<EventsQuery>, QueryRejection>,
-) -> ApiResult<Vec<crate::wire::EventView>> {
+) -> Result<Response, ApiError> {
     let Query(q) = q?;
+    let filter = filter_of(&node, &q).await?;
     let since = q.since.unwrap_or_default();
     let limit = q.limit.unwrap_or(MAX_EVENTS_PAGE);
-    blocking(&node, move |n| n.events(since, limit))
-        .await
-        .map(Json)
+    let page = blocking(&node, move |n| n.events_page(since, limit, &filter)).await?;
+    Ok((
+        [
+            (HEADER_CURSOR, page.cursor.0.to_string()),
+            (HEADER_HEAD, page.head.0.to_string()),
+        ],
+        Json(page.events),
+    )
+        .into_response())
 }
 
 async fn verify(State(node): State<Arc<Node>>) -> ApiResult<crate::wire::VerifyView> {
@@ -237,6 +253,7 @@ async fn stream(
 ) -> Result<Response, ApiError> {
     let Query(q) = q?;
     let ws = ws?;
+    let filter = filter_of(&node, &q).await?;
     let ticket = node.stream_ticket().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -245,26 +262,30 @@ async fn stream(
     })?;
     let since = q.since.unwrap_or_default();
     Ok(ws.on_upgrade(move |socket| async move {
-        follow(node, socket, since).await;
+        follow(node, socket, since, filter).await;
         drop(ticket);
     }))
 }
 
-/// Send every event after `last`, then each new one as it commits, until the peer leaves or
-/// the agent shuts down (then: what is left, and a close frame).
-async fn follow(node: Arc<Node>, mut socket: WebSocket, mut last: Cursor) {
+/// Send every event after `last` that passes `filter`, then each new one as it commits, until
+/// the peer leaves or the agent shuts down (then: what is left, and a close frame). Each step
+/// looks at a bounded number of events; `last` moves past non-matching ones too.
+async fn follow(node: Arc<Node>, mut socket: WebSocket, mut last: Cursor, filter: EventFilter) {
+    let filter = Arc::new(filter);
     let mut head = node.watch_head();
     let mut shutdown = node.watch_shutdown();
     loop {
         loop {
-            let page = match blocking(&node, move |n| n.events(last, STREAM_PAGE)).await {
+            let f = Arc::clone(&filter);
+            let page = match blocking(&node, move |n| n.events_page(last, STREAM_PAGE, &f)).await
+            {
                 Ok(page) => page,
                 Err(e) => {
                     close(&mut socket, close_code::ERROR, &e.body.error).await;
                     return;
                 }
             };
-            for ev in &page {
+            for ev in &page.events {
                 let text = match serde_json::to_string(ev) {
                     Ok(t) => t,
                     Err(e) => {
@@ -275,9 +296,9 @@ async fn follow(node: Arc<Node>, mut socket: WebSocket, mut last: Cursor) {
                 if socket.send(Message::Text(text.into())).await.is_err() {
                     return;
                 }
-                last = Cursor(ev.cursor);
             }
-            if page.len() < STREAM_PAGE {
+            last = last.max(page.cursor);
+            if !page.more() {
                 break;
             }
         }
@@ -387,6 +408,12 @@ fn core_openapi_document() -> serde_json::Value {
                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
     };
     let hash = json!({"type": "string", "pattern": "^[0-9a-f]{64}$"});
+    let origin = json!({"name": "origin", "in": "query", "required": false,
+        "description": "only events of this origin: a node id hex prefix (at least 4 digits) or a node name",
+        "schema": {"type": "string"}});
+    let kind = json!({"name": "kind", "in": "query", "required": false,
+        "description": "only events of this kind: exact (`capsule.started`) or a prefix ending in `.` or `.*` (`cluster.*`)",
+        "schema": {"type": "string", "example": "capsule.*"}});
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -400,15 +427,24 @@ fn core_openapi_document() -> serde_json::Value {
                 "responses": {"200": ok("node info", "Info"), "500": err("log failure")}
             }},
             PATH_EVENTS: {"get": {
-                "operationId": "events", "summary": "Events after a cursor, in arrival order.",
+                "operationId": "events",
+                "summary": format!("Events after a cursor that pass the filter, in arrival order; one request looks at no more than {MAX_EVENTS_SCAN} events and says in `{HEADER_CURSOR}` how far it got."),
                 "parameters": [
                     cursor("since", "only events after this cursor (default 0)"),
                     {"name": "limit", "in": "query", "required": false,
                      "description": "at most this many events",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS_PAGE}}
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS_PAGE}},
+                    origin.clone(),
+                    kind.clone()
                 ],
                 "responses": {
-                    "200": {"description": "events", "content": {"application/json": {"schema":
+                    "200": {"description": "events",
+                        "headers": {
+                            HEADER_CURSOR: {"description": "the cursor the scan reached: continue after it",
+                                            "schema": {"type": "integer"}},
+                            HEADER_HEAD: {"description": "the log head when the page was read",
+                                          "schema": {"type": "integer"}}},
+                        "content": {"application/json": {"schema":
                         {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}}},
                     "400": err("bad query"), "500": err("log failure")
                 }
@@ -421,7 +457,7 @@ fn core_openapi_document() -> serde_json::Value {
             PATH_STREAM: {"get": {
                 "operationId": "streamEvents",
                 "summary": "WebSocket: every event after `since` as a JSON text message (an Event), then live appends.",
-                "parameters": [cursor("since", "resume after this cursor (default 0)")],
+                "parameters": [cursor("since", "resume after this cursor (default 0)"), origin, kind],
                 "responses": {"101": {"description": "switching to the WebSocket protocol"},
                               "400": err("not a WebSocket upgrade or bad query"),
                               "503": err("the agent is shutting down")}
