@@ -32,11 +32,11 @@ use serde_json::json;
 use crate::node::{Node, NodeError};
 use crate::service::Services;
 use crate::wire::capsules::one_line;
-pub use crate::wire::ROUTES;
 use crate::wire::filter::{EventFilter, HEADER_CURSOR, HEADER_HEAD};
+pub use crate::wire::ROUTES;
 use crate::wire::{
-    AtQuery, ErrorBody, EventsQuery, MAX_EVENTS_PAGE, MAX_EVENTS_SCAN, PATH_EVENTS, PATH_INFO, PATH_METRICS,
-    PATH_OPENAPI, PATH_STATE, PATH_STATE_HASH, PATH_STREAM, PATH_VERIFY,
+    AtQuery, ErrorBody, EventsQuery, MAX_EVENTS_PAGE, MAX_EVENTS_SCAN, PATH_EVENTS, PATH_INFO,
+    PATH_METRICS, PATH_OPENAPI, PATH_STATE, PATH_STATE_HASH, PATH_STREAM, PATH_VERIFY,
 };
 
 /// Counter of HTTP requests, by method, route and status.
@@ -202,7 +202,10 @@ async fn info(State(node): State<Arc<Node>>) -> ApiResult<crate::wire::InfoView>
 /// The filter of an events query, resolved on the node (names to ids).
 async fn filter_of(node: &Arc<Node>, q: &EventsQuery) -> Result<EventFilter, ApiError> {
     let (origin, kind) = (q.origin.clone(), q.kind.clone());
-    blocking(node, move |n| n.event_filter(origin.as_deref(), kind.as_deref())).await
+    blocking(node, move |n| {
+        n.event_filter(origin.as_deref(), kind.as_deref())
+    })
+    .await
 }
 
 /// The matching events as a JSON array; the cursor the scan reached and the log head in the
@@ -277,8 +280,7 @@ async fn follow(node: Arc<Node>, mut socket: WebSocket, mut last: Cursor, filter
     loop {
         loop {
             let f = Arc::clone(&filter);
-            let page = match blocking(&node, move |n| n.events_page(last, STREAM_PAGE, &f)).await
-            {
+            let page = match blocking(&node, move |n| n.events_page(last, STREAM_PAGE, &f)).await {
                 Ok(page) => page,
                 Err(e) => {
                     close(&mut socket, close_code::ERROR, &e.body.error).await;

@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use bolt_events::Cursor;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, EventSelect};
 use crate::wire::networks::plan;
 use crate::wire::{default_network, DEFAULT_SNAPSHOT_EVERY};
 
@@ -192,6 +192,13 @@ pub struct EventsArgs {
     /// Only events after this cursor.
     #[arg(long, default_value_t = 0)]
     pub since: u64,
+    /// Only events of this origin: a node id hex prefix (at least 4 digits) or a node name.
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Only events of this kind: exact (`capsule.started`) or a prefix (`capsule.`,
+    /// `cluster.*`).
+    #[arg(long)]
+    pub kind: Option<String>,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }
@@ -342,10 +349,18 @@ async fn run_client(client: Client, command: Command) -> Result<ExitCode, CliErr
                     return Err(CliError::Faults(report.faults.len()));
                 }
             }
-            None if args.follow => {
-                events::follow(&client, Cursor(args.since), args.format, &mut out).await?
+            None => {
+                let select = EventSelect {
+                    origin: args.origin,
+                    kind: args.kind,
+                };
+                let since = Cursor(args.since);
+                if args.follow {
+                    events::follow(&client, since, &select, args.format, &mut out).await?
+                } else {
+                    events::list(&client, since, &select, args.format, &mut out).await?
+                }
             }
-            None => events::list(&client, Cursor(args.since), args.format, &mut out).await?,
         },
         Command::Images(cmd) => crate::cli::images::run(&client, cmd, &mut out).await?,
         Command::Agent(_)

@@ -20,8 +20,8 @@ use bolt_state::{decide, state_at, Command, DecideError, Replica, ReplicaError, 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{mpsc, watch};
 
-pub use crate::wire::{default_network, DEFAULT_SNAPSHOT_EVERY};
 use crate::wire::filter::{EventFilter, FilterError, KindFilter, OriginFilter};
+pub use crate::wire::{default_network, DEFAULT_SNAPSHOT_EVERY};
 use crate::wire::{
     EventView, EventsPage, HashView, InfoView, StateView, VerifyView, MAX_EVENTS_PAGE,
     MAX_EVENTS_SCAN,

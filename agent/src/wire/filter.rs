@@ -119,7 +119,9 @@ impl OriginFilter {
 /// Whether the lowercase hex of `id` starts with the lowercase hex digits `prefix`.
 fn hex_starts_with(id: &NodeId, prefix: &str) -> bool {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = id.0.iter().flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+    let digits =
+        id.0.iter()
+            .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
     prefix.len() <= 64 && prefix.bytes().zip(digits).all(|(p, d)| p == d)
 }
 
