@@ -255,8 +255,9 @@ async fn stream(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q?;
-    let ws = ws?;
+    // A bad filter is refused before anything else, with its own reason.
     let filter = filter_of(&node, &q).await?;
+    let ws = ws?;
     let ticket = node.stream_ticket().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -638,6 +639,158 @@ mod tests {
         assert_eq!(page.as_array().unwrap(), &all[..1]);
         let (_, none) = get_json(&router, "/v1/events?since=2").await;
         assert_eq!(none.as_array().unwrap().len(), 0);
+    }
+
+    /// A node (cursor 1: its start) holding a peer's start, stop and start (cursors 2 to 4,
+    /// replicated as the mesh would), then its own stop (cursor 5).
+    fn node_with_a_peer(dir: &Path) -> (Arc<Node>, Arc<Node>) {
+        let node = started_node(dir);
+        let peer_dir = dir.join("peer");
+        std::fs::create_dir_all(&peer_dir).unwrap();
+        let log = Log::open(&peer_dir.join("events.redb"), NodeKey::from_seed([9; 32])).unwrap();
+        let mut opts = NodeOptions::for_this_host();
+        opts.name = "peer-node".into();
+        let peer = Node::open(log, opts).unwrap();
+        peer.start().unwrap();
+        peer.stop("test").unwrap();
+        peer.start().unwrap();
+        let run = peer.log().read_after(Cursor(0), 100).unwrap();
+        let envelopes = run.into_iter().map(|a| a.event.envelope).collect();
+        node.log().append_remote(envelopes).unwrap();
+        node.stop("test").unwrap();
+        (node, peer)
+    }
+
+    async fn get_page(router: &Router, uri: &str) -> (Vec<u64>, u64, u64) {
+        let req = HttpRequest::builder().uri(uri).body(Body::empty()).unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+        let header =
+            |name: &str| -> u64 { resp.headers()[name].to_str().unwrap().parse().unwrap() };
+        let (cursor, head) = (header(HEADER_CURSOR), header(HEADER_HEAD));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let events: Vec<crate::wire::EventView> = serde_json::from_slice(&body).unwrap();
+        (events.iter().map(|e| e.cursor).collect(), cursor, head)
+    }
+
+    #[tokio::test]
+    async fn events_filter_by_origin_and_kind_and_resume_from_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, peer) = node_with_a_peer(dir.path());
+        let router = router(Arc::clone(&node));
+        let me = node.node_id().to_string();
+        let them = peer.node_id().to_string();
+
+        assert_eq!(
+            get_page(&router, "/v1/events").await,
+            (vec![1, 2, 3, 4, 5], 5, 5)
+        );
+        // By name, by prefix (any case), by whole id.
+        let peer_events = (vec![2, 3, 4], 5, 5);
+        assert_eq!(
+            get_page(&router, "/v1/events?origin=peer-node").await,
+            peer_events
+        );
+        let upper = them[..6].to_uppercase();
+        assert_eq!(
+            get_page(&router, &format!("/v1/events?origin={upper}")).await,
+            peer_events
+        );
+        assert_eq!(
+            get_page(&router, &format!("/v1/events?origin={them}")).await,
+            peer_events
+        );
+        assert_eq!(
+            get_page(&router, "/v1/events?origin=test-node").await,
+            (vec![1, 5], 5, 5)
+        );
+        // Kinds: exact and prefix, combined with an origin.
+        assert_eq!(
+            get_page(&router, "/v1/events?kind=node.started").await.0,
+            vec![1, 2, 4]
+        );
+        for prefix in ["node.", "node.*"] {
+            assert_eq!(
+                get_page(&router, &format!("/v1/events?kind={prefix}"))
+                    .await
+                    .0,
+                vec![1, 2, 3, 4, 5]
+            );
+        }
+        assert!(get_page(&router, "/v1/events?kind=capsule.*")
+            .await
+            .0
+            .is_empty());
+        assert_eq!(
+            get_page(
+                &router,
+                &format!("/v1/events?origin={}&kind=node.stopped", &me[..8])
+            )
+            .await
+            .0,
+            vec![5]
+        );
+        // A full page ends at its last event; the next one resumes after it.
+        assert_eq!(
+            get_page(&router, "/v1/events?origin=peer-node&limit=2").await,
+            (vec![2, 3], 3, 5)
+        );
+        assert_eq!(
+            get_page(&router, "/v1/events?origin=peer-node&since=3").await,
+            (vec![4], 5, 5)
+        );
+        assert_eq!(
+            get_page(&router, "/v1/events?kind=node.stopped&since=5").await,
+            (vec![], 5, 5)
+        );
+    }
+
+    #[test]
+    fn a_filtered_scan_is_bounded_and_continues_from_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _peer) = node_with_a_peer(dir.path());
+        let filter = node.event_filter(None, Some("node.stopped")).unwrap();
+        // Two events looked at per request: 1 and 2 match nothing, 3 matches, then 5.
+        let mut since = Cursor(0);
+        let mut pages = Vec::new();
+        loop {
+            let page = node.events_scan(since, 10, &filter, 2).unwrap();
+            let cursors: Vec<u64> = page.events.iter().map(|e| e.cursor).collect();
+            pages.push((cursors, page.cursor.0));
+            since = page.cursor;
+            if !page.more() {
+                break;
+            }
+        }
+        assert_eq!(pages, vec![(vec![], 2), (vec![3], 4), (vec![5], 5)]);
+        // Unfiltered, the scan budget caps the page too.
+        let all = node
+            .events_scan(Cursor(0), 10, &EventFilter::default(), 3)
+            .unwrap();
+        assert_eq!(all.events.len(), 3);
+        assert!(all.more());
+    }
+
+    #[tokio::test]
+    async fn bad_filters_are_one_line_400s() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _peer) = node_with_a_peer(dir.path());
+        let router = router(node);
+        for (uri, needle) in [
+            ("/v1/events?origin=abc", "origin \"abc\""),
+            ("/v1/events?origin=nobody", "origin \"nobody\""),
+            ("/v1/events?origin=", "origin must not be empty"),
+            ("/v1/events?kind=", "kind must not be empty"),
+            ("/v1/events?kind=.*", "kind must not be empty"),
+            ("/v1/events?kind=cap*sule", "wildcard"),
+            ("/v1/events/stream?origin=zz", "origin \"zz\""),
+        ] {
+            let (status, body) = get_json(&router, uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+            let error = error_of(&body);
+            assert!(error.contains(needle), "{uri}: {error}");
+            assert!(!error.contains('\n'), "{uri}: {error}");
+        }
     }
 
     #[tokio::test]

@@ -358,6 +358,19 @@ impl Node {
         limit: usize,
         filter: &EventFilter,
     ) -> Result<EventsPage, NodeError> {
+        self.events_scan(since, limit, filter, MAX_EVENTS_SCAN)
+    }
+
+    /// [`Node::events_page`] looking at no more than `max_scan` events (at least one).
+    /// Blocking.
+    pub fn events_scan(
+        &self,
+        since: Cursor,
+        limit: usize,
+        filter: &EventFilter,
+        max_scan: usize,
+    ) -> Result<EventsPage, NodeError> {
+        let max_scan = max_scan.max(1);
         if limit == 0 || limit > MAX_EVENTS_PAGE {
             return Err(NodeError::Limit {
                 got: limit,
@@ -368,12 +381,13 @@ impl Node {
         let mut events = Vec::new();
         let mut reached = since;
         let mut scanned = 0;
-        while events.len() < limit && scanned < MAX_EVENTS_SCAN && reached < head {
+        while events.len() < limit && scanned < max_scan && reached < head {
             let want = if filter.is_empty() {
                 limit - events.len()
             } else {
-                SCAN_BATCH.min(MAX_EVENTS_SCAN - scanned)
-            };
+                SCAN_BATCH
+            }
+            .min(max_scan - scanned);
             let batch = self.log.read_after(reached, want)?;
             if batch.is_empty() {
                 // Nothing after `reached` at all: the scan has seen everything up to the head.

@@ -192,14 +192,14 @@ mod tests {
                 "{p}"
             );
         }
-        for bad in ["", " ", ".", ".*", "*"] {
+        for bad in ["", " ", ".", ".*"] {
             assert_eq!(
                 KindFilter::parse(bad),
                 Err(FilterError::EmptyKind),
                 "{bad:?}"
             );
         }
-        for bad in ["capsule*", "cap*sule.started", "capsule.*.x", "**"] {
+        for bad in ["*", "capsule*", "cap*sule.started", "capsule.*.x", "**"] {
             assert!(
                 matches!(KindFilter::parse(bad), Err(FilterError::Wildcard(_))),
                 "{bad:?}"
