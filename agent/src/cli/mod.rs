@@ -539,4 +539,44 @@ mod tests {
         assert_eq!(format_duration(3_600 * 2 + 60), "2h01m");
         assert_eq!(format_duration(86_400 + 3_600), "1d01h");
     }
+
+    #[test]
+    fn events_takes_origin_and_kind_with_follow_and_since() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "bolt",
+            "events",
+            "--origin",
+            "node-b",
+            "--kind",
+            "capsule.*",
+            "--follow",
+            "--since",
+            "7",
+        ])
+        .unwrap();
+        let super::Command::Events(args) = cli.command else {
+            panic!("not events: {cli:?}");
+        };
+        assert_eq!(args.origin.as_deref(), Some("node-b"));
+        assert_eq!(args.kind.as_deref(), Some("capsule.*"));
+        assert!(args.follow);
+        assert_eq!(args.since, 7);
+        let plain = super::Cli::try_parse_from(["bolt", "events"]).unwrap();
+        let super::Command::Events(args) = plain.command else {
+            panic!("not events");
+        };
+        assert_eq!((args.origin, args.kind), (None, None));
+    }
+
+    #[test]
+    fn an_event_selection_is_encoded_as_query_parameters() {
+        use crate::client::EventSelect;
+        assert_eq!(EventSelect::default().query(), "");
+        let select = EventSelect {
+            origin: Some("node b".into()),
+            kind: Some("cluster.*".into()),
+        };
+        assert_eq!(select.query(), "&origin=node%20b&kind=cluster.%2A");
+    }
 }
