@@ -32,10 +32,11 @@ use serde_json::json;
 use crate::node::{Node, NodeError};
 use crate::service::Services;
 use crate::wire::capsules::one_line;
+use crate::wire::filter::{EventFilter, HEADER_CURSOR, HEADER_HEAD};
 pub use crate::wire::ROUTES;
 use crate::wire::{
-    AtQuery, ErrorBody, EventsQuery, MAX_EVENTS_PAGE, PATH_EVENTS, PATH_INFO, PATH_METRICS,
-    PATH_OPENAPI, PATH_STATE, PATH_STATE_HASH, PATH_STREAM, PATH_VERIFY,
+    AtQuery, ErrorBody, EventsQuery, MAX_EVENTS_PAGE, MAX_EVENTS_SCAN, PATH_EVENTS, PATH_INFO,
+    PATH_METRICS, PATH_OPENAPI, PATH_STATE, PATH_STATE_HASH, PATH_STREAM, PATH_VERIFY,
 };
 
 /// Counter of HTTP requests, by method, route and status.
@@ -140,7 +141,7 @@ impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> ApiError {
         let status = match &e {
             NodeError::BeyondHead { .. } => StatusCode::NOT_FOUND,
-            NodeError::Limit { .. } => StatusCode::BAD_REQUEST,
+            NodeError::Limit { .. } | NodeError::Filter(_) => StatusCode::BAD_REQUEST,
             NodeError::Decide(d) => refusal_status(d),
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -198,16 +199,34 @@ async fn info(State(node): State<Arc<Node>>) -> ApiResult<crate::wire::InfoView>
     blocking(&node, Node::info).await.map(Json)
 }
 
+/// The filter of an events query, resolved on the node (names to ids).
+async fn filter_of(node: &Arc<Node>, q: &EventsQuery) -> Result<EventFilter, ApiError> {
+    let (origin, kind) = (q.origin.clone(), q.kind.clone());
+    blocking(node, move |n| {
+        n.event_filter(origin.as_deref(), kind.as_deref())
+    })
+    .await
+}
+
+/// The matching events as a JSON array; the cursor the scan reached and the log head in the
+/// [`HEADER_CURSOR`] and [`HEADER_HEAD`] headers.
 async fn events(
     State(node): State<Arc<Node>>,
     q: Result<Query<EventsQuery>, QueryRejection>,
-) -> ApiResult<Vec<crate::wire::EventView>> {
+) -> Result<Response, ApiError> {
     let Query(q) = q?;
+    let filter = filter_of(&node, &q).await?;
     let since = q.since.unwrap_or_default();
     let limit = q.limit.unwrap_or(MAX_EVENTS_PAGE);
-    blocking(&node, move |n| n.events(since, limit))
-        .await
-        .map(Json)
+    let page = blocking(&node, move |n| n.events_page(since, limit, &filter)).await?;
+    Ok((
+        [
+            (HEADER_CURSOR, page.cursor.0.to_string()),
+            (HEADER_HEAD, page.head.0.to_string()),
+        ],
+        Json(page.events),
+    )
+        .into_response())
 }
 
 async fn verify(State(node): State<Arc<Node>>) -> ApiResult<crate::wire::VerifyView> {
@@ -236,6 +255,8 @@ async fn stream(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q?;
+    // A bad filter is refused before anything else, with its own reason.
+    let filter = filter_of(&node, &q).await?;
     let ws = ws?;
     let ticket = node.stream_ticket().ok_or_else(|| {
         ApiError::new(
@@ -245,26 +266,29 @@ async fn stream(
     })?;
     let since = q.since.unwrap_or_default();
     Ok(ws.on_upgrade(move |socket| async move {
-        follow(node, socket, since).await;
+        follow(node, socket, since, filter).await;
         drop(ticket);
     }))
 }
 
-/// Send every event after `last`, then each new one as it commits, until the peer leaves or
-/// the agent shuts down (then: what is left, and a close frame).
-async fn follow(node: Arc<Node>, mut socket: WebSocket, mut last: Cursor) {
+/// Send every event after `last` that passes `filter`, then each new one as it commits, until
+/// the peer leaves or the agent shuts down (then: what is left, and a close frame). Each step
+/// looks at a bounded number of events; `last` moves past non-matching ones too.
+async fn follow(node: Arc<Node>, mut socket: WebSocket, mut last: Cursor, filter: EventFilter) {
+    let filter = Arc::new(filter);
     let mut head = node.watch_head();
     let mut shutdown = node.watch_shutdown();
     loop {
         loop {
-            let page = match blocking(&node, move |n| n.events(last, STREAM_PAGE)).await {
+            let f = Arc::clone(&filter);
+            let page = match blocking(&node, move |n| n.events_page(last, STREAM_PAGE, &f)).await {
                 Ok(page) => page,
                 Err(e) => {
                     close(&mut socket, close_code::ERROR, &e.body.error).await;
                     return;
                 }
             };
-            for ev in &page {
+            for ev in &page.events {
                 let text = match serde_json::to_string(ev) {
                     Ok(t) => t,
                     Err(e) => {
@@ -275,9 +299,9 @@ async fn follow(node: Arc<Node>, mut socket: WebSocket, mut last: Cursor) {
                 if socket.send(Message::Text(text.into())).await.is_err() {
                     return;
                 }
-                last = Cursor(ev.cursor);
             }
-            if page.len() < STREAM_PAGE {
+            last = last.max(page.cursor);
+            if !page.more() {
                 break;
             }
         }
@@ -387,6 +411,12 @@ fn core_openapi_document() -> serde_json::Value {
                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
     };
     let hash = json!({"type": "string", "pattern": "^[0-9a-f]{64}$"});
+    let origin = json!({"name": "origin", "in": "query", "required": false,
+        "description": "only events of this origin: a node id hex prefix (at least 4 digits) or a node name",
+        "schema": {"type": "string"}});
+    let kind = json!({"name": "kind", "in": "query", "required": false,
+        "description": "only events of this kind: exact (`capsule.started`) or a prefix ending in `.` or `.*` (`cluster.*`)",
+        "schema": {"type": "string", "example": "capsule.*"}});
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -400,15 +430,24 @@ fn core_openapi_document() -> serde_json::Value {
                 "responses": {"200": ok("node info", "Info"), "500": err("log failure")}
             }},
             PATH_EVENTS: {"get": {
-                "operationId": "events", "summary": "Events after a cursor, in arrival order.",
+                "operationId": "events",
+                "summary": format!("Events after a cursor that pass the filter, in arrival order; one request looks at no more than {MAX_EVENTS_SCAN} events and says in `{HEADER_CURSOR}` how far it got."),
                 "parameters": [
                     cursor("since", "only events after this cursor (default 0)"),
                     {"name": "limit", "in": "query", "required": false,
                      "description": "at most this many events",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS_PAGE}}
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS_PAGE}},
+                    origin.clone(),
+                    kind.clone()
                 ],
                 "responses": {
-                    "200": {"description": "events", "content": {"application/json": {"schema":
+                    "200": {"description": "events",
+                        "headers": {
+                            HEADER_CURSOR: {"description": "the cursor the scan reached: continue after it",
+                                            "schema": {"type": "integer"}},
+                            HEADER_HEAD: {"description": "the log head when the page was read",
+                                          "schema": {"type": "integer"}}},
+                        "content": {"application/json": {"schema":
                         {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}}},
                     "400": err("bad query"), "500": err("log failure")
                 }
@@ -421,7 +460,7 @@ fn core_openapi_document() -> serde_json::Value {
             PATH_STREAM: {"get": {
                 "operationId": "streamEvents",
                 "summary": "WebSocket: every event after `since` as a JSON text message (an Event), then live appends.",
-                "parameters": [cursor("since", "resume after this cursor (default 0)")],
+                "parameters": [cursor("since", "resume after this cursor (default 0)"), origin, kind],
                 "responses": {"101": {"description": "switching to the WebSocket protocol"},
                               "400": err("not a WebSocket upgrade or bad query"),
                               "503": err("the agent is shutting down")}
@@ -600,6 +639,158 @@ mod tests {
         assert_eq!(page.as_array().unwrap(), &all[..1]);
         let (_, none) = get_json(&router, "/v1/events?since=2").await;
         assert_eq!(none.as_array().unwrap().len(), 0);
+    }
+
+    /// A node (cursor 1: its start) holding a peer's start, stop and start (cursors 2 to 4,
+    /// replicated as the mesh would), then its own stop (cursor 5).
+    fn node_with_a_peer(dir: &Path) -> (Arc<Node>, Arc<Node>) {
+        let node = started_node(dir);
+        let peer_dir = dir.join("peer");
+        std::fs::create_dir_all(&peer_dir).unwrap();
+        let log = Log::open(&peer_dir.join("events.redb"), NodeKey::from_seed([9; 32])).unwrap();
+        let mut opts = NodeOptions::for_this_host();
+        opts.name = "peer-node".into();
+        let peer = Node::open(log, opts).unwrap();
+        peer.start().unwrap();
+        peer.stop("test").unwrap();
+        peer.start().unwrap();
+        let run = peer.log().read_after(Cursor(0), 100).unwrap();
+        let envelopes = run.into_iter().map(|a| a.event.envelope).collect();
+        node.log().append_remote(envelopes).unwrap();
+        node.stop("test").unwrap();
+        (node, peer)
+    }
+
+    async fn get_page(router: &Router, uri: &str) -> (Vec<u64>, u64, u64) {
+        let req = HttpRequest::builder().uri(uri).body(Body::empty()).unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+        let header =
+            |name: &str| -> u64 { resp.headers()[name].to_str().unwrap().parse().unwrap() };
+        let (cursor, head) = (header(HEADER_CURSOR), header(HEADER_HEAD));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let events: Vec<crate::wire::EventView> = serde_json::from_slice(&body).unwrap();
+        (events.iter().map(|e| e.cursor).collect(), cursor, head)
+    }
+
+    #[tokio::test]
+    async fn events_filter_by_origin_and_kind_and_resume_from_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, peer) = node_with_a_peer(dir.path());
+        let router = router(Arc::clone(&node));
+        let me = node.node_id().to_string();
+        let them = peer.node_id().to_string();
+
+        assert_eq!(
+            get_page(&router, "/v1/events").await,
+            (vec![1, 2, 3, 4, 5], 5, 5)
+        );
+        // By name, by prefix (any case), by whole id.
+        let peer_events = (vec![2, 3, 4], 5, 5);
+        assert_eq!(
+            get_page(&router, "/v1/events?origin=peer-node").await,
+            peer_events
+        );
+        let upper = them[..6].to_uppercase();
+        assert_eq!(
+            get_page(&router, &format!("/v1/events?origin={upper}")).await,
+            peer_events
+        );
+        assert_eq!(
+            get_page(&router, &format!("/v1/events?origin={them}")).await,
+            peer_events
+        );
+        assert_eq!(
+            get_page(&router, "/v1/events?origin=test-node").await,
+            (vec![1, 5], 5, 5)
+        );
+        // Kinds: exact and prefix, combined with an origin.
+        assert_eq!(
+            get_page(&router, "/v1/events?kind=node.started").await.0,
+            vec![1, 2, 4]
+        );
+        for prefix in ["node.", "node.*"] {
+            assert_eq!(
+                get_page(&router, &format!("/v1/events?kind={prefix}"))
+                    .await
+                    .0,
+                vec![1, 2, 3, 4, 5]
+            );
+        }
+        assert!(get_page(&router, "/v1/events?kind=capsule.*")
+            .await
+            .0
+            .is_empty());
+        assert_eq!(
+            get_page(
+                &router,
+                &format!("/v1/events?origin={}&kind=node.stopped", &me[..8])
+            )
+            .await
+            .0,
+            vec![5]
+        );
+        // A full page ends at its last event; the next one resumes after it.
+        assert_eq!(
+            get_page(&router, "/v1/events?origin=peer-node&limit=2").await,
+            (vec![2, 3], 3, 5)
+        );
+        assert_eq!(
+            get_page(&router, "/v1/events?origin=peer-node&since=3").await,
+            (vec![4], 5, 5)
+        );
+        assert_eq!(
+            get_page(&router, "/v1/events?kind=node.stopped&since=5").await,
+            (vec![], 5, 5)
+        );
+    }
+
+    #[test]
+    fn a_filtered_scan_is_bounded_and_continues_from_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _peer) = node_with_a_peer(dir.path());
+        let filter = node.event_filter(None, Some("node.stopped")).unwrap();
+        // Two events looked at per request: 1 and 2 match nothing, 3 matches, then 5.
+        let mut since = Cursor(0);
+        let mut pages = Vec::new();
+        loop {
+            let page = node.events_scan(since, 10, &filter, 2).unwrap();
+            let cursors: Vec<u64> = page.events.iter().map(|e| e.cursor).collect();
+            pages.push((cursors, page.cursor.0));
+            since = page.cursor;
+            if !page.more() {
+                break;
+            }
+        }
+        assert_eq!(pages, vec![(vec![], 2), (vec![3], 4), (vec![5], 5)]);
+        // Unfiltered, the scan budget caps the page too.
+        let all = node
+            .events_scan(Cursor(0), 10, &EventFilter::default(), 3)
+            .unwrap();
+        assert_eq!(all.events.len(), 3);
+        assert!(all.more());
+    }
+
+    #[tokio::test]
+    async fn bad_filters_are_one_line_400s() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _peer) = node_with_a_peer(dir.path());
+        let router = router(node);
+        for (uri, needle) in [
+            ("/v1/events?origin=abc", "origin \"abc\""),
+            ("/v1/events?origin=nobody", "origin \"nobody\""),
+            ("/v1/events?origin=", "origin must not be empty"),
+            ("/v1/events?kind=", "kind must not be empty"),
+            ("/v1/events?kind=.*", "kind must not be empty"),
+            ("/v1/events?kind=cap*sule", "wildcard"),
+            ("/v1/events/stream?origin=zz", "origin \"zz\""),
+        ] {
+            let (status, body) = get_json(&router, uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+            let error = error_of(&body);
+            assert!(error.contains(needle), "{uri}: {error}");
+            assert!(!error.contains('\n'), "{uri}: {error}");
+        }
     }
 
     #[tokio::test]

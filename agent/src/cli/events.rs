@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::cli::table::align;
 use crate::cli::{CliError, Format};
-use crate::client::{Client, ClientError, EventStream};
+use crate::client::{Client, ClientError, EventSelect, EventStream};
 use crate::wire::time::format_time_ms;
 use crate::wire::{EventView, InfoView, StateView, VerifyView, MAX_EVENTS_PAGE};
 
@@ -20,16 +20,18 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(200);
 pub(crate) async fn list(
     client: &Client,
     mut since: Cursor,
+    select: &EventSelect,
     format: Format,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     let mut all = Vec::new();
     loop {
-        let page = client.events(since, MAX_EVENTS_PAGE).await?;
-        let done = page.len() < MAX_EVENTS_PAGE;
-        if let Some(last) = page.last() {
-            since = Cursor(last.cursor);
-        }
+        let page = client.events_page(since, MAX_EVENTS_PAGE, select).await?;
+        // The agent scans a bounded number of events per request: continue from the cursor
+        // it reached until that is its head.
+        let done = !page.more() || page.cursor <= since;
+        since = page.cursor;
+        let page = page.events;
         match format {
             // JSON lines go out page by page; a table needs every row to align its columns.
             Format::Json => {
@@ -49,16 +51,18 @@ pub(crate) async fn list(
     Ok(())
 }
 
-/// Print events after `since`, then live ones; when the agent goes away, reconnect and resume
-/// after the last cursor printed (no duplicates, no gaps).
+/// Print the selected events after `since`, then live ones; when the agent goes away,
+/// reconnect with the same selection and resume after the last cursor printed (no duplicates,
+/// no gaps).
 pub(crate) async fn follow(
     client: &Client,
     since: Cursor,
+    select: &EventSelect,
     format: Format,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     let mut last = since;
-    let mut stream = client.stream(last).await?;
+    let mut stream = client.stream_select(last, select).await?;
     if format == Format::Table {
         writeln!(out, "{}", follow_row(&EVENT_HEADER.map(String::from)))?;
         out.flush()?;
@@ -78,16 +82,22 @@ pub(crate) async fn follow(
             out.flush()?;
             last = Cursor(ev.cursor);
         }
-        stream = reconnect(client, last).await?;
+        stream = reconnect(client, last, select).await?;
     }
 }
 
-async fn reconnect(client: &Client, last: Cursor) -> Result<EventStream, CliError> {
+async fn reconnect(
+    client: &Client,
+    last: Cursor,
+    select: &EventSelect,
+) -> Result<EventStream, CliError> {
     let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
     loop {
         tokio::time::sleep(RECONNECT_EVERY).await;
-        match client.stream(last).await {
+        match client.stream_select(last, select).await {
             Ok(s) => return Ok(s),
+            // The agent refuses the selection itself: retrying will not help.
+            Err(e @ ClientError::Api { status: 400, .. }) => return Err(e.into()),
             Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
             Err(_) => {}
         }

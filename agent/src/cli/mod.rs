@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use bolt_events::Cursor;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, EventSelect};
 use crate::wire::networks::plan;
 use crate::wire::{default_network, DEFAULT_SNAPSHOT_EVERY};
 
@@ -196,6 +196,13 @@ pub struct EventsArgs {
     /// Only events after this cursor.
     #[arg(long, default_value_t = 0)]
     pub since: u64,
+    /// Only events of this origin: a node id hex prefix (at least 4 digits) or a node name.
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Only events of this kind: exact (`capsule.started`) or a prefix (`capsule.`,
+    /// `cluster.*`).
+    #[arg(long)]
+    pub kind: Option<String>,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }
@@ -346,10 +353,18 @@ async fn run_client(client: Client, command: Command) -> Result<ExitCode, CliErr
                     return Err(CliError::Faults(report.faults.len()));
                 }
             }
-            None if args.follow => {
-                events::follow(&client, Cursor(args.since), args.format, &mut out).await?
+            None => {
+                let select = EventSelect {
+                    origin: args.origin,
+                    kind: args.kind,
+                };
+                let since = Cursor(args.since);
+                if args.follow {
+                    events::follow(&client, since, &select, args.format, &mut out).await?
+                } else {
+                    events::list(&client, since, &select, args.format, &mut out).await?
+                }
             }
-            None => events::list(&client, Cursor(args.since), args.format, &mut out).await?,
         },
         Command::Images(cmd) => crate::cli::images::run(&client, cmd, &mut out).await?,
         Command::Agent(_)
@@ -527,5 +542,45 @@ mod tests {
         assert_eq!(format_duration(65), "1m05s");
         assert_eq!(format_duration(3_600 * 2 + 60), "2h01m");
         assert_eq!(format_duration(86_400 + 3_600), "1d01h");
+    }
+
+    #[test]
+    fn events_takes_origin_and_kind_with_follow_and_since() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "bolt",
+            "events",
+            "--origin",
+            "node-b",
+            "--kind",
+            "capsule.*",
+            "--follow",
+            "--since",
+            "7",
+        ])
+        .unwrap();
+        let super::Command::Events(args) = cli.command else {
+            panic!("not events: {cli:?}");
+        };
+        assert_eq!(args.origin.as_deref(), Some("node-b"));
+        assert_eq!(args.kind.as_deref(), Some("capsule.*"));
+        assert!(args.follow);
+        assert_eq!(args.since, 7);
+        let plain = super::Cli::try_parse_from(["bolt", "events"]).unwrap();
+        let super::Command::Events(args) = plain.command else {
+            panic!("not events");
+        };
+        assert_eq!((args.origin, args.kind), (None, None));
+    }
+
+    #[test]
+    fn an_event_selection_is_encoded_as_query_parameters() {
+        use crate::client::EventSelect;
+        assert_eq!(EventSelect::default().query(), "");
+        let select = EventSelect {
+            origin: Some("node b".into()),
+            kind: Some("cluster.*".into()),
+        };
+        assert_eq!(select.query(), "&origin=node%20b&kind=cluster.%2A");
     }
 }

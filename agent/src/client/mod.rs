@@ -26,9 +26,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::wire::filter::{HEADER_CURSOR, HEADER_HEAD};
 use crate::wire::{
-    ErrorBody, EventView, HashView, InfoView, StateView, VerifyView, PATH_EVENTS, PATH_INFO,
-    PATH_STATE, PATH_STATE_HASH, PATH_STREAM, PATH_VERIFY,
+    ErrorBody, EventView, EventsPage, HashView, InfoView, StateView, VerifyView, PATH_EVENTS,
+    PATH_INFO, PATH_STATE, PATH_STATE_HASH, PATH_STREAM, PATH_VERIFY,
 };
 
 /// One step of talking to the agent that failed.
@@ -84,6 +85,29 @@ pub fn encode_segment(s: &str) -> String {
         }
     }
     out
+}
+
+/// Which events to ask for: an origin (node id hex prefix or node name) and a kind (exact or
+/// a prefix ending in `.` or `.*`), both optional; the agent filters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventSelect {
+    /// Only events of this origin.
+    pub origin: Option<String>,
+    /// Only events of this kind.
+    pub kind: Option<String>,
+}
+
+impl EventSelect {
+    /// The query parameters, each as `&name=value` (empty when nothing is selected).
+    pub fn query(&self) -> String {
+        let mut q = String::new();
+        for (name, value) in [("origin", &self.origin), ("kind", &self.kind)] {
+            if let Some(v) = value {
+                q.push_str(&format!("&{name}={}", encode_segment(v)));
+            }
+        }
+        q
+    }
 }
 
 /// The error of an answer with a failing status: the agent's [`ErrorBody`], or the body as
@@ -284,6 +308,46 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/events` with a filter: up to `limit` matching events after `since`, and the
+    /// cursor the agent's bounded scan reached (continue after it while the page says more).
+    pub async fn events_page(
+        &self,
+        since: Cursor,
+        limit: usize,
+        select: &EventSelect,
+    ) -> Result<EventsPage, ClientError> {
+        let path = format!(
+            "{}?since={since}&limit={limit}{}",
+            PATH_EVENTS,
+            select.query()
+        );
+        let (resp, conn) = self.send_raw(Method::GET, &path, None).await?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Cursor)
+        };
+        let (cursor, head) = (header(HEADER_CURSOR), header(HEADER_HEAD));
+        let (status, bytes) = self.whole((resp, conn)).await?;
+        let events: Vec<EventView> = Self::decode(status, &bytes)?;
+        // An older agent sends no headers: its pages end at their last event, and a short
+        // page is the end.
+        let last = events.last().map_or(since, |e| Cursor(e.cursor));
+        let cursor = cursor.unwrap_or(last);
+        let head = head.unwrap_or(if events.len() < limit {
+            cursor
+        } else {
+            Cursor(u64::MAX)
+        });
+        Ok(EventsPage {
+            events,
+            cursor,
+            head,
+        })
+    }
+
     /// `GET /v1/events/verify`.
     pub async fn verify(&self) -> Result<VerifyView, ClientError> {
         self.get_json(PATH_VERIFY).await
@@ -301,11 +365,33 @@ impl Client {
 
     /// Open `GET /v1/events/stream?since=CURSOR`.
     pub async fn stream(&self, since: Cursor) -> Result<EventStream, ClientError> {
+        self.stream_select(since, &EventSelect::default()).await
+    }
+
+    /// Open `GET /v1/events/stream?since=CURSOR&origin=..&kind=..`: only matching events.
+    pub async fn stream_select(
+        &self,
+        since: Cursor,
+        select: &EventSelect,
+    ) -> Result<EventStream, ClientError> {
         let io = self.connect().await?;
-        let url = format!("ws://localhost{}?since={since}", PATH_STREAM);
+        let url = format!(
+            "ws://localhost{}?since={since}{}",
+            PATH_STREAM,
+            select.query()
+        );
         let (ws, _) = tokio_tungstenite::client_async(url, io)
             .await
-            .map_err(|e| self.stream_err(e))?;
+            .map_err(|e| match e {
+                // A refused upgrade carries the agent's one-line reason (a bad filter).
+                tokio_tungstenite::tungstenite::Error::Http(resp)
+                    if resp.status().is_client_error() =>
+                {
+                    let body = resp.body().as_deref().unwrap_or_default();
+                    api_error(resp.status(), body)
+                }
+                e => self.stream_err(e),
+            })?;
         Ok(EventStream {
             ws,
             socket: self.socket.clone(),

@@ -20,11 +20,17 @@ use bolt_state::{decide, state_at, Command, DecideError, Replica, ReplicaError, 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{mpsc, watch};
 
+use crate::wire::filter::{EventFilter, FilterError, KindFilter, OriginFilter};
 pub use crate::wire::{default_network, DEFAULT_SNAPSHOT_EVERY};
-use crate::wire::{EventView, HashView, InfoView, StateView, VerifyView, MAX_EVENTS_PAGE};
+use crate::wire::{
+    EventView, EventsPage, HashView, InfoView, StateView, VerifyView, MAX_EVENTS_PAGE,
+    MAX_EVENTS_SCAN,
+};
 
 /// How many events one catch-up read takes from the log.
 const SYNC_BATCH: usize = 4096;
+/// How many events one read of a filtered scan takes from the log.
+const SCAN_BATCH: usize = 4096;
 
 /// Counter of events taken into the live state, by kind.
 pub const METRIC_APPENDED: &str = "bolt_events_appended_total";
@@ -52,6 +58,8 @@ pub enum NodeError {
     Json(String),
     #[error("limit must be between 1 and {max}, got {got}")]
     Limit { got: usize, max: usize },
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     #[error("background task failed: {0}")]
     Task(String),
 }
@@ -335,14 +343,98 @@ impl Node {
 
     /// Up to `limit` events after `since`, in arrival order. Blocking.
     pub fn events(&self, since: Cursor, limit: usize) -> Result<Vec<EventView>, NodeError> {
+        Ok(self
+            .events_page(since, limit, &EventFilter::default())?
+            .events)
+    }
+
+    /// Up to `limit` events after `since` that pass `filter`, in arrival order, looking at no
+    /// more than [`MAX_EVENTS_SCAN`] events: the page says the cursor the scan reached (the
+    /// last returned event's when the page is full) and the head it ran towards. Reads the
+    /// log only (no replica lock). Blocking.
+    pub fn events_page(
+        &self,
+        since: Cursor,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<EventsPage, NodeError> {
+        self.events_scan(since, limit, filter, MAX_EVENTS_SCAN)
+    }
+
+    /// [`Node::events_page`] looking at no more than `max_scan` events (at least one).
+    /// Blocking.
+    pub fn events_scan(
+        &self,
+        since: Cursor,
+        limit: usize,
+        filter: &EventFilter,
+        max_scan: usize,
+    ) -> Result<EventsPage, NodeError> {
+        let max_scan = max_scan.max(1);
         if limit == 0 || limit > MAX_EVENTS_PAGE {
             return Err(NodeError::Limit {
                 got: limit,
                 max: MAX_EVENTS_PAGE,
             });
         }
-        let events = self.log.read_after(since, limit)?;
-        Ok(events.iter().map(EventView::from_appended).collect())
+        let head = self.log.head();
+        let mut events = Vec::new();
+        let mut reached = since;
+        let mut scanned = 0;
+        while events.len() < limit && scanned < max_scan && reached < head {
+            let want = if filter.is_empty() {
+                limit - events.len()
+            } else {
+                SCAN_BATCH
+            }
+            .min(max_scan - scanned);
+            let batch = self.log.read_after(reached, want)?;
+            if batch.is_empty() {
+                // Nothing after `reached` at all: the scan has seen everything up to the head.
+                reached = head;
+                break;
+            }
+            for a in &batch {
+                scanned += 1;
+                reached = a.cursor;
+                if filter.matches_parts(&a.event.origin(), a.event.payload.kind()) {
+                    events.push(EventView::from_appended(a));
+                    if events.len() == limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(EventsPage {
+            events,
+            cursor: reached,
+            head: head.max(reached),
+        })
+    }
+
+    /// The filter of `origin` (a node id hex prefix or a node name, resolved on the live state)
+    /// and `kind`; either may be absent. Refuses values that cannot match anything. Blocking.
+    pub fn event_filter(
+        &self,
+        origin: Option<&str>,
+        kind: Option<&str>,
+    ) -> Result<EventFilter, NodeError> {
+        let kind = kind.map(KindFilter::parse).transpose()?;
+        let origin = match origin {
+            None => None,
+            Some(value) => {
+                let name = value.trim().to_string();
+                let named = self.with_live_state(|s| {
+                    s.nodes
+                        .iter_unordered()
+                        .filter(|(_, n)| n.name == name)
+                        .map(|(id, _)| *id)
+                        .collect::<Vec<_>>()
+                })?;
+                Some(OriginFilter::parse(value, named)?)
+            }
+        };
+        Ok(EventFilter { origin, kind })
     }
 
     /// Check every chain link and signature. Blocking.

@@ -8,6 +8,7 @@
 
 pub mod capsules;
 pub mod cluster;
+pub mod filter;
 pub mod frame;
 pub mod images;
 pub mod networks;
@@ -217,6 +218,11 @@ pub struct EventsQuery {
     pub since: Option<Cursor>,
     /// At most this many events (default and maximum [`MAX_EVENTS_PAGE`]).
     pub limit: Option<usize>,
+    /// Only events of this origin: a node id hex prefix (at least 4 digits) or a node name.
+    pub origin: Option<String>,
+    /// Only events of this kind: exact (`capsule.started`) or a prefix (`capsule.`,
+    /// `cluster.*`).
+    pub kind: Option<String>,
 }
 
 /// The query of `GET /v1/state` and `GET /v1/state/hash`.
@@ -228,3 +234,26 @@ pub struct AtQuery {
 
 /// The largest page `GET /v1/events` returns.
 pub const MAX_EVENTS_PAGE: usize = 10_000;
+
+/// The most events one filtered `GET /v1/events` request (or one stream step) looks at: past
+/// them it answers what matched so far and the cursor it reached ([`filter::HEADER_CURSOR`]),
+/// so a scan over many non-matching events stays bounded and the client continues from there.
+pub const MAX_EVENTS_SCAN: usize = 50_000;
+
+/// A page of `GET /v1/events`: the matching events and how far the scan got.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventsPage {
+    /// The matching events, in arrival order.
+    pub events: Vec<EventView>,
+    /// Every event up to this cursor was looked at: continue after it.
+    pub cursor: Cursor,
+    /// The log head when the page was read: the scan is complete once `cursor` reaches it.
+    pub head: Cursor,
+}
+
+impl EventsPage {
+    /// Whether events past `cursor` may remain (the page was full or the scan budget ran out).
+    pub fn more(&self) -> bool {
+        self.cursor < self.head
+    }
+}
