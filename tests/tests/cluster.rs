@@ -399,9 +399,18 @@ fn a_capsule_run_on_one_node_is_listed_by_every_node() {
     for cmd in [&["stop", "web"][..], &["rm", "-f", "web"], &["logs", "web"]] {
         let out = c.node(0).node.bolt(cmd).unwrap();
         assert!(!out.ok(), "{cmd:?} went through");
-        assert!(out.stderr.contains("runs on node"), "{cmd:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("runs on node"),
+            "{cmd:?}: {}",
+            out.stderr
+        );
     }
-    assert!(c.node(1).node.ok(&["ps", "--format", "json"]).stdout.contains("running"));
+    assert!(c
+        .node(1)
+        .node
+        .ok(&["ps", "--format", "json"])
+        .stdout
+        .contains("running"));
     c.node(1).node.ok(&["rm", "-f", "web"]);
     converged(&c, &[0, 1, 2], |i| {
         c.node(i)
