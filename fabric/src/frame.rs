@@ -31,8 +31,14 @@ pub enum Message {
     /// Events new to the sender (its own or relayed), pushed as they arrive (rumour).
     Push { events: Vec<Vec<u8>> },
     /// The sender's version vector: the receiver answers with the events the sender lacks and,
-    /// when it lacks some itself and `reply` is set, with a digest of its own.
-    Digest { vv: Vec<(NodeId, u64)>, reply: bool },
+    /// when it lacks some itself and `reply` is set, with a digest of its own. `state_hash`,
+    /// when set, is the sender's state hash with exactly these events folded: a receiver
+    /// holding the same events and another hash has diverged (a free alarm).
+    Digest {
+        vv: Vec<(NodeId, u64)>,
+        reply: bool,
+        state_hash: Option<[u8; 32]>,
+    },
     /// Events answering a digest; `more` when the budget cut the answer short.
     Events { events: Vec<Vec<u8>>, more: bool },
 }
@@ -60,6 +66,7 @@ impl Message {
         Message::Digest {
             vv: vv.iter().map(|(o, s)| (*o, *s)).collect(),
             reply,
+            state_hash: None,
         }
     }
 
@@ -120,6 +127,7 @@ mod tests {
             Message::Digest {
                 vv: vec![(NodeId([7; 32]), 42)],
                 reply: true,
+                state_hash: Some([3; 32]),
             },
             Message::Events {
                 events: vec![vec![9; 300]],

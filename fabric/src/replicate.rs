@@ -130,6 +130,11 @@ pub struct ReplicationStats {
     pub digests_limited: u64,
     /// Pushed events dropped because their sender was over its push rate.
     pub pushes_limited: u64,
+    /// Digests from peers holding exactly our events whose state hash differs from ours: the
+    /// folds diverged (a bug or a damaged node); each is logged by the driver.
+    pub divergences: u64,
+    /// The last peer seen diverged.
+    pub diverged_from: Option<NodeId>,
 }
 
 /// The replication state machine of one node.
@@ -148,6 +153,8 @@ pub struct Replicator {
     next_sync: Instant,
     last_repair: BTreeMap<NodeId, Instant>,
     last_answer: BTreeMap<NodeId, Instant>,
+    /// This node's state hash and the events it was folded from (see [`Replicator::set_state_hash`]).
+    state_hash: Option<(VersionVector, [u8; 32])>,
     /// Per peer: push tokens left and when they were last refilled.
     push_tokens: BTreeMap<NodeId, (f64, Instant)>,
     stats: ReplicationStats,
@@ -176,6 +183,7 @@ impl Replicator {
             next_sync: now + first,
             last_repair: BTreeMap::new(),
             last_answer: BTreeMap::new(),
+            state_hash: None,
             push_tokens: BTreeMap::new(),
             stats: ReplicationStats::default(),
         }
@@ -215,6 +223,29 @@ impl Replicator {
             .collect()
     }
 
+    /// Tells the replicator this node's state hash with exactly the events of `vv` folded;
+    /// digests carry it while the store still holds just those events.
+    pub fn set_state_hash(&mut self, vv: VersionVector, hash: [u8; 32]) {
+        self.state_hash = Some((vv, hash));
+    }
+
+    /// The state hash valid for what the store holds now, if known.
+    fn current_state_hash(&self) -> Option<[u8; 32]> {
+        self.state_hash
+            .as_ref()
+            .filter(|(vv, _)| *vv == self.vv)
+            .map(|(_, h)| *h)
+    }
+
+    /// A digest of what the store holds, with the state hash when it is current.
+    fn digest(&self, reply: bool) -> Message {
+        let mut msg = Message::digest(&self.vv, reply);
+        if let Message::Digest { state_hash, .. } = &mut msg {
+            *state_hash = self.current_state_hash();
+        }
+        msg
+    }
+
     /// When [`Replicator::on_tick`] next has work.
     pub fn next_deadline(&self) -> Instant {
         self.next_sync
@@ -244,7 +275,7 @@ impl Replicator {
         self.stats.syncs += 1;
         vec![Outgoing {
             to: peer,
-            msg: Message::digest(&self.vv, true),
+            msg: self.digest(true),
         }]
     }
 
@@ -266,7 +297,11 @@ impl Replicator {
                 self.on_events(store, from, events, false, now)
             }
             Message::Events { events, more } => self.on_events(store, from, events, more, now),
-            Message::Digest { vv, reply } => {
+            Message::Digest {
+                vv,
+                reply,
+                state_hash,
+            } => {
                 let due = self.last_answer.get(&from).is_none_or(|t| {
                     now.saturating_duration_since(*t) >= self.config.answer_interval
                 });
@@ -275,6 +310,14 @@ impl Replicator {
                     return Vec::new();
                 }
                 self.last_answer.insert(from, now);
+                if let (Some(theirs), Some(ours)) = (state_hash, self.current_state_hash()) {
+                    let same_events = vv.len() == self.vv.len()
+                        && vv.iter().all(|(o, s)| self.vv.get(o) == Some(s));
+                    if same_events && theirs != ours {
+                        self.stats.divergences += 1;
+                        self.stats.diverged_from = Some(from);
+                    }
+                }
                 self.on_digest(store, from, vv, reply)
             }
         }
@@ -346,7 +389,7 @@ impl Replicator {
             self.last_repair.insert(from, now);
             out.push(Outgoing {
                 to: from,
-                msg: Message::digest(&self.vv, false),
+                msg: self.digest(false),
             });
         }
         out
@@ -491,7 +534,7 @@ impl Replicator {
         if reply && we_lack {
             out.push(Outgoing {
                 to: from,
-                msg: Message::digest(&self.vv, false),
+                msg: self.digest(false),
             });
         }
         out

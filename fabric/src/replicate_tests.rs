@@ -245,6 +245,7 @@ fn a_digest_is_answered_with_what_the_peer_lacks_within_budget() {
         Message::Digest {
             vv: vec![(key.id(), 4)],
             reply: true,
+            state_hash: None,
         },
         Instant::now(),
     );
@@ -323,6 +324,7 @@ fn a_peer_flooding_digests_gets_one_answer_per_interval() {
     let digest = || Message::Digest {
         vv: vec![],
         reply: false,
+        state_hash: None,
     };
     let t0 = Instant::now();
     let mut answers = 0;
@@ -347,4 +349,64 @@ fn a_peer_over_its_push_rate_is_cut_and_anti_entropy_repairs() {
     assert_eq!(sim.replicator(1).stats().pushes_limited, 40);
     assert!(sim.run_to_convergence(Duration::from_millis(100), secs(30)));
     assert_eq!(sim.store(1).len(), 50);
+}
+
+#[test]
+fn a_peer_with_the_same_events_and_another_state_hash_raises_the_divergence_alarm() {
+    let (key, mut rep, mut store) = node(8);
+    let events: Vec<_> = (0..2)
+        .map(|i| store.append_local(&key, bolt_events::Hlc::new(10 + i, 0), vec![0; 10], true))
+        .collect();
+    rep.on_local(&events);
+    let vv = rep.version_vector().clone();
+    rep.set_state_hash(vv.clone(), [1; 32]);
+    let peer = bolt_events::NodeKey::from_seed([14; 32]).id();
+    let t0 = Instant::now();
+    let digest = |hash: [u8; 32], seq: u64| Message::Digest {
+        vv: vec![(key.id(), seq)],
+        reply: false,
+        state_hash: Some(hash),
+    };
+    // Same events, same hash: fine. Other events: not comparable. Same events, other hash: alarm.
+    rep.on_message(&mut store, peer, digest([1; 32], 2), t0);
+    rep.on_message(
+        &mut store,
+        peer,
+        digest([9; 32], 1),
+        t0 + Duration::from_secs(1),
+    );
+    assert_eq!(rep.stats().divergences, 0);
+    rep.on_message(
+        &mut store,
+        peer,
+        digest([9; 32], 2),
+        t0 + Duration::from_secs(2),
+    );
+    assert_eq!(rep.stats().divergences, 1);
+    assert_eq!(rep.stats().diverged_from, Some(peer));
+    // Our own digests carry the hash only while it is current.
+    rep.set_peers([peer]);
+    let out = rep.on_tick(t0 + Duration::from_secs(60));
+    assert!(
+        matches!(&out[..], [Outgoing { msg: Message::Digest { state_hash: Some(h), .. }, .. }] if *h == [1; 32]),
+        "{out:?}"
+    );
+    let more = sealed(&key, 0);
+    assert!(more.is_empty());
+    let newer = store.append_local(&key, bolt_events::Hlc::new(30, 0), vec![1], true);
+    rep.on_local(&[newer]);
+    let out = rep.on_tick(t0 + Duration::from_secs(120));
+    assert!(
+        matches!(
+            &out[..],
+            [Outgoing {
+                msg: Message::Digest {
+                    state_hash: None,
+                    ..
+                },
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
 }

@@ -47,6 +47,10 @@ pub const METRIC_MESH_MEMBERSHIP: &str = "bolt_mesh_membership_changes_total";
 const INBOUND_QUEUE: usize = 1024;
 /// Frames waiting for one peer's link.
 const LINK_QUEUE: usize = 256;
+/// How often the state hash is taken for the divergence alarm.
+const STATE_HASH_EVERY: Duration = Duration::from_secs(5);
+/// Counter of divergence alarms: a peer with exactly our events and another state hash.
+pub const METRIC_MESH_DIVERGENCES: &str = "bolt_mesh_divergences_total";
 /// How often the peer list is read from the state.
 const PEERS_EVERY: Duration = Duration::from_secs(1);
 
@@ -526,6 +530,7 @@ fn replicate(
         rt,
     };
     let mut next_peers = Instant::now();
+    let mut next_hash = Instant::now();
     let mut last_stats = ReplicationStats::default();
     loop {
         let now = Instant::now();
@@ -634,6 +639,19 @@ fn replicate(
                 }
             }
         }
+        if now >= next_hash {
+            // The state hash with exactly the events of a version vector (read around it, kept
+            // only when nothing landed meanwhile): digests carry it, a peer with the same events
+            // and another hash raises the divergence alarm.
+            next_hash = now + STATE_HASH_EVERY;
+            if let Ok(before) = log.version_vector() {
+                if let Ok(h) = node.state_hash(None) {
+                    if log.version_vector().is_ok_and(|after| after == before) {
+                        rep.set_state_hash(before, h.hash.0);
+                    }
+                }
+            }
+        }
         out.extend(rep.on_tick(now));
         for Outgoing { to, msg } in out {
             links.send(to, LinkMsg::Frame(msg.to_bytes()));
@@ -706,6 +724,14 @@ fn publish(rep: &Replicator, status: &Mutex<MeshStatus>, last: &mut ReplicationS
         if d > 0 {
             metrics::counter!(METRIC_MESH_DROPPED, "queue" => queue).increment(d);
         }
+    }
+    let d = delta(s.divergences, last.divergences);
+    if d > 0 {
+        metrics::counter!(METRIC_MESH_DIVERGENCES).increment(d);
+        tracing::error!(
+            "mesh: node {} holds exactly our events but folds them to another state hash",
+            s.diverged_from.map(|n| n.short()).unwrap_or_default()
+        );
     }
     for (reason, n) in &s.refused {
         let d = delta(*n, last.refused.get(reason).copied().unwrap_or(0));
