@@ -414,8 +414,8 @@ fn catchup(sizes: &[usize]) -> Result<String, String> {
         info.node_id.to_string()
     };
     let mut md = String::from(
-        "| events missed | written on A | A writes/s | B start → answering | answering → caught up | events/s | bytes received | MB/s | load |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| events missed | written on A | A writes/s | B start → answering | answering → first missed event | first → last missed event | events/s (first → last) | bytes B received | MB/s (first → last) | answering → caught up | load |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for (round, &n) in sizes.iter().enumerate() {
         if n > 99_999 {
@@ -452,26 +452,37 @@ fn catchup(sizes: &[usize]) -> Result<String, String> {
             },
             "B caught up",
         );
-        let end = follower
-            .seen()
+        let seen = follower.seen();
+        let end = seen
             .iter()
             .find(|s| s.origin == a_id && s.seq >= target)
+            .map(|s| s.at);
+        let prefix = format!("cu-{round}");
+        let first = seen
+            .iter()
+            .find(|s| s.name.as_deref().is_some_and(|m| m.starts_with(&prefix)))
             .map(|s| s.at);
         let bytes = received_bytes(&rt, &b);
         drop(follower);
         done?;
         let end = end.ok_or("no end")?;
+        let first = first.ok_or("no first missed event")?;
         let catch = end.saturating_duration_since(ready);
+        let transfer = end
+            .saturating_duration_since(first)
+            .max(Duration::from_micros(1));
         writeln!(
             md,
-            "| {n} | {:.2} s | {:.0} | {} | {} | {:.0} | {:.1} MB | {:.1} | {} |",
+            "| {n} | {:.2} s | {:.0} | {} | {} | {} | {:.0} | {:.1} MB | {:.1} | {} | {} |",
             write.as_secs_f64(),
             n as f64 / write.as_secs_f64(),
             ms(ready - t0),
-            ms(catch),
-            n as f64 / catch.as_secs_f64(),
+            ms(first.saturating_duration_since(ready)),
+            ms(transfer),
+            n as f64 / transfer.as_secs_f64(),
             bytes as f64 / 1e6,
-            bytes as f64 / 1e6 / catch.as_secs_f64(),
+            bytes as f64 / 1e6 / transfer.as_secs_f64(),
+            ms(catch),
             loadavg(),
         )
         .map_err(err)?;
