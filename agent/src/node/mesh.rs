@@ -429,6 +429,8 @@ impl Swim {
 /// Where the replicator thread sends: one link per peer, made on first use.
 struct Links {
     links: BTreeMap<NodeId, Link>,
+    /// The SWIM identity (bump) each member was last seen up with.
+    bumps: BTreeMap<NodeId, u32>,
     mesh: Arc<Mesh>,
     status: Arc<Mutex<MeshStatus>>,
     rt: tokio::runtime::Handle,
@@ -486,6 +488,17 @@ fn swim_output(node: &Node, out: swim::Output, links: &mut Links, status: &Mutex
         metrics::counter!(METRIC_MESH_MEMBERSHIP, "change" => what).increment(1);
         tracing::info!("mesh: node {} is {what}", &member.node_id[..12]);
         if let Ok(id) = member.node_id.parse::<NodeId>() {
+            // A member that died or came back as a new identity (a restart) is not on the other
+            // end of our old connection any more: drop the link, the next send dials anew
+            // (else frames go into the dead connection until its idle timeout).
+            let restarted = state == MemberState::Alive
+                && links
+                    .bumps
+                    .insert(id, member.bump)
+                    .is_some_and(|old| old != member.bump);
+            if restarted || state == MemberState::Dead {
+                links.links.remove(&id);
+            }
             lock(status).swim.insert(id, state);
             let cmd = match state {
                 MemberState::Dead => Some(bolt_state::Command::RecordMemberDown { node: id }),
@@ -525,6 +538,7 @@ fn replicate(
     let mut seen = log.head();
     let mut links = Links {
         links: BTreeMap::new(),
+        bumps: BTreeMap::new(),
         mesh: Arc::clone(&mesh),
         status: Arc::clone(&status),
         rt,
