@@ -296,7 +296,7 @@ async fn run_async(client: &Client, cmd: CapsuleCommand) -> CliResult<ExitCode> 
                 quiet,
                 format,
                 |c| short(&c.id),
-                |l| render_ps(l, now_ms()),
+                |l| render_ps_nodes(l, now_ms(), all_nodes),
             )?;
         }
         CapsuleCommand::Logs {
@@ -623,6 +623,13 @@ mod tests {
         let name_col = lines[0].chars().count() - "NAMES".len();
         let row: String = lines[1].chars().skip(name_col).collect();
         assert_eq!(row, "web");
+        // With --all-nodes, a NODE column with the short id of the node it runs on.
+        let mut remote = view(CapsuleStatus::Running);
+        remote.node = "abcdef0123456789abcdef".into();
+        let text = render_ps_nodes(&[remote], 1_005_000, true);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("NODE"), "{}", lines[0]);
+        assert!(lines[1].ends_with("abcdef012345"), "{}", lines[1]);
     }
 
     #[test]

@@ -111,6 +111,19 @@ pub fn run(socket: PathBuf, cmd: ClusterCommand) -> Result<ExitCode, CliError> {
                     .call(Method::POST, PATH_CLUSTER_TOKEN, Some(body))
                     .await?;
                 writeln!(out, "{}", t.token)?;
+                // Where to join, as docker swarm prints it (stderr: stdout stays the token).
+                if let Ok(v) = client
+                    .call::<ClusterView>(Method::GET, PATH_CLUSTER, None)
+                    .await
+                {
+                    if let Some(addr) = v.listen {
+                        eprintln!(
+                            "join with: bolt agent --listen IP:PORT --join {addr} --token {} \
+                             (single use, valid {} s)",
+                            t.token, t.ttl_secs
+                        );
+                    }
+                }
             }
             ClusterCommand::Leave => {
                 let _: serde_json::Value =

@@ -67,25 +67,36 @@ fn quoted_command(cmd: &[String]) -> String {
 
 /// `bolt ps`: CAPSULE ID, IMAGE, COMMAND, CREATED, STATUS, NAMES.
 pub fn render_ps(list: &[CapsuleView], now_ms: u64) -> String {
-    let mut rows = vec![[
+    render_ps_nodes(list, now_ms, false)
+}
+
+/// `bolt ps`, with a NODE column (the short id of the node it runs on) for `--all-nodes`.
+pub fn render_ps_nodes(list: &[CapsuleView], now_ms: u64, nodes: bool) -> String {
+    let mut titles = vec![
         "CAPSULE ID",
         "IMAGE",
         "COMMAND",
         "CREATED",
         "STATUS",
         "NAMES",
-    ]
-    .map(String::from)
-    .to_vec()];
+    ];
+    if nodes {
+        titles.push("NODE");
+    }
+    let mut rows = vec![titles.into_iter().map(String::from).collect::<Vec<_>>()];
     for c in list {
-        rows.push(vec![
+        let mut row = vec![
             short(&c.id),
             c.image.clone(),
             quoted_command(&c.command),
             format!("{} ago", human_duration(now_ms.saturating_sub(c.created))),
             status_text(c, now_ms),
             c.name.clone(),
-        ]);
+        ];
+        if nodes {
+            row.push(c.node.chars().take(12).collect());
+        }
+        rows.push(row);
     }
     crate::cli::table::align(&rows, 3)
 }
