@@ -68,8 +68,30 @@ pub enum QuicError {
 #[derive(Debug)]
 pub struct Mesh {
     endpoint: quinn::Endpoint,
-    /// The client side after a renewal ([`Mesh::set_identity`]); the endpoint's default before.
-    client: std::sync::Mutex<Option<quinn::ClientConfig>>,
+    /// The dialing side (replaced on renewal: [`Mesh::set_identity`]).
+    client: std::sync::Mutex<quinn::ClientConfig>,
+}
+
+/// The endpoint's server and client configurations for `identity`.
+fn quinn_configs(
+    identity: &NodeIdentity,
+    accept_joins: bool,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), QuicError> {
+    let crypto = |e: &dyn std::fmt::Display| QuicError::Crypto(e.to_string());
+    let server = if accept_joins {
+        identity.server_config_accepting_joins()?
+    } else {
+        identity.server_config()?
+    };
+    let server_tls =
+        quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| crypto(&e))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
+    server.transport_config(transport());
+    let client_tls = quinn::crypto::rustls::QuicClientConfig::try_from(identity.client_config()?)
+        .map_err(|e| crypto(&e))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
+    client.transport_config(transport());
+    Ok((server, client))
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
@@ -92,27 +114,12 @@ impl Mesh {
         identity: &NodeIdentity,
         accept_joins: bool,
     ) -> Result<Self, QuicError> {
-        let crypto = |e: &dyn std::fmt::Display| QuicError::Crypto(e.to_string());
-        let server = if accept_joins {
-            identity.server_config_accepting_joins()?
-        } else {
-            identity.server_config()?
-        };
-        let server_tls =
-            quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| crypto(&e))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
-        server.transport_config(transport());
-        let client_tls =
-            quinn::crypto::rustls::QuicClientConfig::try_from(identity.client_config()?)
-                .map_err(|e| crypto(&e))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
-        client.transport_config(transport());
-        let mut endpoint = quinn::Endpoint::server(server, addr)
+        let (server, client) = quinn_configs(identity, accept_joins)?;
+        let endpoint = quinn::Endpoint::server(server, addr)
             .map_err(|source| QuicError::Bind { addr, source })?;
-        endpoint.set_default_client_config(client);
         Ok(Self {
             endpoint,
-            client: std::sync::Mutex::new(None),
+            client: std::sync::Mutex::new(client),
         })
     }
 
@@ -135,17 +142,14 @@ impl Mesh {
     /// Dials node `node_id` at `addr`; the handshake fails unless the server's certificate is
     /// the cluster CA's and names that node.
     pub async fn connect(&self, addr: SocketAddr, node_id: &str) -> Result<Peer, QuicError> {
-        let renewed = self
+        let client = self
             .client
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let connecting = match renewed {
-            Some(cfg) => self
-                .endpoint
-                .connect_with(cfg, addr, &node_dns_name(node_id)),
-            None => self.endpoint.connect(addr, &node_dns_name(node_id)),
-        };
+        let connecting = self
+            .endpoint
+            .connect_with(client, addr, &node_dns_name(node_id));
         let conn = connecting
             .map_err(|source| QuicError::Connect { addr, source })?
             .await?;
@@ -200,27 +204,12 @@ impl Mesh {
         identity: &NodeIdentity,
         accept_joins: bool,
     ) -> Result<(), QuicError> {
-        let crypto = |e: &dyn std::fmt::Display| QuicError::Crypto(e.to_string());
-        let server = if accept_joins {
-            identity.server_config_accepting_joins()?
-        } else {
-            identity.server_config()?
-        };
-        let server_tls =
-            quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| crypto(&e))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
-        server.transport_config(transport());
-        let client_tls =
-            quinn::crypto::rustls::QuicClientConfig::try_from(identity.client_config()?)
-                .map_err(|e| crypto(&e))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
-        client.transport_config(transport());
+        let (server, client) = quinn_configs(identity, accept_joins)?;
         self.endpoint.set_server_config(Some(server));
-        // `set_default_client_config` needs `&mut`: dial with an explicit config instead.
         *self
             .client
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = client;
         Ok(())
     }
 

@@ -199,3 +199,31 @@ pub fn render_ls(list: &[NodeView]) -> String {
     }
     crate::cli::table::align(&rows, 3)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(
+            parse_duration(" 2d ").unwrap(),
+            Duration::from_secs(172_800)
+        );
+        for (bad, says) in [
+            ("", "not a duration"),
+            ("h", "not a duration"),
+            ("1w", "the unit is one of"),
+            ("-5m", "not a duration"),
+            ("99999999999999999999d", "not a duration"),
+            ("999999999999999999d", "too long"),
+        ] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+    }
+}

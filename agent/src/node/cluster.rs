@@ -6,9 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,6 +20,7 @@ use bolt_fabric::quic::{JoinConn, Mesh, QuicError};
 use bolt_state::{decide, Command};
 use time::OffsetDateTime;
 
+use super::files::replace_new;
 use super::mesh::MeshDriver;
 use super::{lock, Node};
 use crate::wire::cluster::{ClusterView, NodeView};
@@ -101,31 +101,23 @@ impl Files {
         }
     }
 
-    /// Writes a file whole: a new temporary file (0600, no links followed), then a rename.
+    /// Writes a file whole (0600, durable, no links followed: [`replace_new`]).
     fn write(&self, name: &str, contents: &str) -> Result<(), ClusterError> {
-        let io = |what, path: &Path| {
-            let path = path.to_owned();
-            move |source| ClusterError::Io { what, path, source }
-        };
         fs::DirBuilder::new()
             .mode(0o700)
             .recursive(true)
             .create(&self.dir)
-            .map_err(io("create", &self.dir))?;
+            .map_err(|source| ClusterError::Io {
+                what: "create",
+                path: self.dir.clone(),
+                source,
+            })?;
         let path = self.path(name);
-        let tmp = self.path(&format!(".{name}.tmp"));
-        let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.write_all(contents.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(io("write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io("rename", &path))
+        replace_new(&path, contents.as_bytes(), 0o600, true).map_err(|source| ClusterError::Io {
+            what: "write",
+            path,
+            source,
+        })
     }
 }
 
@@ -168,10 +160,6 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-fn node_hex(id: NodeId) -> String {
-    id.to_string()
-}
-
 /// Joins the cluster of the member at `addr` before the agent starts, unless `root` already
 /// holds a certificate: a fresh TLS key and request, proved by the node's event key.
 pub async fn join_at_start(
@@ -189,7 +177,7 @@ pub async fn join_at_start(
         return Ok(false);
     }
     let token: Token = token.parse().map_err(ClusterError::Token)?;
-    let node_id = node_hex(key.id());
+    let node_id = key.id().to_string();
     let req = node_request(&node_id)?;
     let proof = key.sign_digest(&proof_digest(&token.secret, &node_id, &req.csr_pem));
     let request = JoinRequest {
@@ -333,7 +321,7 @@ impl Cluster {
     /// that made the cluster, over a connection its current certificate authenticates. The
     /// mesh uses it for new connections at once.
     pub async fn renew(self: &Arc<Self>) -> Result<(), ClusterError> {
-        let node_id = node_hex(self.node.node_id());
+        let node_id = self.node.node_id().to_string();
         let req = node_request(&node_id)?;
         let (identity, local) = {
             let inner = lock(&self.inner);
@@ -437,7 +425,7 @@ impl Cluster {
             }
             let now = OffsetDateTime::now_utc();
             let ca = ClusterCa::generate(name, now, CA_TTL)?;
-            let node_id = node_hex(self.node.node_id());
+            let node_id = self.node.node_id().to_string();
             let req = node_request(&node_id)?;
             let cert = ca.issue(&req.csr_pem, &node_id, now, self.cert_ttl)?;
             let identity = NodeIdentity::from_pem(ca.cert_pem(), &cert, &req.key_pem)?;
@@ -531,7 +519,7 @@ impl Cluster {
                         JoinResponse::Accepted {
                             ca_pem: ca.cert_pem().to_owned(),
                             cert_pem,
-                            member_id: node_hex(this.node.node_id()),
+                            member_id: this.node.node_id().to_string(),
                         }
                     }
                     Ok(cert_pem) => {
@@ -556,7 +544,7 @@ impl Cluster {
                         JoinResponse::Accepted {
                             ca_pem: ca.cert_pem().to_owned(),
                             cert_pem,
-                            member_id: node_hex(this.node.node_id()),
+                            member_id: this.node.node_id().to_string(),
                         }
                     }
                     Err(e) => JoinResponse::Refused {
@@ -646,7 +634,7 @@ impl Cluster {
         let inner = lock(&self.inner);
         ClusterView {
             member: inner.identity.is_some(),
-            node_id: node_hex(self.node.node_id()),
+            node_id: self.node.node_id().to_string(),
             ca_fingerprint: inner.identity.as_ref().map(NodeIdentity::ca_fingerprint),
             holds_ca: inner.ca.is_some(),
             listen: inner

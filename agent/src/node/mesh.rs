@@ -15,7 +15,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bolt_events::{Cursor, Envelope, Log, LogError, NodeId, RemoteError, VersionVector};
+use bolt_events::{Envelope, Hlc, Log, LogError, NodeId, RemoteError, VersionVector};
 use bolt_fabric::frame::Message;
 use bolt_fabric::membership::{self as swim, Member, MemberState, Membership, MembershipConfig};
 use bolt_fabric::quic::{Incoming, Mesh, Peer, QuicError};
@@ -47,6 +47,8 @@ pub const METRIC_MESH_MEMBERSHIP: &str = "bolt_mesh_membership_changes_total";
 const INBOUND_QUEUE: usize = 1024;
 /// Frames waiting for one peer's link.
 const LINK_QUEUE: usize = 256;
+/// How often the lag per origin is published to metrics and `bolt node ls`.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 /// How often the state hash is taken for the divergence alarm.
 const STATE_HASH_EVERY: Duration = Duration::from_secs(5);
 /// Counter of divergence alarms: a peer with exactly our events and another state hash.
@@ -55,8 +57,9 @@ pub const METRIC_MESH_DIVERGENCES: &str = "bolt_mesh_divergences_total";
 const PEERS_EVERY: Duration = Duration::from_secs(1);
 
 /// The log as the replicator's store: runs go through `append_remote` (sequence, chain,
-/// signature), nothing else writes other origins' events.
-struct LogStore<'a>(&'a Log, &'a Node);
+/// signature), nothing else writes other origins' events. The second field is the revoked
+/// nodes and when (kept by the replicator thread from the state at each commit).
+struct LogStore<'a>(&'a Log, &'a BTreeMap<NodeId, Hlc>);
 
 fn remote_reason(e: &RemoteError) -> &'static str {
     match e {
@@ -95,13 +98,8 @@ impl Store for LogStore<'_> {
         // A revoked node's events after its revocation are refused, never stored.
         if let Some(first) = run.first() {
             let origin = first.origin;
-            let since = self
-                .1
-                .with_live_state(|s| bolt_state::revoked_since(s, origin))
-                .ok()
-                .flatten();
-            if let Some(at) = since {
-                if run.iter().any(|e| e.hlc > at) {
+            if let Some(at) = self.1.get(&origin) {
+                if run.iter().any(|e| e.hlc > *at) {
                     return Err(StoreError::Refused {
                         reason: "revoked origin",
                         detail: format!("node {} was revoked", origin.short()),
@@ -535,7 +533,7 @@ fn replicate(
         Instant::now(),
     );
     let mut swim = Swim::new(&node);
-    let mut seen = log.head();
+    let mut revoked = revoked_of(&node);
     let mut links = Links {
         links: BTreeMap::new(),
         bumps: BTreeMap::new(),
@@ -545,6 +543,7 @@ fn replicate(
     };
     let mut next_peers = Instant::now();
     let mut next_hash = Instant::now();
+    let mut next_publish = Instant::now();
     let mut last_stats = ReplicationStats::default();
     loop {
         let now = Instant::now();
@@ -557,14 +556,14 @@ fn replicate(
         let mut out = Vec::new();
         match input {
             Ok(Input::Frame(from, msg)) => {
-                if revoked(&node, from) {
+                if revoked.contains_key(&from) {
                     metrics::counter!(METRIC_MESH_REFUSED, "reason" => "revoked peer").increment(1);
                 } else {
-                    out.extend(rep.on_message(&mut LogStore(log, &node), from, msg, now));
+                    out.extend(rep.on_message(&mut LogStore(log, &revoked), from, msg, now));
                 }
             }
             Ok(Input::Datagram(from, bytes)) => {
-                if let Some(s) = swim.as_mut().filter(|_| !revoked(&node, from)) {
+                if let Some(s) = swim.as_mut().filter(|_| !revoked.contains_key(&from)) {
                     match s.membership.on_packet(&from.to_string(), &bytes, now) {
                         Ok(o) => swim_output(&node, o, &mut links, &status),
                         Err(e) => {
@@ -576,9 +575,14 @@ fn replicate(
                 }
             }
             Ok(Input::Committed) => {
-                let (own, head) = own_events_after(log, me, seen);
-                seen = head;
-                out.extend(rep.on_local(&own));
+                // Only this node's events past what the replicator holds of them (read by the
+                // origin index: the remote events it just stored are not read back).
+                let tip = rep.version_vector().get(&me).copied().unwrap_or(0);
+                if let Ok(own) = log.read_origin(me, tip + 1..=u64::MAX) {
+                    out.extend(rep.on_local(&own));
+                }
+                // A revocation arrives as a commit.
+                revoked = revoked_of(&node);
             }
             Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}
@@ -600,10 +604,7 @@ fn replicate(
                 }
             }
             peers.remove(&me);
-            let revoked_ids: Vec<NodeId> = node
-                .with_live_state(|s| s.revoked.keys().copied().collect())
-                .unwrap_or_default();
-            for id in &revoked_ids {
+            for id in revoked.keys() {
                 peers.remove(id);
                 links.links.remove(id);
                 if let Some(sw) = swim.as_mut() {
@@ -670,7 +671,11 @@ fn replicate(
         for Outgoing { to, msg } in out {
             links.send(to, LinkMsg::Frame(msg.to_bytes()));
         }
-        publish(&rep, &status, &mut last_stats);
+        publish_counters(&rep, &mut last_stats);
+        if now >= next_publish {
+            next_publish = now + PUBLISH_EVERY;
+            publish_status(&rep, &status);
+        }
     }
     if let Some(s) = swim.as_mut() {
         if let Ok(o) = s.membership.leave(Instant::now()) {
@@ -682,23 +687,10 @@ fn replicate(
     mesh.close();
 }
 
-/// This node's own events committed after `seen`, and the new head.
-fn own_events_after(log: &Log, me: NodeId, seen: Cursor) -> (Vec<Envelope>, Cursor) {
-    let mut own = Vec::new();
-    let mut at = seen;
-    while let Ok(batch) = log.read_after(at, 4096) {
-        let Some(last) = batch.last() else {
-            break;
-        };
-        at = last.cursor;
-        own.extend(
-            batch
-                .into_iter()
-                .filter(|a| a.event.origin() == me)
-                .map(|a| a.event.envelope),
-        );
-    }
-    (own, at)
+/// The revoked nodes and when, from the state.
+fn revoked_of(node: &Node) -> BTreeMap<NodeId, Hlc> {
+    node.with_live_state(|s| s.revoked.iter().map(|(id, r)| (*id, r.at)).collect())
+        .unwrap_or_default()
 }
 
 /// Every other node the state knows with a mesh address it can be dialed at.
@@ -714,8 +706,13 @@ fn peers_of(node: &Node) -> BTreeMap<NodeId, SocketAddr> {
     .unwrap_or_default()
 }
 
-fn publish(rep: &Replicator, status: &Mutex<MeshStatus>, last: &mut ReplicationStats) {
+/// Adds what the counters moved since `last` to the metrics (cheap when nothing moved: every
+/// turn of the loop).
+fn publish_counters(rep: &Replicator, last: &mut ReplicationStats) {
     let s = rep.stats();
+    if s == last {
+        return;
+    }
     let delta = |now: u64, before: u64| now.saturating_sub(before);
     for (what, now, before) in [
         ("received", s.received, last.received),
@@ -753,12 +750,17 @@ fn publish(rep: &Replicator, status: &Mutex<MeshStatus>, last: &mut ReplicationS
             metrics::counter!(METRIC_MESH_REFUSED, "reason" => *reason).increment(d);
         }
     }
+    *last = s.clone();
+}
+
+/// The lag per origin (metrics and `bolt node ls`) and the counters for the API: a map per
+/// origin, so every [`PUBLISH_EVERY`], not every turn.
+fn publish_status(rep: &Replicator, status: &Mutex<MeshStatus>) {
     let lag = rep.lag();
     for (origin, l) in &lag {
         metrics::gauge!(METRIC_MESH_LAG, "origin" => origin.short()).set(*l as f64);
     }
-    *last = s.clone();
     let mut st = lock(status);
     st.lag = lag;
-    st.stats = s.clone();
+    st.stats = rep.stats().clone();
 }

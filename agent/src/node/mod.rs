@@ -10,6 +10,7 @@
 //! or `shim`): a node knows events and state, not images or capsules.
 
 pub mod cluster;
+pub mod files;
 pub mod mesh;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

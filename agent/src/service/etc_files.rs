@@ -1,10 +1,12 @@
 //! The per-capsule `/etc` files of a bridge capsule (`hosts`, `hostname`, `resolv.conf`),
 //! bound over the image's: written whole, never through a link planted at their paths.
 //!
-//! Part of the service layer; imports nothing of the agent.
+//! Part of the service layer; imports only the node layer's whole-file writer.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+
+use crate::node::files::replace_new;
 
 /// The files a capsule on a bridge network gets in `dir` (bound over `/etc/hosts`,
 /// `/etc/hostname`, `/etc/resolv.conf`): its name and address, and the host's resolvers
@@ -31,31 +33,10 @@ pub fn write_etc_files(
     let mut out = Vec::new();
     for (file, text, target) in files {
         let p = dir.join(file);
-        replace_new(&p, text.as_bytes())?;
+        replace_new(&p, text.as_bytes(), 0o644, false)?;
         out.push((p, target));
     }
     Ok(out)
-}
-
-/// Writes `path` whole or not at all: a new temporary file beside it (`O_EXCL|O_NOFOLLOW`, so a
-/// link planted at the temporary name is refused, not followed), then a rename over `path`
-/// (which replaces a link there instead of writing through it).
-fn replace_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    drop(f);
-    std::fs::rename(&tmp, path)
 }
 
 /// The capsule's `resolv.conf` from the host's: loopback nameservers dropped (a capsule
