@@ -408,3 +408,98 @@ async fn metrics_exposes_appends_head_and_requests() {
         assert!(text.contains(needle), "no {needle} in:\n{text}");
     }
 }
+
+async fn post_json(router: &Router, uri: &str, body: &str) -> (StatusCode, Value) {
+    let req = HttpRequest::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap();
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn cluster_routes_refuse_bad_input_with_one_line_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = started_node(dir.path());
+    let head = node.log().head();
+    let cluster = crate::node::cluster::Cluster::open(
+        Arc::clone(&node),
+        dir.path(),
+        None,
+        crate::node::cluster::CERT_TTL,
+    )
+    .unwrap();
+    let router: Router = super::cluster::routes(cluster);
+    let (status, v) = get_json(&router, "/v1/cluster").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["member"], false);
+    let cases = [
+        (
+            "/v1/cluster/init",
+            r#"{"name": ""}"#,
+            StatusCode::BAD_REQUEST,
+            "cluster name",
+        ),
+        (
+            "/v1/cluster/init",
+            r#"{"name": "a\u0007b"}"#,
+            StatusCode::BAD_REQUEST,
+            "cluster name",
+        ),
+        (
+            "/v1/cluster/init",
+            r#"{"name": 5}"#,
+            StatusCode::BAD_REQUEST,
+            "name",
+        ),
+        ("/v1/cluster/init", "{}", StatusCode::CONFLICT, "--listen"),
+        (
+            "/v1/cluster/token",
+            r#"{"ttl_secs": 0}"#,
+            StatusCode::BAD_REQUEST,
+            "lifetime",
+        ),
+        (
+            "/v1/cluster/token",
+            r#"{"ttl_secs": 604801}"#,
+            StatusCode::BAD_REQUEST,
+            "lifetime",
+        ),
+        (
+            "/v1/cluster/token",
+            r#"{"ttl_secs": 60}"#,
+            StatusCode::CONFLICT,
+            "does not hold the cluster CA",
+        ),
+        (
+            "/v1/cluster/leave",
+            "{}",
+            StatusCode::CONFLICT,
+            "not a cluster member",
+        ),
+    ];
+    for (uri, body, want, says) in cases {
+        let (status, v) = post_json(&router, uri, body).await;
+        assert_eq!(status, want, "{uri} {body}: {v}");
+        let line = error_of(&v);
+        assert!(
+            line.contains(says) && !line.contains('\n'),
+            "{uri} {body}: {line}"
+        );
+    }
+    let (status, v) = call(&router, Method::DELETE, "/v1/nodes/nosuchnode").await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "{}",
+        String::from_utf8_lossy(&v)
+    );
+    // Nothing was recorded and nothing was written.
+    assert_eq!(node.log().head(), head);
+    assert!(!dir.path().join("cluster").exists());
+}
